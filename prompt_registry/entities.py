@@ -1,0 +1,213 @@
+"""Frozen records returned by the public API (never ORM rows).
+
+Each has ``to_dict()`` giving JSON-ready values (ISO timestamps), which the CLI prints with ``--json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.to_dict()  # type: ignore[attr-defined]
+    return value
+
+
+class _Entity:
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo(_Entity):
+    """A registered base model, identified by the fingerprint of its config and weight files."""
+
+    id: int
+    name: str
+    source: str
+    revision: str | None
+    architecture: str
+    model_type: str | None
+    hidden_size: int
+    vocab_size: int | None
+    fingerprint: str
+    files: dict[str, str]
+    created_at: dt.datetime
+    created_by: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(_Entity):
+    id: int
+    name: str
+    kind: str
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class User(_Entity):
+    id: int
+    external_id: str
+    created_at: dt.datetime
+    deleted_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSet(_Entity):
+    """One immutable version of the prompts of a model and task."""
+
+    id: int
+    model: str
+    task: str
+    version: int
+    base_id: int | None
+    parents: tuple[int, ...]
+    prompt_len: int
+    width: int
+    dtype: str
+    n_users: int
+    n_rows: int
+    store_key: str | None
+    sha256: str
+    status: str
+    run_id: int | None
+    adapter_id: int | None
+    head_id: int | None
+    note: str | None
+    created_at: dt.datetime
+    created_by: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str | None]
+
+    @property
+    def ref(self) -> str:
+        """A stable reference to this exact version: ``MODEL/TASK@vN``."""
+        return f"{self.model}/{self.task}@v{self.version}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Alias(_Entity):
+    name: str
+    model: str
+    task: str
+    set_id: int
+    updated_at: dt.datetime
+    updated_by: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasEvent(_Entity):
+    id: int
+    name: str
+    model: str
+    task: str
+    old_set_id: int | None
+    new_set_id: int | None
+    at: dt.datetime
+    actor: str
+    reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact(_Entity):
+    """An adapter or task head: a safetensors blob bound to model fingerprints."""
+
+    id: int
+    kind: str
+    name: str
+    version: int
+    task: str
+    target_model: str
+    target_fingerprint: str
+    source_models: tuple[str, ...]
+    source_fingerprints: tuple[str, ...]
+    config: dict[str, Any]
+    store_key: str
+    sha256: str
+    nbytes: int
+    run_id: int | None
+    created_at: dt.datetime
+    created_by: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Run(_Entity):
+    id: int
+    kind: str
+    status: str
+    model: str | None
+    task: str | None
+    config: dict[str, Any]
+    seeds: dict[str, Any]
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    wall_seconds: float | None
+    device: str | None
+    examples_seen: int | None
+    forward_tokens: int | None
+    backward_tokens: int | None
+    cost: dict[str, Any]
+    actor: str
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditEvent(_Entity):
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    object_kind: str
+    object_id: str
+    reason: str | None
+    details: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult(_Entity):
+    set_id: int
+    path: str
+    users_path: str | None
+    format: str
+    n_users: int
+    nbytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem(_Entity):
+    """One finding of ``doctor``: what is wrong, with which object, and how to fix it."""
+
+    kind: str
+    object: str
+    message: str
+    fix: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorReport(_Entity):
+    schema_revision: str | None
+    sets_checked: int
+    rows_checked: int
+    artifacts_checked: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclasses.dataclass(frozen=True)
+class GcReport(_Entity):
+    dry_run: bool
+    removed: tuple[str, ...]
+    nbytes: int
+    skipped_young: tuple[str, ...]

@@ -1,0 +1,123 @@
+"""The one error tree of prompt-registry.
+
+Every error names what was wrong, with which object, and how to fix it. Each subclass also
+derives from the builtin that fits, so callers may catch either::
+
+    PromptRegistryError                      (Exception)
+    +-- RegistryNotFoundError                (+ FileNotFoundError)  no registry at that location
+    +-- SchemaError                          (+ RuntimeError)       schema missing, old or too new
+    +-- NotFoundError                        (+ LookupError)        unknown object
+    |   +-- UnknownModelError
+    |   +-- UnknownTaskError
+    |   +-- UnknownUserError
+    |   +-- UnknownSetError
+    |   +-- UnknownAliasError
+    |   +-- UnknownArtifactError
+    +-- ConflictError                        (+ ValueError)         would contradict what exists
+    |   +-- ModelConflictError               same name, other fingerprint
+    |   +-- DuplicateUserError
+    |   +-- ModelMismatchError               prompt/artifact made for another model
+    +-- InvalidPromptError                   (+ ValueError)         bad tensor values or shape
+    |   +-- ShapeError
+    |   +-- NonFiniteError
+    |   +-- DTypeError                       (+ TypeError)
+    +-- InvalidFileError                     (+ ValueError)         not valid safetensors/npy/csv
+    +-- IntegrityError                       (+ OSError)            stored bytes missing or corrupt
+    |   +-- ChecksumError
+    |   +-- MissingDataError
+    +-- PromptRegistryWarning                (Warning)              warnings we emit
+"""
+
+from __future__ import annotations
+
+
+class PromptRegistryError(Exception):
+    """Root of every error raised by prompt-registry."""
+
+
+class RegistryNotFoundError(PromptRegistryError, FileNotFoundError):
+    """No registry exists at the given location."""
+
+
+class SchemaError(PromptRegistryError, RuntimeError):
+    """The catalogue schema is missing, older or newer than this package expects."""
+
+
+class NotFoundError(PromptRegistryError, LookupError):
+    """An object that was referred to does not exist."""
+
+
+class UnknownModelError(NotFoundError):
+    pass
+
+
+class UnknownTaskError(NotFoundError):
+    pass
+
+
+class UnknownUserError(NotFoundError):
+    pass
+
+
+class UnknownSetError(NotFoundError):
+    pass
+
+
+class UnknownAliasError(NotFoundError):
+    pass
+
+
+class UnknownArtifactError(NotFoundError):
+    pass
+
+
+class ConflictError(PromptRegistryError, ValueError):
+    """The operation would contradict what the registry already holds."""
+
+
+class ModelConflictError(ConflictError):
+    pass
+
+
+class DuplicateUserError(ConflictError):
+    pass
+
+
+class ModelMismatchError(ConflictError):
+    """A prompt set or artifact was requested for a model other than the one it was made for."""
+
+
+class InvalidPromptError(PromptRegistryError, ValueError):
+    """Prompt tensors with values or a shape that cannot be stored."""
+
+
+class ShapeError(InvalidPromptError):
+    pass
+
+
+class NonFiniteError(InvalidPromptError):
+    pass
+
+
+class DTypeError(InvalidPromptError, TypeError):
+    pass
+
+
+class InvalidFileError(PromptRegistryError, ValueError):
+    """An input file that is not what it claims to be (truncated, pickled, wrong columns)."""
+
+
+class IntegrityError(PromptRegistryError, OSError):
+    """Stored bytes are missing or do not match their recorded checksum."""
+
+
+class ChecksumError(IntegrityError):
+    pass
+
+
+class MissingDataError(IntegrityError):
+    pass
+
+
+class PromptRegistryWarning(Warning):
+    """Warnings emitted by prompt-registry (tests turn them into errors)."""

@@ -1,0 +1,165 @@
+"""Reading and writing prompt files safely: safetensors, or ``.npy`` without pickle.
+
+Nothing here ever unpickles. A pickle (``.pt``, ``.pkl``, an object ``.npy``) is recognised and
+refused with a message saying how to convert it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidFileError
+
+PICKLE_MAGIC = b"\x80"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save() files are zip archives holding a pickle
+NPY_MAGIC = b"\x93NUMPY"
+PROMPTS_KEY = "prompts"
+
+
+def users_csv_path(path: Path) -> Path:
+    """The users file written beside an export: ``prompts.npy`` -> ``prompts.users.csv``."""
+    return path.with_name(path.stem + ".users.csv")
+
+
+def read_users_csv(path: str | Path) -> list[str]:
+    """Read a CSV with a ``user_id`` column (other columns are ignored)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "user_id" not in reader.fieldnames:
+                raise InvalidFileError(
+                    f"{path} has no `user_id` column (found {reader.fieldnames}); "
+                    "the first line must be a header naming it"
+                )
+            users = []
+            for lineno, row in enumerate(reader, start=2):
+                value = (row.get("user_id") or "").strip()
+                if not value:
+                    raise InvalidFileError(f"{path}:{lineno}: empty user_id")
+                users.append(value)
+            return users
+    except FileNotFoundError:
+        raise InvalidFileError(f"users file {path} does not exist") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidFileError(f"{path} is not a readable UTF-8 CSV ({exc})") from None
+
+
+def write_users_csv(path: Path, users: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["user_id"])
+        writer.writerows([u] for u in users)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    if head.startswith(PICKLE_MAGIC) or head.startswith(ZIP_MAGIC):
+        raise InvalidFileError(
+            f"{path} is a Python pickle (or a torch.save archive); prompt-registry never unpickles "
+            "untrusted files. Convert it where you trust it: "
+            "`safetensors.torch.save_file({'prompts': tensor}, 'prompts.safetensors')`"
+        )
+
+
+def load_prompt_file(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
+    """Load prompts from ``.safetensors`` or ``.npy``.
+
+    Returns ``(array, users)`` where ``users`` is None when the file does not name them. A
+    safetensors file either holds one tensor ``prompts`` (users in the ``users`` metadata, as
+    written by ``export_prompts``), or one tensor per user keyed by user id.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise InvalidFileError(f"prompt file {path} does not exist") from None
+    _refuse_pickle(path, head)
+    if head.startswith(NPY_MAGIC) or path.suffix == ".npy":
+        return _load_npy(path), None
+    return _load_safetensors(path)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        # raised for object arrays (pickled payload) and for truncated data
+        raise InvalidFileError(
+            f"{path} is not a valid numeric .npy file ({exc}); save prompts with "
+            "`np.save(path, array.astype(np.float32))`"
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise InvalidFileError(f"{path} is not a valid .npy file ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise InvalidFileError(f"{path} holds an archive, not one array; use one .npy per set")
+    return array
+
+
+def _load_safetensors(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            keys = list(fh.keys())
+            tensors = {k: fh.get_tensor(k) for k in keys}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InvalidFileError(
+            f"{path} is not a valid safetensors file ({exc}); it may be truncated or another format"
+        ) from None
+    if not tensors:
+        raise InvalidFileError(f"{path} holds no tensors")
+
+    def to_numpy(t: torch.Tensor) -> np.ndarray:
+        if t.dtype == torch.bfloat16:
+            t = t.to(torch.float32)  # numpy has no bfloat16; the cast is exact
+        return t.numpy()
+
+    if PROMPTS_KEY in tensors:
+        users = None
+        if "users" in metadata:
+            try:
+                users = [str(u) for u in json.loads(metadata["users"])]
+            except ValueError:
+                raise InvalidFileError(f"{path}: metadata 'users' is not a JSON list") from None
+        return to_numpy(tensors[PROMPTS_KEY]), users
+    users = list(tensors)
+    shapes = {tuple(t.shape) for t in tensors.values()}
+    if len(shapes) != 1:
+        raise InvalidFileError(
+            f"{path} holds per-user tensors of different shapes {sorted(shapes)}; all prompts of a "
+            "set share one (prompt_len, width)"
+        )
+    return np.stack([to_numpy(tensors[u]) for u in users]), users
+
+
+def save_prompt_file(path: Path, array: np.ndarray, users: list[str], metadata: dict[str, str]) -> tuple[str, Path | None]:
+    """Write prompts as ``.safetensors`` (users in metadata and beside it) or ``.npy`` + users csv."""
+    suffix = path.suffix.lower()
+    users_path = users_csv_path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({PROMPTS_KEY: np.ascontiguousarray(array)}, str(tmp), metadata={**metadata, "users": json.dumps(users)})
+        fmt = "safetensors"
+    elif suffix == ".npy":
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        fmt = "npy"
+    else:
+        raise InvalidFileError(f"cannot export to {path}: use a .safetensors or .npy file name")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    write_users_csv(users_path, users)
+    os.replace(tmp, path)
+    return fmt, users_path

@@ -1,0 +1,1232 @@
+"""The ``Registry`` facade: the one public entry point.
+
+Each public method is one unit of work. Writes follow one protocol: validate everything, write the
+tensor bytes and fsync them, then commit every catalogue row in one transaction. If anything
+fails, the transaction rolls back and the bytes are removed (or, after a crash, left as orphans
+for ``gc``): no row ever points at missing bytes, and nothing is half-visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from . import fileio
+from .db import migrations
+from .db.engine import is_sqlite, make_engine, read_session, write_session
+from .db.schema import (
+    AliasEventRow,
+    AliasRow,
+    ArtifactRow,
+    ArtifactSourceRow,
+    AuditEventRow,
+    BaseModelRow,
+    PromptRowRow,
+    PromptSetParentRow,
+    PromptSetRow,
+    RunRow,
+    TagRow,
+    TaskRow,
+    UserRow,
+)
+from .entities import (
+    Alias,
+    AliasEvent,
+    Artifact,
+    AuditEvent,
+    DoctorReport,
+    ExportResult,
+    GcReport,
+    ModelInfo,
+    Problem,
+    PromptSet,
+    Run,
+    Task,
+    User,
+)
+from .errors import (
+    ChecksumError,
+    ConflictError,
+    DTypeError,
+    DuplicateUserError,
+    IntegrityError,
+    InvalidFileError,
+    ModelConflictError,
+    ModelMismatchError,
+    NonFiniteError,
+    PromptRegistryError,
+    RegistryNotFoundError,
+    SchemaError,
+    ShapeError,
+    UnknownAliasError,
+    UnknownArtifactError,
+    UnknownModelError,
+    UnknownSetError,
+    UnknownTaskError,
+    UnknownUserError,
+)
+from .location import MEMORY_STORE, Location, resolve_location
+from .modelinfo import describe_model
+from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
+from .store.memory import MemoryStore
+from .store.zarr_store import ZarrStore
+
+TASK_KINDS = ("rating", "click")
+DEFAULT_GC_GRACE_SECONDS = 3600.0
+# Rows per store write: whole chunks, bounded memory, and a natural progress step.
+WRITE_BATCH_ROWS = 64 * DEFAULT_CHUNK_ROWS
+_QUERY_BATCH = 2000  # bound IN (...) lists (SQLite's variable limit, plan sizes)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:]{0,199}$")
+_ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
+_VERSION_RE = re.compile(r"^v?(\d+)$")
+LATEST = "latest"
+
+PromptInput = Mapping[str, Any] | np.ndarray | Any  # Mapping user->tensor, array/tensor, or a path
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def _batched(items: Sequence[Any], size: int = _QUERY_BATCH) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _preview(items: Iterable[Any], n: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(repr(i) for i in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _row_digests(array: np.ndarray) -> list[bytes]:
+    flat = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
+    return [hashlib.sha256(row).digest() for row in flat]
+
+
+def _default_actor() -> str:
+    actor = os.environ.get("PROMPT_REGISTRY_ACTOR")
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return "unknown"
+
+
+class Registry:
+    """Versioned soft prompts bound to the exact base models that can read them.
+
+    Open one with ``Registry.open(location)`` (or create it with ``Registry.init``); ``location``
+    is a directory (SQLite + Zarr inside, default ``./.prompt-registry``) or a database URL with
+    ``store=`` naming the Zarr directory. Use it as a context manager or call ``close()``.
+    """
+
+    def __init__(self, engine: Engine, store: TensorStore, *, where: str, actor: str | None = None) -> None:
+        self._engine = engine
+        self._store = store
+        self.where = where
+        self.actor = actor or _default_actor()
+        self._chains: dict[int, tuple[tuple[int, str | None], ...]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ open / init / upgrade
+    @classmethod
+    def init(cls, location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None, actor: str | None = None) -> Registry:
+        """Create a registry (or bring an existing one to the current schema) and open it."""
+        loc = resolve_location(location, store)
+        if loc.directory is not None:
+            loc.directory.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(loc.db_url)
+        before, after = migrations.upgrade(engine)
+        registry = cls(engine, cls._make_store(loc, create=True), where=loc.display, actor=actor)
+        if before != after:
+            with write_session(engine) as session:
+                registry._audit(session, "init", "registry", loc.display, {"schema": after, "store": loc.store})
+        return registry
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None, actor: str | None = None) -> Registry:
+        """Open an existing registry; ``SchemaError`` if its schema is not this package's head."""
+        loc = resolve_location(location, store)
+        if loc.directory is not None and not (loc.directory / "registry.db").exists():
+            raise RegistryNotFoundError(
+                f"no registry at {loc.directory}; create one with `prompt-registry init "
+                f"--registry {loc.directory}` or point --registry / PROMPT_REGISTRY_URL at an existing one"
+            )
+        engine = make_engine(loc.db_url)
+        try:
+            migrations.check_schema(engine, loc.display)
+        except SchemaError:
+            engine.dispose()
+            raise
+        except Exception as exc:  # connection refused, bad URL, ...
+            engine.dispose()
+            raise RegistryNotFoundError(f"cannot open the catalogue at {loc.display}: {exc}") from exc
+        return cls(engine, cls._make_store(loc, create=False), where=loc.display, actor=actor)
+
+    @staticmethod
+    def upgrade(location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
+        """Apply the packaged Alembic migrations; returns (revision before, revision after)."""
+        loc = resolve_location(location, store)
+        engine = make_engine(loc.db_url)
+        try:
+            return migrations.upgrade(engine)
+        finally:
+            engine.dispose()
+
+    @staticmethod
+    def _make_store(loc: Location, *, create: bool) -> TensorStore:
+        if loc.store == MEMORY_STORE:
+            return MemoryStore()
+        return ZarrStore(loc.store, create=create)
+
+    def close(self) -> None:
+        self._store.close()
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.where!r}, store={self._store.location!r})"
+
+    @property
+    def store(self) -> TensorStore:
+        return self._store
+
+    @property
+    def schema_revision(self) -> str | None:
+        return migrations.current_revision(self._engine)
+
+    # ------------------------------------------------------------------ internal helpers
+    def _audit(self, session: Session, action: str, kind: str, obj: Any, details: dict[str, Any], reason: str | None = None) -> None:
+        session.add(
+            AuditEventRow(
+                at=_utcnow(), actor=self.actor, action=action, object_kind=kind,
+                object_id=str(obj), reason=reason, details=details,
+            )
+        )
+
+    @staticmethod
+    def _model_row(session: Session, name: str, *, lock: bool = False) -> BaseModelRow:
+        stmt = select(BaseModelRow).where(BaseModelRow.name == name)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = session.scalars(stmt).one_or_none()
+        if row is None:
+            known = session.scalars(select(BaseModelRow.name).order_by(BaseModelRow.name).limit(10)).all()
+            raise UnknownModelError(
+                f"unknown model {name!r} (registered: {', '.join(known) or 'none'}); "
+                f"register it with `prompt-registry model add {name} --path DIR`"
+            )
+        return row
+
+    @staticmethod
+    def _task_row(session: Session, name: str) -> TaskRow:
+        row = session.scalars(select(TaskRow).where(TaskRow.name == name)).one_or_none()
+        if row is None:
+            known = session.scalars(select(TaskRow.name).order_by(TaskRow.name).limit(10)).all()
+            raise UnknownTaskError(
+                f"unknown task {name!r} (known: {', '.join(known) or 'none'}); "
+                f"create it with `prompt-registry task add {name} --kind rating|click`"
+            )
+        return row
+
+    @staticmethod
+    def _model_entity(row: BaseModelRow) -> ModelInfo:
+        return ModelInfo(
+            id=row.id, name=row.name, source=row.source, revision=row.revision,
+            architecture=row.architecture, model_type=row.model_type, hidden_size=row.hidden_size,
+            vocab_size=row.vocab_size, fingerprint=row.fingerprint, files=dict(row.files),
+            created_at=_aware(row.created_at), created_by=row.created_by,  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def _task_entity(row: TaskRow) -> Task:
+        return Task(id=row.id, name=row.name, kind=row.kind, created_at=_aware(row.created_at))  # type: ignore[arg-type]
+
+    def _set_entities(self, session: Session, rows: Sequence[PromptSetRow]) -> list[PromptSet]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        names = {
+            "model": dict(session.execute(select(BaseModelRow.id, BaseModelRow.name)).all()),
+            "task": dict(session.execute(select(TaskRow.id, TaskRow.name)).all()),
+        }
+        parents: dict[int, list[int]] = {}
+        aliases: dict[int, list[str]] = {}
+        tags: dict[int, dict[str, str | None]] = {}
+        for chunk in _batched(ids):
+            for set_id, parent_id in session.execute(
+                select(PromptSetParentRow.set_id, PromptSetParentRow.parent_id)
+                .where(PromptSetParentRow.set_id.in_(chunk))
+                .order_by(PromptSetParentRow.set_id, PromptSetParentRow.position)
+            ):
+                parents.setdefault(set_id, []).append(parent_id)
+            for set_id, name in session.execute(select(AliasRow.set_id, AliasRow.name).where(AliasRow.set_id.in_(chunk)).order_by(AliasRow.name)):
+                aliases.setdefault(set_id, []).append(name)
+            for set_id, name, value in session.execute(select(TagRow.set_id, TagRow.name, TagRow.value).where(TagRow.set_id.in_(chunk)).order_by(TagRow.name)):
+                tags.setdefault(set_id, {})[name] = value
+        return [
+            PromptSet(
+                id=r.id, model=names["model"][r.model_id], task=names["task"][r.task_id],
+                version=r.version, base_id=r.base_id, parents=tuple(parents.get(r.id, ())),
+                prompt_len=r.prompt_len, width=r.width, dtype=r.dtype, n_users=r.n_users,
+                n_rows=r.n_rows, store_key=r.store_key, sha256=r.sha256, status=r.status,
+                run_id=r.run_id, adapter_id=r.adapter_id, head_id=r.head_id, note=r.note,
+                created_at=_aware(r.created_at), created_by=r.created_by,  # type: ignore[arg-type]
+                aliases=tuple(aliases.get(r.id, ())), tags=tags.get(r.id, {}),
+            )
+            for r in rows
+        ]
+
+    def _resolve_set(self, session: Session, ref: int | str | PromptSet, *, model: str | None = None, task: str | None = None) -> PromptSetRow:
+        """A set by id, ``MODEL/TASK@ALIAS``, ``MODEL/TASK@latest`` or ``MODEL/TASK@vN``."""
+        if isinstance(ref, PromptSet):
+            ref = ref.id
+        text = str(ref).strip()
+        if text.isdigit():
+            row = session.get(PromptSetRow, int(text))
+            if row is None:
+                raise UnknownSetError(f"no prompt set with id {text}; list them with `prompt-registry prompt list`")
+        else:
+            if "@" not in text or "/" not in text.split("@")[0]:
+                raise UnknownSetError(
+                    f"cannot parse set reference {text!r}: use a set id or MODEL/TASK@ALIAS "
+                    "(ALIAS may be `latest` or `vN`)"
+                )
+            head, selector = text.rsplit("@", 1)
+            model_name, task_name = head.rsplit("/", 1)
+            row = self._select_set(session, model_name, task_name, selector)
+        if row.status != "committed":
+            raise UnknownSetError(f"prompt set {row.id} is {row.status}; it can no longer be read")
+        if model is not None or task is not None:
+            self._check_set_matches(session, row, model, task)
+        return row
+
+    def _select_set(self, session: Session, model: str, task: str, selector: str | int) -> PromptSetRow:
+        model_row = self._model_row(session, model)
+        task_row = self._task_row(session, task)
+        base = select(PromptSetRow).where(
+            PromptSetRow.model_id == model_row.id, PromptSetRow.task_id == task_row.id, PromptSetRow.status == "committed"
+        )
+        selector = str(selector)
+        version = _VERSION_RE.match(selector)
+        if selector == LATEST:
+            row = session.scalars(base.order_by(PromptSetRow.version.desc()).limit(1)).one_or_none()
+            if row is None:
+                raise UnknownSetError(
+                    f"model {model!r} has no prompt sets for task {task!r} yet; import some with "
+                    f"`prompt-registry prompt import --model {model} --task {task} FILE`"
+                )
+            return row
+        if version:
+            row = session.scalars(base.where(PromptSetRow.version == int(version.group(1)))).one_or_none()
+            if row is None:
+                raise UnknownSetError(f"{model}/{task} has no version {version.group(1)}; see `prompt-registry prompt list --model {model}`")
+            return row
+        alias = session.scalars(
+            select(AliasRow).where(AliasRow.name == selector, AliasRow.model_id == model_row.id, AliasRow.task_id == task_row.id)
+        ).one_or_none()
+        if alias is None:
+            raise UnknownAliasError(
+                f"no alias {selector!r} for {model}/{task}; set it with "
+                f"`prompt-registry alias set {selector} {model}/{task}@latest`"
+            )
+        return session.get_one(PromptSetRow, alias.set_id)
+
+    def _check_set_matches(self, session: Session, row: PromptSetRow, model: str | None, task: str | None) -> None:
+        set_model = session.get_one(BaseModelRow, row.model_id)
+        if model is not None and model != set_model.name:
+            other = self._model_row(session, model)
+            raise ModelMismatchError(
+                f"prompt set {row.id} holds prompts for model {set_model.name!r} (fingerprint "
+                f"{set_model.fingerprint[:12]}), not for {model!r} ({other.fingerprint[:12]}); a prompt "
+                f"only works on the model it was made for: migrate it to {model!r} first"
+            )
+        if task is not None:
+            set_task = session.get_one(TaskRow, row.task_id)
+            if task != set_task.name:
+                raise ConflictError(f"prompt set {row.id} is for task {set_task.name!r}, not {task!r}")
+
+    def _chain(self, session: Session, row: PromptSetRow) -> tuple[tuple[int, str | None], ...]:
+        """``(set_id, store_key)`` from this version up through its incremental bases."""
+        cached = self._chains.get(row.id)
+        if cached is not None:
+            return cached
+        chain: list[tuple[int, str | None]] = []
+        current: PromptSetRow | None = row
+        while current is not None:
+            chain.append((current.id, current.store_key))
+            current = session.get(PromptSetRow, current.base_id) if current.base_id is not None else None
+        result = tuple(chain)
+        with self._lock:
+            self._chains[row.id] = result
+        return result
+
+    def _locate(self, session: Session, chain: Sequence[tuple[int, str | None]], users: Sequence[str] | None) -> dict[str, tuple[int, int, bytes]]:
+        """user -> (set id holding the row, row index, sha256) through an incremental chain.
+
+        ``users=None`` locates every user of the version. The newest version in the chain wins.
+        """
+        rank = {set_id: i for i, (set_id, _) in enumerate(chain)}
+        chain_ids = list(rank)
+        stmt = (
+            select(UserRow.external_id, PromptRowRow.set_id, PromptRowRow.row_index, PromptRowRow.sha256)
+            .join(UserRow, UserRow.id == PromptRowRow.user_id)
+            .where(PromptRowRow.set_id.in_(chain_ids))
+        )
+        found: dict[str, tuple[int, int, bytes]] = {}
+        batches = [None] if users is None else list(_batched(list(dict.fromkeys(users))))
+        for batch in batches:
+            query = stmt if batch is None else stmt.where(UserRow.external_id.in_(batch))
+            for ext, set_id, row_index, digest in session.execute(query):
+                prev = found.get(ext)
+                if prev is None or rank[set_id] < rank[prev[0]]:
+                    found[ext] = (set_id, row_index, digest)
+        return found
+
+    def _read_located(self, chain: Sequence[tuple[int, str | None]], users: Sequence[str], located: Mapping[str, tuple[int, int, bytes]], info: PromptSetRow, verify: bool) -> np.ndarray:
+        keys = dict(chain)
+        out = np.empty((len(users), info.prompt_len, info.width), dtype=info.dtype)
+        by_set: dict[int, list[int]] = {}
+        for pos, user in enumerate(users):
+            by_set.setdefault(located[user][0], []).append(pos)
+        for set_id, positions in by_set.items():
+            store_key = keys[set_id]
+            assert store_key is not None
+            rows = np.fromiter((located[users[p]][1] for p in positions), dtype=np.int64, count=len(positions))
+            data = self._store.read_rows(store_key, rows)
+            if verify:
+                for p, digest in zip(positions, _row_digests(data)):
+                    if digest != located[users[p]][2]:
+                        raise ChecksumError(
+                            f"the stored prompt of user {users[p]!r} in set {set_id} (array {store_key!r} in "
+                            f"{self._store.location}) fails its sha256 check: the bytes were modified or "
+                            "corrupted. Restore the store from backup or re-import the set, then run "
+                            "`prompt-registry doctor`"
+                        )
+            out[positions] = data
+        return out
+
+    # ------------------------------------------------------------------ models and tasks
+    def register_model(self, name: str, path: str | os.PathLike[str], *, revision: str | None = None, reason: str | None = None) -> ModelInfo:
+        """Register a local model folder under ``name``, fingerprinting its config and weights.
+
+        Idempotent for the same fingerprint; ``ModelConflictError`` if ``name`` is registered with
+        other weights (register the new weights under a new name).
+        """
+        if not _NAME_RE.match(name):
+            raise ConflictError(f"invalid model name {name!r}: use letters, digits and . _ - / : (max 200)")
+        desc = describe_model(path)
+        with write_session(self._engine) as session:
+            existing = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).one_or_none()
+            if existing is not None:
+                if existing.fingerprint != desc.fingerprint:
+                    raise ModelConflictError(
+                        f"model {name!r} is registered with fingerprint {existing.fingerprint[:12]} "
+                        f"(from {existing.source}), but {path} has {desc.fingerprint[:12]}: these are "
+                        f"different weights. Register them under a new name, e.g. {name + '-v2'!r}"
+                    )
+                return self._model_entity(existing)
+            row = BaseModelRow(
+                name=name, source=str(Path(path).absolute()), revision=revision,
+                architecture=desc.architecture, model_type=desc.model_type, hidden_size=desc.hidden_size,
+                vocab_size=desc.vocab_size, fingerprint=desc.fingerprint, files=desc.files,
+                created_at=_utcnow(), created_by=self.actor,
+            )
+            session.add(row)
+            session.flush()
+            self._audit(session, "register_model", "model", name, {"fingerprint": desc.fingerprint, "source": row.source}, reason)
+            return self._model_entity(row)
+
+    def get_model(self, name: str) -> ModelInfo:
+        with read_session(self._engine) as session:
+            return self._model_entity(self._model_row(session, name))
+
+    def list_models(self) -> list[ModelInfo]:
+        with read_session(self._engine) as session:
+            return [self._model_entity(r) for r in session.scalars(select(BaseModelRow).order_by(BaseModelRow.name))]
+
+    def add_task(self, name: str, kind: str) -> Task:
+        """Create a task (``rating`` or ``click``); idempotent when it exists with the same kind."""
+        if kind not in TASK_KINDS:
+            raise ConflictError(f"unknown task kind {kind!r}; use one of {', '.join(TASK_KINDS)}")
+        if not _ALIAS_RE.match(name):
+            raise ConflictError(f"invalid task name {name!r}: start with a letter; letters, digits, . _ - (no '/')")
+        with write_session(self._engine) as session:
+            row = session.scalars(select(TaskRow).where(TaskRow.name == name)).one_or_none()
+            if row is not None:
+                if row.kind != kind:
+                    raise ConflictError(f"task {name!r} exists with kind {row.kind!r}, not {kind!r}")
+                return self._task_entity(row)
+            row = TaskRow(name=name, kind=kind, created_at=_utcnow())
+            session.add(row)
+            session.flush()
+            self._audit(session, "add_task", "task", name, {"kind": kind})
+            return self._task_entity(row)
+
+    def list_tasks(self) -> list[Task]:
+        with read_session(self._engine) as session:
+            return [self._task_entity(r) for r in session.scalars(select(TaskRow).order_by(TaskRow.name))]
+
+    # ------------------------------------------------------------------ users
+    def add_users(self, users: Iterable[str], *, exist_ok: bool = False) -> int:
+        """Register users by external id; returns how many were new.
+
+        ``DuplicateUserError`` for an id given twice, or (unless ``exist_ok``) already registered.
+        """
+        ids = self._check_user_ids(users, what="users to add")
+        with write_session(self._engine) as session:
+            existing = self._user_ids(session, ids)
+            if existing and not exist_ok:
+                raise DuplicateUserError(
+                    f"{len(existing)} user(s) already exist: {_preview(sorted(existing))}; "
+                    "pass exist_ok=True (`--skip-existing`) to add only the new ones"
+                )
+            new = [u for u in ids if u not in existing]
+            self._insert_users(session, new)
+            if new:
+                self._audit(session, "add_users", "users", len(new), {"count": len(new), "first": new[:5]})
+            return len(new)
+
+    @staticmethod
+    def _check_user_ids(users: Iterable[str], *, what: str) -> list[str]:
+        ids = [str(u) for u in users]
+        if not ids:
+            raise UnknownUserError(f"no {what} given")
+        bad = [u for u in ids if not u.strip() or len(u) > 200]
+        if bad:
+            raise ConflictError(f"invalid user id(s) {_preview(bad)}: ids are 1-200 non-blank characters")
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dupes = sorted({u for u in ids if u in seen or seen.add(u)})  # type: ignore[func-returns-value]
+            raise DuplicateUserError(f"user id(s) given more than once: {_preview(dupes)}; each user may appear once")
+        return ids
+
+    @staticmethod
+    def _user_ids(session: Session, users: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for batch in _batched(users):
+            found.update(session.execute(select(UserRow.external_id, UserRow.id).where(UserRow.external_id.in_(batch))).all())
+        return found
+
+    def _insert_users(self, session: Session, users: Sequence[str]) -> None:
+        if not users:
+            return
+        now = _utcnow()
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        # ON CONFLICT DO NOTHING: a concurrent writer may create the same user first
+        stmt = dialect.insert(UserRow).on_conflict_do_nothing(index_elements=["external_id"])
+        for batch in _batched(users, 10_000):
+            session.execute(stmt, [{"external_id": u, "created_at": now} for u in batch])
+
+    def list_users(self, *, limit: int | None = 100, offset: int = 0, include_deleted: bool = False) -> list[User]:
+        with read_session(self._engine) as session:
+            stmt = select(UserRow).order_by(UserRow.id).offset(offset)
+            if not include_deleted:
+                stmt = stmt.where(UserRow.deleted_at.is_(None))
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            return [User(r.id, r.external_id, _aware(r.created_at), _aware(r.deleted_at)) for r in session.scalars(stmt)]  # type: ignore[arg-type]
+
+    def count_users(self) -> int:
+        with read_session(self._engine) as session:
+            return session.scalar(select(func.count()).select_from(UserRow).where(UserRow.deleted_at.is_(None))) or 0
+
+    # ------------------------------------------------------------------ prompt import
+    def import_prompts(
+        self,
+        model: str,
+        task: str,
+        prompts: PromptInput,
+        users: Sequence[str] | str | os.PathLike[str] | None = None,
+        *,
+        base: int | str | PromptSet | None = None,
+        prompt_len: int | None = None,
+        dtype: str | None = None,
+        create_users: bool = False,
+        alias: str | None = None,
+        tags: Mapping[str, str | None] | Iterable[str] | None = None,
+        note: str | None = None,
+        reason: str | None = None,
+    ) -> PromptSet:
+        """Write a new immutable prompt set for ``model`` and ``task``.
+
+        ``prompts`` is a mapping user->tensor, an array/tensor (``users`` x ``prompt_len`` x
+        ``width``, or ``users`` x ``width`` for length 1) with ``users`` (a list or a CSV path),
+        or a path to a ``.safetensors``/``.npy`` file.
+
+        With ``base``, the new version is incremental: it stores only the given users' rows and
+        resolves every other user through ``base`` (no bytes or rows are copied).
+
+        Raises ``ShapeError``/``DTypeError``/``NonFiniteError`` for bad tensors,
+        ``DuplicateUserError``/``UnknownUserError`` for bad user lists, ``UnknownModelError``/
+        ``UnknownTaskError``, ``InvalidFileError`` for unreadable files. Nothing is written then.
+        """
+        started = time.perf_counter()
+        started_at = _utcnow()
+        array, user_ids, source = self._normalize_prompt_input(prompts, users)
+        user_ids = self._check_user_ids(user_ids, what="users in the prompt input")
+        with read_session(self._engine) as session:
+            model_row = self._model_row(session, model)
+            task_row = self._task_row(session, task)
+            base_row = self._resolve_set(session, base, model=model, task=task) if base is not None else None
+            base_info = (base_row.prompt_len, base_row.dtype, base_row.sha256) if base_row is not None else None
+            if not create_users:
+                known = self._user_ids(session, user_ids)
+                missing = [u for u in user_ids if u not in known]
+                if missing:
+                    raise UnknownUserError(
+                        f"{len(missing)} user(s) are not registered: {_preview(missing)}; add them first "
+                        "(`prompt-registry user import FILE.csv`) or pass create_users=True (`--create-users`)"
+                    )
+        expected_len = prompt_len if prompt_len is not None else (base_info[0] if base_info else None)
+        store_dtype = dtype or (base_info[1] if base_info else "float32")
+        if base_info and store_dtype != base_info[1]:
+            raise DTypeError(f"base set {base_row.id} stores {base_info[1]}; an incremental version must use the same dtype")  # type: ignore[union-attr]
+        array = self._check_prompt_array(array, user_ids, model_row, expected_len, store_dtype)
+        digests = _row_digests(array)
+        content = hashlib.sha256((base_info[2] if base_info else "").encode())
+        for user, digest in zip(user_ids, digests):
+            content.update(user.encode() + b"\0" + digest)
+
+        store_key = f"set-{uuid.uuid4().hex}"
+        self._write_array(store_key, array)
+        try:
+            with write_session(self._engine) as session:
+                model_row = self._model_row(session, model, lock=True)  # serialises versions on Postgres
+                task_row = self._task_row(session, task)
+                if base is not None:
+                    base_row = self._resolve_set(session, base, model=model, task=task)
+                if create_users:
+                    self._insert_users(session, [u for u in user_ids if u not in self._user_ids(session, user_ids)])
+                ids = self._user_ids(session, user_ids)
+                missing = [u for u in user_ids if u not in ids]
+                if missing:  # deleted by a concurrent writer since we checked
+                    raise UnknownUserError(f"user(s) {_preview(missing)} disappeared during the import; retry")
+                n_users = len(user_ids)
+                if base_row is not None:
+                    chain = self._chain(session, base_row)
+                    overlap = self._locate(session, chain, user_ids)
+                    n_users = base_row.n_users + len(user_ids) - len(overlap)
+                run = RunRow(
+                    kind="import", status="succeeded", model_id=model_row.id, task_id=task_row.id,
+                    config={"source": source, "n_rows": len(user_ids), "base": base_row.id if base_row else None,
+                            "dtype": store_dtype, "prompt_len": int(array.shape[1])},
+                    seeds={}, started_at=started_at, actor=self.actor, cost={"bytes_written": int(array.nbytes)},
+                )
+                session.add(run)
+                version = (session.scalar(
+                    select(func.max(PromptSetRow.version)).where(PromptSetRow.model_id == model_row.id, PromptSetRow.task_id == task_row.id)
+                ) or 0) + 1
+                row = PromptSetRow(
+                    model_id=model_row.id, task_id=task_row.id, version=version,
+                    base_id=base_row.id if base_row else None, prompt_len=int(array.shape[1]),
+                    width=int(array.shape[2]), dtype=store_dtype, n_users=n_users, n_rows=len(user_ids),
+                    store_key=store_key, sha256=content.hexdigest(), status="committed", note=note,
+                    created_at=_utcnow(), created_by=self.actor,
+                )
+                session.add(row)
+                session.flush()
+                row.run_id = run.id
+                if base_row is not None:
+                    session.add(PromptSetParentRow(set_id=row.id, parent_id=base_row.id, role="base", position=0))
+                self._insert_rows(session, row.id, [ids[u] for u in user_ids], digests)
+                self._check_bytes_present(store_key)
+                for tag_name, tag_value in self._tag_items(tags):
+                    session.add(TagRow(set_id=row.id, name=tag_name, value=tag_value, created_at=_utcnow(), created_by=self.actor))
+                self._audit(session, "import_prompts", "prompt_set", row.id, {
+                    "model": model, "task": task, "version": version, "n_rows": len(user_ids),
+                    "base": row.base_id, "store_key": store_key, "sha256": row.sha256,
+                }, reason)
+                if alias is not None:
+                    self._move_alias(session, alias, row, reason)
+                run.finished_at = _utcnow()
+                run.wall_seconds = time.perf_counter() - started
+                session.flush()
+                return self._set_entities(session, [row])[0]
+        except BaseException:
+            self._store.delete(store_key)  # best effort; after a crash gc removes them
+            raise
+
+    @staticmethod
+    def _tag_items(tags: Mapping[str, str | None] | Iterable[str] | None) -> list[tuple[str, str | None]]:
+        if tags is None:
+            return []
+        if isinstance(tags, Mapping):
+            return [(str(k), None if v is None else str(v)) for k, v in tags.items()]
+        return [(str(t), None) for t in tags]
+
+    def _insert_rows(self, session: Session, set_id: int, user_ids: Sequence[int], digests: Sequence[bytes]) -> None:
+        # Core executemany on the raw table: the ORM unit of work is several times slower here.
+        table = PromptRowRow.__table__
+        stmt = table.insert()
+        for start in range(0, len(user_ids), 20_000):
+            session.execute(stmt, [
+                {"set_id": set_id, "user_id": uid, "row_index": start + i, "sha256": digest}
+                for i, (uid, digest) in enumerate(zip(user_ids[start : start + 20_000], digests[start : start + 20_000]))
+            ])
+
+    def _check_bytes_present(self, store_key: str) -> None:
+        """Inside the commit transaction: our bytes must still be there (a gc with a too-short
+        grace period could have taken them for orphans)."""
+        if not self._store.exists(store_key):
+            raise IntegrityError(f"bytes {store_key!r} vanished before commit (a concurrent `gc --grace 0`?); retry")
+
+    def _write_array(self, store_key: str, array: np.ndarray) -> None:
+        self._store.create_array(store_key, array.shape, str(array.dtype), DEFAULT_CHUNK_ROWS)
+        try:
+            for start in range(0, len(array), WRITE_BATCH_ROWS):
+                self._store.write_rows(store_key, start, array[start : start + WRITE_BATCH_ROWS])
+        except BaseException:
+            self._store.delete(store_key)
+            raise
+
+    def _normalize_prompt_input(self, prompts: PromptInput, users: Sequence[str] | str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str], str]:
+        if isinstance(users, (str, os.PathLike)):
+            user_list: list[str] | None = fileio.read_users_csv(users)
+        else:
+            user_list = None if users is None else [str(u) for u in users]
+        if isinstance(prompts, (str, os.PathLike)):
+            path = Path(prompts)
+            array, file_users = fileio.load_prompt_file(path)
+            if user_list is None:
+                user_list = file_users
+            if user_list is None and fileio.users_csv_path(path).exists():
+                user_list = fileio.read_users_csv(fileio.users_csv_path(path))
+            if user_list is None:
+                raise InvalidFileError(
+                    f"{path} does not say which users its rows belong to; pass users= (`--users FILE.csv`)"
+                )
+            return array, user_list, str(path.absolute())
+        if isinstance(prompts, Mapping):
+            if users is not None:
+                raise ConflictError("pass users= only with an array; a mapping already names its users")
+            if not prompts:
+                raise UnknownUserError("the prompt mapping is empty")
+            user_list = [str(u) for u in prompts]
+            rows = [self._to_numpy(v, f"prompt of user {u!r}") for u, v in prompts.items()]
+            shapes = {r.shape for r in rows}
+            if len(shapes) != 1:
+                raise ShapeError(f"prompts in the mapping have different shapes {sorted(shapes)}; all must share (prompt_len, width)")
+            return np.stack(rows), user_list, "mapping"
+        array = self._to_numpy(prompts, "prompts")
+        if user_list is None:
+            raise UnknownUserError("an array of prompts needs users= (one id per row)")
+        return array, user_list, "array"
+
+    @staticmethod
+    def _to_numpy(value: Any, what: str) -> np.ndarray:
+        try:
+            import torch
+
+            if isinstance(value, torch.Tensor):
+                tensor = value.detach().cpu()
+                if tensor.dtype == torch.bfloat16:
+                    tensor = tensor.to(torch.float32)  # numpy has no bfloat16; the cast is exact
+                return tensor.numpy()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+        if isinstance(value, np.ndarray):
+            return value
+        raise DTypeError(f"{what} is a {type(value).__name__}; pass a torch.Tensor or numpy.ndarray")
+
+    @staticmethod
+    def _check_prompt_array(array: np.ndarray, users: Sequence[str], model: BaseModelRow, prompt_len: int | None, store_dtype: str) -> np.ndarray:
+        if store_dtype not in SUPPORTED_DTYPES:
+            raise DTypeError(f"cannot store prompts as {store_dtype}; use one of {', '.join(SUPPORTED_DTYPES)}")
+        if array.dtype.kind != "f":
+            raise DTypeError(
+                f"prompts have dtype {array.dtype}; soft prompts are floating point: convert with "
+                ".astype(np.float32) / .float()"
+            )
+        if array.ndim == 2:
+            array = array[:, None, :]  # users x width: prompt length 1, the PUMA default
+        if array.ndim != 3:
+            raise ShapeError(f"prompts have shape {array.shape}; expected (users, prompt_len, width) or (users, width)")
+        if array.shape[0] != len(users):
+            raise ShapeError(f"{array.shape[0]} prompt rows for {len(users)} users; give exactly one row per user")
+        if array.shape[2] != model.hidden_size:
+            raise ShapeError(
+                f"prompts have width {array.shape[2]} but model {model.name!r} has hidden size "
+                f"{model.hidden_size}; prompts for another model must be migrated, not imported"
+            )
+        if array.shape[1] < 1 or (prompt_len is not None and array.shape[1] != prompt_len):
+            raise ShapeError(f"prompts have length {array.shape[1]}, expected {prompt_len} (the base version's prompt length)")
+        converted = np.ascontiguousarray(array, dtype=store_dtype)
+        finite = np.isfinite(converted.reshape(len(users), -1)).all(axis=1)
+        if not finite.all():
+            bad = [users[i] for i in np.flatnonzero(~finite)]
+            overflow = bool(np.isfinite(array.reshape(len(users), -1)[~finite]).all())
+            why = f"overflow when cast to {store_dtype}" if overflow else "NaN or Inf values"
+            raise NonFiniteError(f"prompts of {len(bad)} user(s) have {why}: {_preview(bad)}; fix or drop them before importing")
+        return converted
+
+    # ------------------------------------------------------------------ prompt reads
+    def get_set(self, ref: int | str | PromptSet) -> PromptSet:
+        """A prompt set by id or ``MODEL/TASK@ALIAS`` (``@latest``, ``@vN``)."""
+        with read_session(self._engine) as session:
+            return self._set_entities(session, [self._resolve_set(session, ref)])[0]
+
+    def _read_target(self, session: Session, model: str | None, task: str | None, alias: str | None, version: int | None, set: int | str | PromptSet | None) -> PromptSetRow:
+        if set is not None:
+            if alias is not None or version is not None:
+                raise ConflictError("give either set= or alias=/version=, not both")
+            return self._resolve_set(session, set, model=model, task=task)
+        if model is None or task is None:
+            raise UnknownSetError("say which prompts: model= and task= (with alias= or version=), or set=")
+        if alias is not None and version is not None:
+            raise ConflictError("give either alias= or version=, not both")
+        return self._select_set(session, model, task, f"v{version}" if version is not None else (alias or LATEST))
+
+    @staticmethod
+    def _check_fingerprint(session: Session, row: PromptSetRow, fingerprint: str | None) -> None:
+        if fingerprint is None:
+            return
+        model = session.get_one(BaseModelRow, row.model_id)
+        if model.fingerprint != fingerprint:
+            raise ModelMismatchError(
+                f"prompt set {row.id} was made for model {model.name!r} with fingerprint "
+                f"{model.fingerprint[:12]}, but the caller's model has {fingerprint[:12]}: these prompts "
+                "are meaningless on other weights; migrate them to the new model"
+            )
+
+    def get_prompt(
+        self, user: str, model: str | None = None, task: str | None = None, *, alias: str | None = None,
+        version: int | None = None, set: int | str | PromptSet | None = None, fingerprint: str | None = None,
+        verify: bool = True,
+    ) -> Any:
+        """One user's prompt as a ``torch.Tensor`` of shape ``(prompt_len, width)``.
+
+        Pick the version with ``alias`` (default ``latest``), ``version`` or ``set``. Pass the
+        serving model's ``fingerprint`` to refuse prompts made for other weights
+        (``ModelMismatchError``). ``verify`` checks the row's sha256 (``ChecksumError``).
+        """
+        return self.get_prompts([user], model, task, alias=alias, version=version, set=set, fingerprint=fingerprint, verify=verify)[0]
+
+    def get_prompts(
+        self, users: Sequence[str], model: str | None = None, task: str | None = None, *, alias: str | None = None,
+        version: int | None = None, set: int | str | PromptSet | None = None, fingerprint: str | None = None,
+        verify: bool = True,
+    ) -> Any:
+        """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``."""
+        import torch
+
+        users = [str(u) for u in users]
+        with read_session(self._engine) as session:
+            row = self._read_target(session, model, task, alias, version, set)
+            self._check_fingerprint(session, row, fingerprint)
+            chain = self._chain(session, row)
+            located = self._locate(session, chain, users)
+        missing = [u for u in dict.fromkeys(users) if u not in located]
+        if missing:
+            raise UnknownUserError(
+                f"prompt set {row.id} has no prompt for {len(missing)} user(s): {_preview(missing)}; "
+                "train or migrate prompts for them, or check the user ids"
+            )
+        return torch.from_numpy(self._read_located(chain, users, located, row, verify))
+
+    def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True) -> ExportResult:
+        """Write every user's prompt of a version to ``.safetensors`` or ``.npy`` (+ ``.users.csv``)."""
+        path = Path(path)
+        with read_session(self._engine) as session:
+            row = self._resolve_set(session, ref)
+            chain = self._chain(session, row)
+            located = self._locate(session, chain, None)
+            model_row = session.get_one(BaseModelRow, row.model_id)
+            task_row = session.get_one(TaskRow, row.task_id)
+        users = sorted(located)
+        array = self._read_located(chain, users, located, row, verify)
+        meta = {
+            "set_id": str(row.id), "model": model_row.name, "model_fingerprint": model_row.fingerprint,
+            "task": task_row.name, "version": str(row.version), "sha256": row.sha256,
+        }
+        fmt, users_path = fileio.save_prompt_file(path, array, users, meta)
+        return ExportResult(row.id, str(path), str(users_path) if users_path else None, fmt, len(users), int(array.nbytes))
+
+    def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None, include_deleted: bool = False) -> list[PromptSet]:
+        """Prompt sets, newest first, filtered by model, task, tag name and alias name."""
+        with read_session(self._engine) as session:
+            stmt = select(PromptSetRow).order_by(PromptSetRow.id.desc())
+            if model is not None:
+                stmt = stmt.where(PromptSetRow.model_id == self._model_row(session, model).id)
+            if task is not None:
+                stmt = stmt.where(PromptSetRow.task_id == self._task_row(session, task).id)
+            if tag is not None:
+                stmt = stmt.where(PromptSetRow.id.in_(select(TagRow.set_id).where(TagRow.name == tag)))
+            if alias is not None:
+                stmt = stmt.where(PromptSetRow.id.in_(select(AliasRow.set_id).where(AliasRow.name == alias)))
+            if not include_deleted:
+                stmt = stmt.where(PromptSetRow.status == "committed")
+            return self._set_entities(session, session.scalars(stmt).all())
+
+    # ------------------------------------------------------------------ aliases and tags
+    def _move_alias(self, session: Session, name: str, row: PromptSetRow, reason: str | None) -> AliasRow:
+        if not _ALIAS_RE.match(name) or name == LATEST or _VERSION_RE.match(name):
+            raise ConflictError(
+                f"invalid alias name {name!r}: start with a letter, use letters, digits, . _ -; "
+                "`latest` and `vN` are reserved"
+            )
+        alias = session.scalars(
+            select(AliasRow).where(AliasRow.name == name, AliasRow.model_id == row.model_id, AliasRow.task_id == row.task_id).with_for_update()
+        ).one_or_none()
+        old = alias.set_id if alias is not None else None
+        if alias is None:
+            alias = AliasRow(name=name, model_id=row.model_id, task_id=row.task_id, set_id=row.id, updated_at=_utcnow(), updated_by=self.actor)
+            session.add(alias)
+        elif alias.set_id == row.id:
+            return alias
+        else:
+            alias.set_id, alias.updated_at, alias.updated_by = row.id, _utcnow(), self.actor
+        session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=old, new_set_id=row.id, at=_utcnow(), actor=self.actor, reason=reason))
+        self._audit(session, "set_alias", "alias", name, {"model_id": row.model_id, "task_id": row.task_id, "old_set_id": old, "new_set_id": row.id}, reason)
+        session.flush()
+        return alias
+
+    def _alias_entity(self, session: Session, row: AliasRow) -> Alias:
+        return Alias(
+            name=row.name, model=session.get_one(BaseModelRow, row.model_id).name,
+            task=session.get_one(TaskRow, row.task_id).name, set_id=row.set_id,
+            updated_at=_aware(row.updated_at), updated_by=row.updated_by,  # type: ignore[arg-type]
+        )
+
+    def set_alias(self, name: str, ref: int | str | PromptSet, *, reason: str | None = None) -> Alias:
+        """Point alias ``name`` of the set's model and task at that set (history is kept)."""
+        with write_session(self._engine) as session:
+            row = self._resolve_set(session, ref)
+            return self._alias_entity(session, self._move_alias(session, name, row, reason))
+
+    def get_alias(self, name: str, model: str, task: str) -> Alias:
+        with read_session(self._engine) as session:
+            row = self._alias_row(session, name, model, task)
+            return self._alias_entity(session, row)
+
+    def _alias_row(self, session: Session, name: str, model: str, task: str, *, lock: bool = False) -> AliasRow:
+        model_row, task_row = self._model_row(session, model), self._task_row(session, task)
+        stmt = select(AliasRow).where(AliasRow.name == name, AliasRow.model_id == model_row.id, AliasRow.task_id == task_row.id)
+        row = session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+        if row is None:
+            raise UnknownAliasError(f"no alias {name!r} for {model}/{task}; see `prompt-registry alias list`")
+        return row
+
+    def delete_alias(self, name: str, model: str, task: str, *, reason: str | None = None) -> None:
+        """Remove an alias (its history stays, ending with a deletion event)."""
+        with write_session(self._engine) as session:
+            row = self._alias_row(session, name, model, task, lock=True)
+            session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=row.set_id, new_set_id=None, at=_utcnow(), actor=self.actor, reason=reason))
+            self._audit(session, "delete_alias", "alias", name, {"model": model, "task": task, "old_set_id": row.set_id}, reason)
+            session.delete(row)
+
+    def list_aliases(self, *, model: str | None = None, task: str | None = None) -> list[Alias]:
+        with read_session(self._engine) as session:
+            stmt = select(AliasRow).order_by(AliasRow.name, AliasRow.model_id, AliasRow.task_id)
+            if model is not None:
+                stmt = stmt.where(AliasRow.model_id == self._model_row(session, model).id)
+            if task is not None:
+                stmt = stmt.where(AliasRow.task_id == self._task_row(session, task).id)
+            return [self._alias_entity(session, r) for r in session.scalars(stmt)]
+
+    def alias_history(self, name: str, *, model: str | None = None, task: str | None = None) -> list[AliasEvent]:
+        """Every move of alias ``name`` (optionally of one model/task), oldest first."""
+        with read_session(self._engine) as session:
+            stmt = select(AliasEventRow).where(AliasEventRow.name == name).order_by(AliasEventRow.id)
+            if model is not None:
+                stmt = stmt.where(AliasEventRow.model_id == self._model_row(session, model).id)
+            if task is not None:
+                stmt = stmt.where(AliasEventRow.task_id == self._task_row(session, task).id)
+            rows = session.scalars(stmt).all()
+            if not rows:
+                raise UnknownAliasError(f"alias {name!r} has never been set; see `prompt-registry alias list`")
+            models = dict(session.execute(select(BaseModelRow.id, BaseModelRow.name)).all())
+            tasks = dict(session.execute(select(TaskRow.id, TaskRow.name)).all())
+            return [
+                AliasEvent(r.id, r.name, models[r.model_id], tasks[r.task_id], r.old_set_id, r.new_set_id, _aware(r.at), r.actor, r.reason)  # type: ignore[arg-type]
+                for r in rows
+            ]
+
+    def tag(self, ref: int | str | PromptSet, name: str, value: str | None = None) -> PromptSet:
+        """Attach (or update) tag ``name`` on a set. Tags are mutable labels; versions are not."""
+        with write_session(self._engine) as session:
+            row = self._resolve_set(session, ref)
+            existing = session.get(TagRow, (row.id, name))
+            if existing is None:
+                session.add(TagRow(set_id=row.id, name=name, value=value, created_at=_utcnow(), created_by=self.actor))
+            else:
+                existing.value = value
+            self._audit(session, "tag", "prompt_set", row.id, {"tag": name, "value": value})
+            session.flush()
+            return self._set_entities(session, [row])[0]
+
+    def untag(self, ref: int | str | PromptSet, name: str) -> PromptSet:
+        with write_session(self._engine) as session:
+            row = self._resolve_set(session, ref)
+            session.execute(delete(TagRow).where(TagRow.set_id == row.id, TagRow.name == name))
+            self._audit(session, "untag", "prompt_set", row.id, {"tag": name})
+            return self._set_entities(session, [row])[0]
+
+    # ------------------------------------------------------------------ artifacts (adapters, heads)
+    def put_artifact(
+        self, kind: str, name: str, tensors: Mapping[str, Any], *, task: str, target_model: str,
+        source_models: Sequence[str] = (), config: Mapping[str, Any] | None = None, run_id: int | None = None,
+    ) -> Artifact:
+        """Store an adapter or task head (safetensors) bound to model fingerprints; a new version of ``name``."""
+        from safetensors.torch import save as save_safetensors
+
+        import torch
+
+        if kind not in ("adapter", "head"):
+            raise ConflictError(f"unknown artifact kind {kind!r}; use 'adapter' or 'head'")
+        if kind == "adapter" and not source_models:
+            raise ConflictError("an adapter needs at least one source model")
+        with read_session(self._engine) as session:
+            target = self._model_row(session, target_model)
+            sources = [self._model_row(session, m) for m in source_models]
+            self._task_row(session, task)
+        meta = {"kind": kind, "name": name, "task": task, "target_fingerprint": target.fingerprint,
+                "source_fingerprints": json.dumps([s.fingerprint for s in sources]), "config": json.dumps(dict(config or {}))}
+        payload = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))).detach().cpu().contiguous() for k, v in tensors.items()}
+        data = save_safetensors(payload, metadata=meta)
+        store_key = f"artifact-{uuid.uuid4().hex}.safetensors"
+        self._store.put_blob(store_key, data)
+        try:
+            with write_session(self._engine) as session:
+                target = self._model_row(session, target_model, lock=True)
+                task_row = self._task_row(session, task)
+                version = (session.scalar(select(func.max(ArtifactRow.version)).where(ArtifactRow.kind == kind, ArtifactRow.name == name)) or 0) + 1
+                row = ArtifactRow(
+                    kind=kind, name=name, version=version, task_id=task_row.id, target_model_id=target.id,
+                    target_fingerprint=target.fingerprint, source_fingerprints=[s.fingerprint for s in sources],
+                    config=dict(config or {}), store_key=store_key, sha256=hashlib.sha256(data).hexdigest(),
+                    nbytes=len(data), run_id=run_id, created_at=_utcnow(), created_by=self.actor,
+                )
+                session.add(row)
+                session.flush()
+                self._check_bytes_present(store_key)
+                for pos, src in enumerate(sources):
+                    session.add(ArtifactSourceRow(artifact_id=row.id, position=pos, model_id=src.id))
+                self._audit(session, "put_artifact", kind, row.id, {"name": name, "version": version, "sha256": row.sha256})
+                session.flush()
+                return self._artifact_entity(session, row)
+        except BaseException:
+            self._store.delete(store_key)
+            raise
+
+    def _artifact_entity(self, session: Session, row: ArtifactRow) -> Artifact:
+        sources = session.scalars(
+            select(BaseModelRow.name).join(ArtifactSourceRow, ArtifactSourceRow.model_id == BaseModelRow.id)
+            .where(ArtifactSourceRow.artifact_id == row.id).order_by(ArtifactSourceRow.position)
+        ).all()
+        return Artifact(
+            id=row.id, kind=row.kind, name=row.name, version=row.version,
+            task=session.get_one(TaskRow, row.task_id).name,
+            target_model=session.get_one(BaseModelRow, row.target_model_id).name,
+            target_fingerprint=row.target_fingerprint, source_models=tuple(sources),
+            source_fingerprints=tuple(row.source_fingerprints), config=dict(row.config),
+            store_key=row.store_key, sha256=row.sha256, nbytes=row.nbytes, run_id=row.run_id,
+            created_at=_aware(row.created_at), created_by=row.created_by,  # type: ignore[arg-type]
+        )
+
+    def get_artifact(self, artifact_id: int) -> Artifact:
+        with read_session(self._engine) as session:
+            row = session.get(ArtifactRow, int(artifact_id))
+            if row is None:
+                raise UnknownArtifactError(f"no artifact with id {artifact_id}; see `prompt-registry adapter list`")
+            return self._artifact_entity(session, row)
+
+    def list_artifacts(self, *, kind: str | None = None, task: str | None = None, target_model: str | None = None) -> list[Artifact]:
+        with read_session(self._engine) as session:
+            stmt = select(ArtifactRow).order_by(ArtifactRow.id.desc())
+            if kind is not None:
+                stmt = stmt.where(ArtifactRow.kind == kind)
+            if task is not None:
+                stmt = stmt.where(ArtifactRow.task_id == self._task_row(session, task).id)
+            if target_model is not None:
+                stmt = stmt.where(ArtifactRow.target_model_id == self._model_row(session, target_model).id)
+            return [self._artifact_entity(session, r) for r in session.scalars(stmt)]
+
+    def load_artifact(self, artifact_id: int, *, fingerprint: str | None = None, source_fingerprints: Sequence[str] | None = None) -> tuple[Artifact, dict[str, Any]]:
+        """The artifact and its tensors (``torch``), checksum-verified.
+
+        ``fingerprint``/``source_fingerprints``: the models the caller will use it with; a
+        mismatch raises ``ModelMismatchError``.
+        """
+        from safetensors.torch import load as load_safetensors
+
+        artifact = self.get_artifact(artifact_id)
+        if fingerprint is not None and fingerprint != artifact.target_fingerprint:
+            raise ModelMismatchError(
+                f"{artifact.kind} {artifact.id} ({artifact.name} v{artifact.version}) was trained for target "
+                f"model {artifact.target_model!r} ({artifact.target_fingerprint[:12]}), not for a model with "
+                f"fingerprint {fingerprint[:12]}; train a new one for that model"
+            )
+        if source_fingerprints is not None and list(source_fingerprints) != list(artifact.source_fingerprints):
+            raise ModelMismatchError(
+                f"{artifact.kind} {artifact.id} maps from {list(artifact.source_models)}; the given source models "
+                "have other fingerprints (or order)"
+            )
+        data = self._store.get_blob(artifact.store_key)
+        if hashlib.sha256(data).hexdigest() != artifact.sha256:
+            raise ChecksumError(
+                f"{artifact.kind} {artifact.id} blob {artifact.store_key!r} fails its sha256 check; "
+                "restore it from backup or retrain it"
+            )
+        return artifact, load_safetensors(data)
+
+    # ------------------------------------------------------------------ runs and audit log
+    def get_run(self, run_id: int) -> Run:
+        with read_session(self._engine) as session:
+            row = session.get(RunRow, int(run_id))
+            if row is None:
+                raise PromptRegistryError(f"no run with id {run_id}")
+            return self._run_entity(session, row)
+
+    @staticmethod
+    def _run_entity(session: Session, r: RunRow) -> Run:
+        model = session.get_one(BaseModelRow, r.model_id).name if r.model_id else None
+        task = session.get_one(TaskRow, r.task_id).name if r.task_id else None
+        return Run(
+            r.id, r.kind, r.status, model, task, dict(r.config), dict(r.seeds), _aware(r.started_at),  # type: ignore[arg-type]
+            _aware(r.finished_at), r.wall_seconds, r.device, r.examples_seen, r.forward_tokens,
+            r.backward_tokens, dict(r.cost), r.actor, r.error,
+        )
+
+    def list_runs(self, *, kind: str | None = None, limit: int = 100) -> list[Run]:
+        with read_session(self._engine) as session:
+            stmt = select(RunRow).order_by(RunRow.id.desc()).limit(limit)
+            if kind is not None:
+                stmt = stmt.where(RunRow.kind == kind)
+            return [self._run_entity(session, r) for r in session.scalars(stmt)]
+
+    def audit_events(self, *, object_kind: str | None = None, object_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        """The append-only audit log, newest first."""
+        with read_session(self._engine) as session:
+            stmt = select(AuditEventRow).order_by(AuditEventRow.id.desc()).limit(limit)
+            if object_kind is not None:
+                stmt = stmt.where(AuditEventRow.object_kind == object_kind)
+            if object_id is not None:
+                stmt = stmt.where(AuditEventRow.object_id == str(object_id))
+            return [AuditEvent(r.id, _aware(r.at), r.actor, r.action, r.object_kind, r.object_id, r.reason, dict(r.details)) for r in session.scalars(stmt)]  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ doctor and gc
+    def _referenced_keys(self, session: Session) -> set[str]:
+        keys = set(session.scalars(select(PromptSetRow.store_key).where(PromptSetRow.store_key.is_not(None))))
+        keys |= set(session.scalars(select(ArtifactRow.store_key)))
+        return keys  # type: ignore[return-value]
+
+    def doctor(self, *, checksums: bool = True) -> DoctorReport:
+        """Check schema, catalogue vs store consistency and (by default) every row checksum."""
+        problems: list[Problem] = []
+        revision = migrations.current_revision(self._engine)
+        try:
+            migrations.check_schema(self._engine, self.where)
+        except SchemaError as exc:
+            problems.append(Problem("schema", self.where, str(exc), f"run `{migrations.UPGRADE_COMMAND}`"))
+            return DoctorReport(revision, 0, 0, 0, tuple(problems))
+        rows_checked = 0
+        with read_session(self._engine) as session:
+            sets = session.scalars(select(PromptSetRow).where(PromptSetRow.status == "committed").order_by(PromptSetRow.id)).all()
+            artifacts = session.scalars(select(ArtifactRow).order_by(ArtifactRow.id)).all()
+            referenced = self._referenced_keys(session)
+            for row in sets:
+                rows_checked += self._check_set(session, row, checksums, problems)
+        for art in artifacts:
+            try:
+                data = self._store.get_blob(art.store_key)
+            except IntegrityError as exc:
+                problems.append(Problem("missing", f"{art.kind} {art.id}", str(exc), "restore the blob from backup or retrain the artifact"))
+                continue
+            if hashlib.sha256(data).hexdigest() != art.sha256:
+                problems.append(Problem("checksum", f"{art.kind} {art.id}", f"blob {art.store_key} fails its sha256 check", "restore it from backup or retrain it"))
+        orphans = [o.key for o in self._store.list_objects() if o.key not in referenced]
+        if orphans:
+            problems.append(Problem(
+                "orphan", f"{len(orphans)} store object(s)", f"bytes no catalogue row refers to (e.g. an interrupted write): {_preview(orphans, 3)}",
+                "run `prompt-registry gc --dry-run`, then `prompt-registry gc`",
+            ))
+        return DoctorReport(revision, len(sets), rows_checked, len(artifacts), tuple(problems))
+
+    def _check_set(self, session: Session, row: PromptSetRow, checksums: bool, problems: list[Problem]) -> int:
+        what = f"set {row.id}"
+        n_rows = session.scalar(select(func.count()).select_from(PromptRowRow).where(PromptRowRow.set_id == row.id)) or 0
+        if n_rows != row.n_rows:
+            problems.append(Problem("catalogue", what, f"has {n_rows} prompt rows, expected {row.n_rows}", "restore the catalogue from backup"))
+        if row.store_key is None:
+            return 0
+        try:
+            info = self._store.array_info(row.store_key)
+        except IntegrityError as exc:
+            problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
+            return 0
+        expected = (row.n_rows, row.prompt_len, row.width)
+        if info.shape != expected or info.dtype != row.dtype:
+            problems.append(Problem("shape", what, f"array is {info.shape} {info.dtype}, catalogue says {expected} {row.dtype}", "restore the store from backup"))
+            return 0
+        if not checksums:
+            return 0
+        users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id).where(PromptRowRow.set_id == row.id)).all())
+        digests = dict(session.execute(select(PromptRowRow.row_index, PromptRowRow.sha256).where(PromptRowRow.set_id == row.id)).all())
+        bad: list[str] = []
+        for start in range(0, row.n_rows, WRITE_BATCH_ROWS):
+            stop = min(start + WRITE_BATCH_ROWS, row.n_rows)
+            try:
+                data = self._store.read_rows(row.store_key, slice(start, stop))
+            except IntegrityError as exc:
+                problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
+                return start
+            for i, digest in enumerate(_row_digests(data), start=start):
+                if digests.get(i) != digest:
+                    bad.append(users.get(i, f"row {i}"))
+        if bad:
+            problems.append(Problem(
+                "checksum", what, f"{len(bad)} row(s) fail their sha256 check (users {_preview(bad)})",
+                "restore the store from backup, or re-import the set (a new version) and move aliases to it",
+            ))
+        return row.n_rows
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS) -> GcReport:
+        """Remove store objects no catalogue row refers to (bytes of interrupted writes).
+
+        Objects younger than ``grace_seconds`` are kept: they may belong to a write in flight.
+        """
+        now = _utcnow()
+        with read_session(self._engine) as session:
+            referenced = self._referenced_keys(session)
+        orphans = [o for o in self._store.list_objects() if o.key not in referenced]
+        young = tuple(o.key for o in orphans if (now - o.modified_at).total_seconds() < grace_seconds)
+        doomed = [o for o in orphans if o.key not in young]
+        if not dry_run and doomed:
+            # re-check under a write transaction: a writer may have committed since the listing
+            with write_session(self._engine) as session:
+                referenced = self._referenced_keys(session)
+                doomed = [o for o in doomed if o.key not in referenced]
+                for obj in doomed:
+                    self._store.delete(obj.key)
+                self._audit(session, "gc", "store", self._store.location, {"removed": [o.key for o in doomed], "nbytes": sum(o.nbytes for o in doomed)})
+        return GcReport(dry_run, tuple(o.key for o in doomed), sum(o.nbytes for o in doomed), young)

@@ -1,0 +1,130 @@
+"""The tensor store interface: where prompt bytes and artifact blobs live.
+
+The catalogue (database) is the source of truth for what exists; a store only holds bytes. Two
+kinds of objects live in a store, each under a key chosen by the registry:
+
+* **arrays** (one per prompt set): ``users x prompt_len x width``, written in whole chunks of
+  ``chunk_rows`` users, then never changed (except ``overwrite_rows`` for a purge);
+* **blobs** (adapters and task heads): opaque safetensors bytes.
+
+Every write is durable when the method returns (data and directory entries fsynced), so the
+registry may commit catalogue rows that point at it. Every backend must pass
+``prompt_registry.testing.store_contract.TensorStoreContract``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+import re
+
+import numpy as np
+
+from ..errors import MissingDataError
+
+DEFAULT_CHUNK_ROWS = 256
+SUPPORTED_DTYPES = ("float32", "float16")
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayInfo:
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+
+    @property
+    def row_nbytes(self) -> int:
+        return int(np.prod(self.shape[1:])) * np.dtype(self.dtype).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    key: str
+    kind: str  # "array" | "blob"
+    nbytes: int
+    modified_at: dt.datetime
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key):
+        raise ValueError(f"invalid store key {key!r}: use letters, digits, '.', '_' or '-' (max 128)")
+    return key
+
+
+def check_chunk_aligned(info: ArrayInfo, start: int, n: int, where: str) -> None:
+    """Writes cover whole chunks (the last chunk may end at the end of the array)."""
+    end = start + n
+    if start < 0 or end > info.shape[0]:
+        raise ValueError(f"rows {start}:{end} are outside {where} with {info.shape[0]} rows")
+    if start % info.chunk_rows:
+        raise ValueError(f"write to {where} starts at row {start}, not on a chunk boundary ({info.chunk_rows})")
+    if end % info.chunk_rows and end != info.shape[0]:
+        raise ValueError(f"write to {where} ends at row {end}, not on a chunk boundary ({info.chunk_rows})")
+
+
+def normalize_rows(rows: np.ndarray | slice | range, n_rows: int, where: str) -> np.ndarray:
+    """Row selectors as a validated int64 index array."""
+    if isinstance(rows, (slice, range)):
+        idx = np.arange(n_rows)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+    else:
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_rows):
+        raise MissingDataError(
+            f"rows {int(idx.min())}..{int(idx.max())} requested from {where}, which has {n_rows} rows; "
+            "the catalogue and the store disagree: run `prompt-registry doctor`"
+        )
+    return idx.astype(np.int64, copy=False)
+
+
+class TensorStore(abc.ABC):
+    """Abstract byte store for prompt arrays and artifact blobs."""
+
+    #: human-readable location used in error messages ("zarr:/path", "memory")
+    location: str
+
+    # -- arrays -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_array(self, key: str, shape: tuple[int, ...], dtype: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ArrayInfo:
+        """Create an empty array (``shape[0]`` users); raises ``FileExistsError`` if ``key`` exists."""
+
+    @abc.abstractmethod
+    def write_rows(self, key: str, start: int, data: np.ndarray) -> None:
+        """Write whole chunks starting at ``start``; durable on return."""
+
+    @abc.abstractmethod
+    def read_rows(self, key: str, rows: np.ndarray | slice | range) -> np.ndarray:
+        """Rows in the order asked (duplicates allowed); ``MissingDataError`` if bytes are gone."""
+
+    @abc.abstractmethod
+    def array_info(self, key: str) -> ArrayInfo:
+        """Shape, dtype and chunking; ``MissingDataError`` if the array does not exist."""
+
+    @abc.abstractmethod
+    def overwrite_rows(self, key: str, rows: np.ndarray, data: np.ndarray) -> None:
+        """Replace individual rows in place (used only to purge a user's data); durable on return."""
+
+    # -- blobs --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_blob(self, key: str, data: bytes) -> None:
+        """Store bytes under ``key``; raises ``FileExistsError`` if it exists; durable on return."""
+
+    @abc.abstractmethod
+    def get_blob(self, key: str) -> bytes:
+        """The bytes under ``key``; ``MissingDataError`` if absent."""
+
+    # -- both ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an array or blob; a missing key is not an error (gc may race a crash)."""
+
+    @abc.abstractmethod
+    def list_objects(self) -> list[StoredObject]:
+        """Every array and blob in the store, for consistency checks and garbage collection."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (file handles, caches)."""

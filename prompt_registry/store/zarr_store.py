@@ -1,0 +1,279 @@
+"""Zarr v3 tensor store on a local directory.
+
+Layout::
+
+    ROOT/zarr.json                 group
+    ROOT/arrays/KEY/zarr.json      one Zarr v3 array per prompt set (users x prompt_len x width)
+    ROOT/arrays/KEY/c.I.0.0        chunk I: rows I*chunk_rows ... (uncompressed, little endian)
+    ROOT/blobs/KEY                 safetensors blobs (adapters, task heads)
+
+Arrays are uncompressed (float prompts compress ~1.1x at 3x the cost) and chunked by
+``chunk_rows`` users. Chunk keys use the ``.`` separator so that all chunk files of an array sit in
+one directory: one directory fsync per write instead of three per chunk.
+
+Writes go through zarr-python, so the arrays are ordinary Zarr v3 that any Zarr client reads. Reads
+take a fast path: because the codec chain is a plain little-endian ``bytes`` codec, row ``r`` sits
+at a fixed offset of chunk file ``r // chunk_rows``, and we ``preadv`` exactly the rows asked for
+(a single prompt read is one small read instead of a whole-chunk decode through zarr's event loop).
+Arrays whose metadata differs (written by another tool) are read through zarr.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from ..errors import MissingDataError
+from .base import (
+    DEFAULT_CHUNK_ROWS,
+    SUPPORTED_DTYPES,
+    ArrayInfo,
+    StoredObject,
+    TensorStore,
+    check_chunk_aligned,
+    check_key,
+    normalize_rows,
+)
+
+_ARRAYS = "arrays"
+_BLOBS = "blobs"
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mtime(path: Path) -> dt.datetime:
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc)
+
+
+class _Layout:
+    """What we need to know to read an array's chunk files directly."""
+
+    def __init__(self, info: ArrayInfo, direct: bool) -> None:
+        self.info = info
+        self.direct = direct  # plain little-endian bytes codec and "." chunk keys
+
+
+class ZarrStore(TensorStore):
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.root = Path(root).absolute()
+        self.location = f"zarr:{self.root}"
+        if create:
+            for sub in (self.root, self.root / _ARRAYS, self.root / _BLOBS):
+                sub.mkdir(parents=True, exist_ok=True)
+            if not (self.root / "zarr.json").exists():
+                zarr.open_group(store=LocalStore(self.root), mode="a", zarr_format=3)
+            fsync_path(self.root)
+        elif not (self.root / "zarr.json").is_file():
+            raise MissingDataError(
+                f"no tensor store at {self.root} (missing zarr.json); check --store / "
+                "PROMPT_REGISTRY_STORE, or run `prompt-registry init` to create one"
+            )
+        self._zarr_store = LocalStore(self.root / _ARRAYS)
+        self._layouts: dict[str, _Layout] = {}
+        self._lock = threading.Lock()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _array_dir(self, key: str) -> Path:
+        return self.root / _ARRAYS / key
+
+    def _blob_path(self, key: str) -> Path:
+        return self.root / _BLOBS / key
+
+    def _chunk_path(self, key: str, chunk: int, ndim: int) -> Path:
+        return self._array_dir(key) / ("c." + ".".join([str(chunk)] + ["0"] * (ndim - 1)))
+
+    def _layout(self, key: str) -> _Layout:
+        layout = self._layouts.get(key)
+        if layout is not None:
+            return layout
+        meta_path = self._array_dir(key) / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_bytes())
+        except FileNotFoundError:
+            raise MissingDataError(f"array {key!r} is missing from the store {self.location}") from None
+        except ValueError as exc:
+            raise MissingDataError(f"array metadata {meta_path} is corrupt ({exc})") from None
+        shape = tuple(int(s) for s in meta["shape"])
+        chunk_shape = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        info = ArrayInfo(shape=shape, dtype=str(meta["data_type"]), chunk_rows=chunk_shape[0])
+        codecs = meta.get("codecs", [])
+        encoding = meta.get("chunk_key_encoding", {})
+        direct = (
+            len(codecs) == 1
+            and codecs[0].get("name") == "bytes"
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+            and encoding.get("name") == "default"
+            and encoding.get("configuration", {}).get("separator") == "."
+            and chunk_shape[1:] == shape[1:]
+        )
+        layout = _Layout(info, direct)
+        with self._lock:
+            self._layouts[key] = layout
+        return layout
+
+    def _open_zarr(self, key: str, mode: str = "r") -> zarr.Array:
+        return zarr.open_array(store=self._zarr_store, path=key, mode=mode, zarr_format=3)
+
+    # -- arrays -------------------------------------------------------------------------------
+    def create_array(self, key, shape, dtype, chunk_rows=DEFAULT_CHUNK_ROWS):
+        check_key(key)
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+        if self.exists(key):
+            raise FileExistsError(f"{key!r} already exists in the store {self.location}")
+        shape = tuple(int(s) for s in shape)
+        zarr.create_array(
+            store=self._zarr_store,
+            name=key,
+            shape=shape,
+            chunks=(chunk_rows, *shape[1:]),
+            dtype=dtype,
+            compressors=None,
+            filters=None,
+            fill_value=0.0,
+            chunk_key_encoding={"name": "default", "separator": "."},
+            config={"write_empty_chunks": True},
+            zarr_format=3,
+        )
+        array_dir = self._array_dir(key)
+        fsync_path(array_dir / "zarr.json")
+        fsync_path(array_dir)
+        fsync_path(array_dir.parent)
+        return self._layout(key).info
+
+    def array_info(self, key):
+        return self._layout(key).info
+
+    def write_rows(self, key, start, data):
+        info = self._layout(key).info
+        data = np.ascontiguousarray(data, dtype=info.dtype)
+        if data.shape[1:] != info.shape[1:]:
+            raise ValueError(f"rows of shape {data.shape[1:]} do not fit array {key!r} of shape {info.shape}")
+        check_chunk_aligned(info, start, len(data), repr(key))
+        if not len(data):
+            return
+        self._open_zarr(key, mode="r+")[start : start + len(data)] = data
+        first = start // info.chunk_rows
+        last = (start + len(data) - 1) // info.chunk_rows
+        for chunk in range(first, last + 1):
+            fsync_path(self._chunk_path(key, chunk, len(info.shape)))
+        fsync_path(self._array_dir(key))
+
+    def read_rows(self, key, rows):
+        layout = self._layout(key)
+        info = layout.info
+        idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
+        if not layout.direct:
+            return np.asarray(self._open_zarr(key).get_orthogonal_selection((idx,)))
+        out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
+        if not len(idx):
+            return out
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        buf = out if len(uniq) == len(idx) and np.array_equal(uniq, idx) else np.empty_like(out[: len(uniq)])
+        flat = buf.reshape(len(uniq), -1).view(np.uint8)
+        row_nbytes = info.row_nbytes
+        chunk_of = uniq // info.chunk_rows
+        # runs of consecutive rows inside one chunk become one read
+        breaks = np.flatnonzero((np.diff(uniq) != 1) | (np.diff(chunk_of) != 0)) + 1
+        starts = np.concatenate(([0], breaks)).tolist()
+        ends = np.concatenate((breaks, [len(uniq)])).tolist()
+        fds: dict[int, int] = {}
+        try:
+            for s, e in zip(starts, ends):
+                chunk = int(chunk_of[s])
+                fd = fds.get(chunk)
+                if fd is None:
+                    path = self._chunk_path(key, chunk, len(info.shape))
+                    try:
+                        fd = fds[chunk] = os.open(path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise MissingDataError(
+                            f"chunk file {path} is missing from the store; the bytes of this prompt "
+                            "set are lost: restore them from backup or re-import the set"
+                        ) from None
+                offset = (int(uniq[s]) - chunk * info.chunk_rows) * row_nbytes
+                want = (e - s) * row_nbytes
+                got = os.preadv(fd, [flat[s:e]], offset)
+                if got != want:
+                    raise MissingDataError(
+                        f"chunk file {self._chunk_path(key, chunk, len(info.shape))} is truncated "
+                        f"(read {got} of {want} bytes at offset {offset}); restore it or re-import the set"
+                    )
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        if buf is out:
+            return out
+        return buf[inverse.reshape(-1)]
+
+    def overwrite_rows(self, key, rows, data):
+        info = self._layout(key).info
+        idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
+        data = np.asarray(data, dtype=info.dtype).reshape((len(idx), *info.shape[1:]))
+        arr = self._open_zarr(key, mode="r+")
+        arr.set_orthogonal_selection((idx,), data)
+        for chunk in sorted(set((idx // info.chunk_rows).tolist())):
+            fsync_path(self._chunk_path(key, chunk, len(info.shape)))
+
+    # -- blobs --------------------------------------------------------------------------------
+    def put_blob(self, key, data):
+        check_key(key)
+        path = self._blob_path(key)
+        if self.exists(key):
+            raise FileExistsError(f"{key!r} already exists in the store {self.location}")
+        tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+
+    def get_blob(self, key):
+        try:
+            return self._blob_path(key).read_bytes()
+        except FileNotFoundError:
+            raise MissingDataError(f"blob {key!r} is missing from the store {self.location}") from None
+
+    # -- both ---------------------------------------------------------------------------------
+    def exists(self, key):
+        return (self._array_dir(key) / "zarr.json").exists() or self._array_dir(key).exists() or self._blob_path(key).exists()
+
+    def delete(self, key):
+        check_key(key)
+        with self._lock:
+            self._layouts.pop(key, None)
+        array_dir = self._array_dir(key)
+        if array_dir.exists():
+            shutil.rmtree(array_dir, ignore_errors=True)
+            fsync_path(array_dir.parent)
+        blob = self._blob_path(key)
+        if blob.exists():
+            blob.unlink(missing_ok=True)
+            fsync_path(blob.parent)
+
+    def list_objects(self):
+        out: list[StoredObject] = []
+        for entry in sorted((self.root / _ARRAYS).iterdir()):
+            if entry.is_dir():
+                nbytes = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+                out.append(StoredObject(entry.name, "array", nbytes, _mtime(entry)))
+        for entry in sorted((self.root / _BLOBS).iterdir()):
+            if entry.is_file() and not entry.name.startswith("."):
+                out.append(StoredObject(entry.name, "blob", entry.stat().st_size, _mtime(entry)))
+        return out
