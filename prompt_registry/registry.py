@@ -780,7 +780,8 @@ class Registry:
             )
         if array.shape[1] < 1 or (prompt_len is not None and array.shape[1] != prompt_len):
             raise ShapeError(f"prompts have length {array.shape[1]}, expected {prompt_len} (the base version's prompt length)")
-        converted = np.ascontiguousarray(array, dtype=store_dtype)
+        with np.errstate(over="ignore"):  # overflow is reported below, per user
+            converted = np.ascontiguousarray(array, dtype=store_dtype)
         finite = np.isfinite(converted.reshape(len(users), -1)).all(axis=1)
         if not finite.all():
             bad = [users[i] for i in np.flatnonzero(~finite)]

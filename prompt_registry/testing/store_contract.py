@@ -1,0 +1,143 @@
+"""The contract every ``TensorStore`` backend must pass.
+
+Subclass ``TensorStoreContract`` in a test module and provide a ``store`` fixture returning a
+fresh, empty store (and, for persistent backends, ``reopen`` returning a new instance over the
+same location)::
+
+    class TestMyStore(TensorStoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            return MyStore(tmp_path)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from ..errors import MissingDataError
+from ..store.base import TensorStore
+
+
+def _rows(n: int, width: int = 6, length: int = 2, seed: int = 0, dtype: str = "float32") -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, length, width)).astype(dtype)
+
+
+class TensorStoreContract:
+    chunk_rows = 4
+
+    @pytest.fixture
+    def store(self) -> TensorStore:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def reopen(self, store: TensorStore) -> TensorStore:
+        """A new instance over the same data (persistent backends override this)."""
+        return store
+
+    def _filled(self, store: TensorStore, key: str = "a", n: int = 10, **kw) -> np.ndarray:
+        data = _rows(n, **kw)
+        store.create_array(key, data.shape, str(data.dtype), self.chunk_rows)
+        store.write_rows(key, 0, data)
+        return data
+
+    def test_round_trip_whole_array(self, store):
+        data = self._filled(store)
+        np.testing.assert_array_equal(self.reopen(store).read_rows("a", slice(None)), data)
+
+    def test_info_reports_shape_dtype_chunks(self, store):
+        self._filled(store, n=10)
+        info = store.array_info("a")
+        assert (info.shape, info.dtype, info.chunk_rows) == ((10, 2, 6), "float32", self.chunk_rows)
+        assert info.row_nbytes == 2 * 6 * 4
+
+    def test_rows_come_back_in_the_order_asked_with_duplicates(self, store):
+        data = self._filled(store, n=10)
+        order = np.array([9, 0, 5, 5, 3, 8, 1])
+        np.testing.assert_array_equal(store.read_rows("a", order), data[order])
+
+    def test_float16_is_kept(self, store):
+        data = self._filled(store, dtype="float16")
+        out = store.read_rows("a", [1, 2])
+        assert out.dtype == np.float16
+        np.testing.assert_array_equal(out, data[[1, 2]])
+
+    def test_chunked_writes_assemble(self, store):
+        data = _rows(10)
+        store.create_array("a", data.shape, "float32", self.chunk_rows)
+        store.write_rows("a", 4, data[4:8])
+        store.write_rows("a", 0, data[0:4])
+        store.write_rows("a", 8, data[8:10])  # last chunk may be partial
+        np.testing.assert_array_equal(store.read_rows("a", range(10)), data)
+
+    def test_unaligned_writes_are_refused(self, store):
+        data = _rows(10)
+        store.create_array("a", data.shape, "float32", self.chunk_rows)
+        with pytest.raises(ValueError, match="chunk boundary"):
+            store.write_rows("a", 1, data[1:5])
+        with pytest.raises(ValueError, match="chunk boundary"):
+            store.write_rows("a", 0, data[0:3])
+        with pytest.raises(ValueError, match="outside"):
+            store.write_rows("a", 8, _rows(4))
+
+    def test_wrong_row_shape_is_refused(self, store):
+        store.create_array("a", (4, 2, 6), "float32", self.chunk_rows)
+        with pytest.raises(ValueError, match="do not fit"):
+            store.write_rows("a", 0, _rows(4, width=5))
+
+    def test_create_twice_fails(self, store):
+        self._filled(store)
+        with pytest.raises(FileExistsError):
+            store.create_array("a", (3, 1, 2), "float32")
+
+    def test_unsupported_dtype_and_bad_keys_are_refused(self, store):
+        with pytest.raises(ValueError, match="dtype"):
+            store.create_array("a", (3, 1, 2), "int32")
+        for key in ("", "../x", "a/b", "x" * 200):
+            with pytest.raises(ValueError, match="invalid store key"):
+                store.create_array(key, (3, 1, 2), "float32")
+
+    def test_missing_array_and_out_of_range_rows(self, store):
+        with pytest.raises(MissingDataError):
+            store.read_rows("nope", [0])
+        with pytest.raises(MissingDataError):
+            store.array_info("nope")
+        self._filled(store, n=10)
+        with pytest.raises(MissingDataError, match="has 10 rows"):
+            store.read_rows("a", [10])
+
+    def test_empty_selection(self, store):
+        self._filled(store)
+        assert store.read_rows("a", []).shape == (0, 2, 6)
+
+    def test_overwrite_rows_changes_only_those_rows(self, store):
+        data = self._filled(store)
+        store.overwrite_rows("a", np.array([2, 7]), np.zeros((2, 2, 6), np.float32))
+        out = self.reopen(store).read_rows("a", slice(None))
+        assert not out[[2, 7]].any()
+        keep = [i for i in range(10) if i not in (2, 7)]
+        np.testing.assert_array_equal(out[keep], data[keep])
+
+    def test_blobs_round_trip_and_are_write_once(self, store):
+        store.put_blob("b.safetensors", b"\x00payload")
+        assert self.reopen(store).get_blob("b.safetensors") == b"\x00payload"
+        with pytest.raises(FileExistsError):
+            store.put_blob("b.safetensors", b"other")
+        with pytest.raises(MissingDataError):
+            store.get_blob("missing")
+
+    def test_list_exists_delete(self, store):
+        before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+        self._filled(store, "a")
+        store.put_blob("b", b"xyz")
+        objects = {o.key: o for o in store.list_objects()}
+        assert set(objects) == {"a", "b"}
+        assert objects["a"].kind == "array" and objects["a"].nbytes >= 10 * 2 * 6 * 4
+        assert objects["b"].kind == "blob" and objects["b"].nbytes == 3
+        assert all(o.modified_at >= before for o in objects.values())
+        assert store.exists("a") and store.exists("b") and not store.exists("c")
+        store.delete("a")
+        store.delete("b")
+        store.delete("never-existed")  # not an error
+        assert store.list_objects() == [] and not store.exists("a")
