@@ -78,9 +78,13 @@ def load_prompt_file(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(9)
     except FileNotFoundError:
         raise InvalidFileError(f"prompt file {path} does not exist") from None
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Check it first:
+    # the length's first byte can be 0x80, which is also how a pickle starts.
+    if head[8:9] == b"{":
+        return _load_safetensors(path)
     _refuse_pickle(path, head)
     if head.startswith(NPY_MAGIC) or path.suffix == ".npy":
         return _load_npy(path), None

@@ -80,7 +80,7 @@ from .errors import (
     UnknownTaskError,
     UnknownUserError,
 )
-from .location import MEMORY_STORE, Location, resolve_location
+from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
 from .modelinfo import describe_model
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
 from .store.memory import MemoryStore
@@ -171,11 +171,7 @@ class Registry:
     def open(cls, location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None, actor: str | None = None) -> Registry:
         """Open an existing registry; ``SchemaError`` if its schema is not this package's head."""
         loc = resolve_location(location, store)
-        if loc.directory is not None and not (loc.directory / "registry.db").exists():
-            raise RegistryNotFoundError(
-                f"no registry at {loc.directory}; create one with `prompt-registry init "
-                f"--registry {loc.directory}` or point --registry / PROMPT_REGISTRY_URL at an existing one"
-            )
+        cls._require_directory(loc)
         engine = make_engine(loc.db_url)
         try:
             migrations.check_schema(engine, loc.display)
@@ -191,11 +187,20 @@ class Registry:
     def upgrade(location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
         """Apply the packaged Alembic migrations; returns (revision before, revision after)."""
         loc = resolve_location(location, store)
+        Registry._require_directory(loc)
         engine = make_engine(loc.db_url)
         try:
             return migrations.upgrade(engine)
         finally:
             engine.dispose()
+
+    @staticmethod
+    def _require_directory(loc: Location) -> None:
+        if loc.directory is not None and not (loc.directory / DB_FILE).exists():
+            raise RegistryNotFoundError(
+                f"no registry at {loc.directory}; create one with `prompt-registry init "
+                f"--registry {loc.directory}` or point --registry / PROMPT_REGISTRY_URL at an existing one"
+            )
 
     @staticmethod
     def _make_store(loc: Location, *, create: bool) -> TensorStore:
@@ -204,6 +209,7 @@ class Registry:
         return ZarrStore(loc.store, create=create)
 
     def close(self) -> None:
+        """Release the database connections and store handles."""
         self._store.close()
         self._engine.dispose()
 
@@ -467,10 +473,12 @@ class Registry:
             return self._model_entity(row)
 
     def get_model(self, name: str) -> ModelInfo:
+        """A registered model by name (``UnknownModelError`` if none)."""
         with read_session(self._engine) as session:
             return self._model_entity(self._model_row(session, name))
 
     def list_models(self) -> list[ModelInfo]:
+        """All registered models, by name."""
         with read_session(self._engine) as session:
             return [self._model_entity(r) for r in session.scalars(select(BaseModelRow).order_by(BaseModelRow.name))]
 
@@ -493,6 +501,7 @@ class Registry:
             return self._task_entity(row)
 
     def list_tasks(self) -> list[Task]:
+        """All tasks, by name."""
         with read_session(self._engine) as session:
             return [self._task_entity(r) for r in session.scalars(select(TaskRow).order_by(TaskRow.name))]
 
@@ -548,6 +557,7 @@ class Registry:
             session.execute(stmt, [{"external_id": u, "created_at": now} for u in batch])
 
     def list_users(self, *, limit: int | None = 100, offset: int = 0, include_deleted: bool = False) -> list[User]:
+        """Users in registration order (``limit=None`` for all)."""
         with read_session(self._engine) as session:
             stmt = select(UserRow).order_by(UserRow.id).offset(offset)
             if not include_deleted:
@@ -557,6 +567,7 @@ class Registry:
             return [User(r.id, r.external_id, _aware(r.created_at), _aware(r.deleted_at)) for r in session.scalars(stmt)]  # type: ignore[arg-type]
 
     def count_users(self) -> int:
+        """How many (non-deleted) users are registered."""
         with read_session(self._engine) as session:
             return session.scalar(select(func.count()).select_from(UserRow).where(UserRow.deleted_at.is_(None))) or 0
 
@@ -925,6 +936,7 @@ class Registry:
             return self._alias_entity(session, self._move_alias(session, name, row, reason))
 
     def get_alias(self, name: str, model: str, task: str) -> Alias:
+        """Where alias ``name`` of ``model``/``task`` points (``UnknownAliasError`` if unset)."""
         with read_session(self._engine) as session:
             row = self._alias_row(session, name, model, task)
             return self._alias_entity(session, row)
@@ -946,6 +958,7 @@ class Registry:
             session.delete(row)
 
     def list_aliases(self, *, model: str | None = None, task: str | None = None) -> list[Alias]:
+        """Current aliases, optionally of one model and/or task."""
         with read_session(self._engine) as session:
             stmt = select(AliasRow).order_by(AliasRow.name, AliasRow.model_id, AliasRow.task_id)
             if model is not None:
@@ -986,6 +999,7 @@ class Registry:
             return self._set_entities(session, [row])[0]
 
     def untag(self, ref: int | str | PromptSet, name: str) -> PromptSet:
+        """Remove tag ``name`` from a set (a no-op if absent)."""
         with write_session(self._engine) as session:
             row = self._resolve_set(session, ref)
             session.execute(delete(TagRow).where(TagRow.set_id == row.id, TagRow.name == name))
@@ -1055,6 +1069,7 @@ class Registry:
         )
 
     def get_artifact(self, artifact_id: int) -> Artifact:
+        """An adapter or head by id (``UnknownArtifactError`` if none)."""
         with read_session(self._engine) as session:
             row = session.get(ArtifactRow, int(artifact_id))
             if row is None:
@@ -1062,6 +1077,7 @@ class Registry:
             return self._artifact_entity(session, row)
 
     def list_artifacts(self, *, kind: str | None = None, task: str | None = None, target_model: str | None = None) -> list[Artifact]:
+        """Adapters and heads, newest first, optionally filtered."""
         with read_session(self._engine) as session:
             stmt = select(ArtifactRow).order_by(ArtifactRow.id.desc())
             if kind is not None:
@@ -1102,6 +1118,7 @@ class Registry:
 
     # ------------------------------------------------------------------ runs and audit log
     def get_run(self, run_id: int) -> Run:
+        """A run (import, training, migration, ...) with its config and cost ledger."""
         with read_session(self._engine) as session:
             row = session.get(RunRow, int(run_id))
             if row is None:
@@ -1119,6 +1136,7 @@ class Registry:
         )
 
     def list_runs(self, *, kind: str | None = None, limit: int = 100) -> list[Run]:
+        """Runs, newest first, optionally of one kind."""
         with read_session(self._engine) as session:
             stmt = select(RunRow).order_by(RunRow.id.desc()).limit(limit)
             if kind is not None:

@@ -1,0 +1,173 @@
+"""The CLI: every verb through Click's runner, table and --json output, errors as one line + exit 1."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_fake_model, prompts, user_ids
+
+from prompt_registry_cli.main import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+class Cli:
+    def __init__(self, registry: str, store: str | None = None) -> None:
+        self.base = ["--registry", registry, "--actor", "cli-test"] + (["--store", store] if store else [])
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int = 0):
+        result = self.runner.invoke(main, [*self.base, *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == code, f"{args} -> {result.exit_code}\n{result.output}\n{result.stderr}"
+        return result
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return Cli(str(tmp_path / "reg"))
+
+
+@pytest.fixture
+def loaded(cli, tmp_path):
+    cli("init")
+    cli("model", "add", "a", "--path", make_fake_model(tmp_path / "a", 16))
+    cli("model", "add", "b", "--path", make_fake_model(tmp_path / "b", 24, seed=3))
+    cli("task", "add", "rate", "--kind", "rating")
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\n" + "\n".join(user_ids(30)) + "\n")
+    cli("user", "import", users)
+    np.save(tmp_path / "p.npy", prompts(30))
+    return cli
+
+
+def test_full_tour(loaded, tmp_path):
+    cli = loaded
+    out = cli("prompt", "import", tmp_path / "p.npy", "--model", "a", "--task", "rate", "--users", tmp_path / "users.csv", "--alias", "production").stdout
+    assert "imported set 1 = a/rate@v1: 30 rows written, 30 users visible" in out
+    models = cli.json("model", "list")
+    assert [m["name"] for m in models] == ["a", "b"] and models[0]["hidden_size"] == 16
+    assert cli.json("model", "show", "a")["files"].keys() == {"config.json", "model.safetensors"}
+    assert "FINGERPRINT" in cli("model", "list").stdout
+    assert [u["external_id"] for u in cli.json("user", "list", "--limit", "3")] == user_ids(3)
+    shown = cli.json("prompt", "show", "u004", "--model", "a", "--task", "rate", "--alias", "production")
+    np.testing.assert_allclose(np.array(shown["values"]), prompts(30)[4], rtol=1e-6)
+    assert shown["shape"] == [1, 16]
+    assert "norm" in cli("prompt", "show", "u004", "--model", "a", "--task", "rate", "--version", "1").stdout
+
+    # incremental version from a safetensors file with two new users
+    from safetensors.numpy import save_file
+
+    save_file({"new1": prompts(1, seed=5)[0], "new2": prompts(1, seed=6)[0]}, str(tmp_path / "inc.safetensors"))
+    inc = cli.json("prompt", "import", tmp_path / "inc.safetensors", "--model", "a", "--task", "rate",
+                   "--base", "a/rate@production", "--create-users", "--tag", "daily")
+    assert (inc["version"], inc["n_rows"], inc["n_users"], inc["base_id"]) == (2, 2, 32, 1)
+    cli("alias", "set", "production", "a/rate@latest", "--reason", "daily refresh")
+    listed = cli.json("prompt", "list", "--model", "a")
+    assert [(s["version"], s["aliases"]) for s in listed] == [(2, ["production"]), (1, [])]
+    assert [s["id"] for s in cli.json("prompt", "list", "--tag", "daily")] == [2]
+    assert "production" in cli("prompt", "list").stdout
+    aliases = cli.json("alias", "list")
+    assert [(a["name"], a["set_id"]) for a in aliases] == [("production", 2)]
+    hist = cli.json("alias", "history", "production")
+    assert [(h["old_set_id"], h["new_set_id"], h["actor"]) for h in hist] == [(None, 1, "cli-test"), (1, 2, "cli-test")]
+    assert "daily refresh" in cli("alias", "history", "production").stdout
+
+    exported = cli.json("prompt", "export", "a/rate@production", tmp_path / "out.safetensors")
+    assert exported["n_users"] == 32
+    assert "exported set 2" in cli("prompt", "export", "2", tmp_path / "out.npy").stdout
+    assert (tmp_path / "out.users.csv").read_text().splitlines()[0] == "user_id"
+    assert cli.json("doctor")["problems"] == []
+    assert cli("doctor").stdout.strip().endswith("ok")
+    assert cli.json("gc", "--dry-run")["removed"] == []
+    cli("prompt", "tag", "1", "reviewed", "--value", "bob")
+    assert [s["id"] for s in cli.json("prompt", "list", "--tag", "reviewed")] == [1]
+    cli("alias", "delete", "production", "--model", "a", "--task", "rate")
+    assert cli.json("alias", "list") == []
+
+
+def test_errors_are_one_line_and_exit_1(loaded, tmp_path):
+    res = loaded("prompt", "show", "u001", "--model", "a", "--task", "rate", code=1)
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert "import some" in res.stderr
+    res = loaded("prompt", "import", tmp_path / "p.npy", "--model", "b", "--task", "rate", "--users", tmp_path / "users.csv", code=1)
+    assert "hidden size 24" in res.stderr
+    res = loaded("model", "show", "zzz", code=1)
+    assert "unknown model 'zzz'" in res.stderr
+    with pytest.raises(Exception, match="unknown model"):
+        CliRunner().invoke(main, [*loaded.base, "--debug", "model", "show", "zzz"], catch_exceptions=False)
+
+
+def test_usage_errors_exit_2(cli):
+    assert cli("prompt", "show", code=2).exit_code == 2
+
+
+def test_doctor_fails_and_gc_cleans_orphans(loaded, tmp_path):
+    from prompt_registry import Registry
+
+    with Registry.open(tmp_path / "reg") as reg:
+        reg.store.create_array("set-orphan", (2, 1, 16), "float32")
+    res = loaded("doctor", code=1)
+    assert "PROBLEM [orphan]" in res.stdout and "prompt-registry gc" in res.stdout
+    assert "kept 1 orphan" in loaded("gc").stdout
+    assert loaded.json("gc", "--dry-run", "--grace", "0")["removed"] == ["set-orphan"]
+    assert "removed 1 orphan" in loaded("gc", "--grace", "0").stdout
+    loaded("doctor")
+
+
+def test_open_without_init_explains(cli):
+    res = cli("model", "list", code=1)
+    assert "prompt-registry init" in res.stderr
+
+
+def test_db_upgrade(loaded):
+    assert "schema already at" in loaded("db", "upgrade").stdout
+
+
+def test_env_vars_select_the_registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPT_REGISTRY_URL", str(tmp_path / "env-reg"))
+    runner = CliRunner()
+    assert runner.invoke(main, ["init"]).exit_code == 0
+    assert (tmp_path / "env-reg" / "registry.db").exists()
+
+
+def test_postgres_registry_through_the_cli(pg_url, tmp_path):
+    cli = Cli(pg_url, str(tmp_path / "pg-store"))
+    cli("init")
+    cli("model", "add", "a", "--path", make_fake_model(tmp_path / "a", 16))
+    assert [m["name"] for m in cli.json("model", "list")] == ["a"]
+
+
+def _commands(group: click.Group, prefix: str = ""):
+    for name, cmd in group.commands.items():
+        full = f"{prefix}{name}"
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, full + " ")
+        else:
+            yield full, cmd
+
+
+READING = {"model list", "model show", "task list", "user list", "prompt show", "prompt list", "alias list", "alias history", "doctor", "gc"}
+
+
+def test_every_command_has_help_and_reading_commands_have_json():
+    commands = dict(_commands(main))
+    assert READING <= set(commands)
+    for name, cmd in commands.items():
+        assert cmd.help, f"`{name}` has no help text"
+        if name in READING:
+            assert any(p.name == "as_json" for p in cmd.params), f"`{name}` lacks --json"
+
+
+def test_every_command_is_documented_in_the_readme():
+    text = README.read_text()
+    for name, _ in _commands(main):
+        assert re.search(rf"prompt-registry (\S+ )*{re.escape(name)}\b", text), f"README does not mention `prompt-registry {name}`"

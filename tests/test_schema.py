@@ -1,0 +1,100 @@
+"""The ORM matches the packaged head revision; old or foreign schemas are refused with the fix."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+import prompt_registry as pr
+from prompt_registry import Registry
+from prompt_registry.db import migrations
+from prompt_registry.db.engine import make_engine
+from prompt_registry.db.schema import Base
+from prompt_registry.location import resolve_location
+
+pytestmark = pytest.mark.registry
+
+
+def _engine(backend):
+    location, store = backend
+    return make_engine(resolve_location(location, store).db_url)
+
+
+def test_orm_metadata_matches_head_revision(backend):
+    location, store = backend
+    Registry.init(location, store=store).close()
+    engine = _engine(backend)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    engine.dispose()
+    assert diff == [], f"ORM and migrations disagree; add an Alembic revision: {diff}"
+
+
+def test_migrations_ship_inside_the_package():
+    from importlib import resources
+
+    versions = resources.files("prompt_registry") / "_alembic" / "versions"
+    assert any(p.name.endswith(".py") for p in versions.iterdir())
+    assert migrations.head_revision()
+
+
+def test_open_refuses_an_old_schema_and_names_the_upgrade_command(backend):
+    location, store = backend
+    Registry.init(location, store=store).close()
+    engine = _engine(backend)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'base0'"))
+    with pytest.raises(pr.SchemaError, match="does not know"):
+        Registry.open(location, store=store)
+    with engine.begin() as conn:
+        # simulate a registry made by an older release: at an ancestor of head
+        conn.execute(sa.text("DELETE FROM alembic_version"))
+    with pytest.raises(pr.SchemaError, match="no schema revision"):
+        Registry.open(location, store=store)
+    engine.dispose()
+
+
+def test_old_revision_is_refused_until_upgraded(backend, monkeypatch):
+    location, store = backend
+    Registry.init(location, store=store).close()
+    # pretend this package's head is a newer revision than the catalogue's
+    real_head = migrations.head_revision()
+    monkeypatch.setattr(migrations, "head_revision", lambda: "9999_future")
+    monkeypatch.setattr(
+        migrations.ScriptDirectory, "walk_revisions",
+        lambda self, *a, **k: iter([type("R", (), {"revision": real_head})(), type("R", (), {"revision": "9999_future"})()]),
+    )
+    with pytest.raises(pr.SchemaError, match="prompt-registry db upgrade"):
+        Registry.open(location, store=store)
+
+
+def test_empty_database_says_init(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(pr.SchemaError, match="prompt-registry init"):
+        migrations.check_schema(engine, "x.db")
+    engine.dispose()
+
+
+def test_missing_registry_directory(tmp_path):
+    with pytest.raises(pr.RegistryNotFoundError, match="prompt-registry init"):
+        Registry.open(tmp_path / "nowhere")
+
+
+def test_upgrade_is_idempotent(backend):
+    location, store = backend
+    Registry.init(location, store=store).close()
+    head = migrations.head_revision()
+    assert Registry.upgrade(location, store=store) == (head, head)
+
+
+def test_upgrade_of_a_missing_directory_says_init(tmp_path):
+    with pytest.raises(pr.RegistryNotFoundError, match="prompt-registry init"):
+        Registry.upgrade(tmp_path / "nowhere")
+
+
+def test_postgres_url_needs_a_store():
+    with pytest.raises(pr.RegistryNotFoundError, match="--store"):
+        resolve_location("postgresql+psycopg://postgres@127.0.0.1/test", None)
