@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime as dt
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -47,6 +48,7 @@ import platform
 import pstats
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +127,24 @@ def write_fsynced(path: Path, write: Callable[[Any], Any]) -> None:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def package_state() -> dict[str, Any]:
+    """Which code was measured: HEAD and any uncommitted changes to the package."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=repo, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    diff = git("diff", "HEAD", "--", "prompt_registry")
+    return {
+        "head": git("rev-parse", "HEAD").strip() or None,
+        "uncommitted_package_files": git("status", "--porcelain", "--", "prompt_registry").splitlines(),
+        "uncommitted_package_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -242,12 +262,18 @@ def postgres_registry(scratch: Path, url: str) -> Iterator[tuple[str, str | None
         shutil.rmtree(store, ignore_errors=True)
 
 
-def import_once(location: str, store: str | None, model_dir: Path, array: np.ndarray, users: list[str]) -> tuple[Registry, dict[str, Any]]:
-    """A fresh registry with the prompts imported; returns it (open) and the timings."""
+def registry_with_users(location: str, store: str | None, model_dir: Path, users: list[str]) -> tuple[Registry, dict[str, float]]:
+    """A fresh registry with the model, the task and the users registered; returns it (open)."""
     init_s, registry = timed(lambda: Registry.init(location, store=store))
     registry.register_model(MODEL, model_dir)
     registry.add_task(TASK, "rating")
     add_users_s, _ = timed(lambda: registry.add_users(users))
+    return registry, {"init_s": init_s, "add_users_s": add_users_s}
+
+
+def import_once(location: str, store: str | None, model_dir: Path, array: np.ndarray, users: list[str]) -> tuple[Registry, dict[str, Any]]:
+    """A fresh registry with the prompts imported; returns it (open) and the timings."""
+    registry, figures = registry_with_users(location, store, model_dir, users)
     import_s, prompt_set = timed(lambda: registry.import_prompts(MODEL, TASK, array, users))
     # The store alone, same bytes, same durability: what the import would cost with a free catalogue.
     key = f"bench-{uuid.uuid4().hex}"
@@ -256,8 +282,7 @@ def import_once(location: str, store: str | None, model_dir: Path, array: np.nda
         registry.store.write_rows(key, 0, array),
     ))
     registry.store.delete(key)
-    figures = {"init_s": init_s, "add_users_s": add_users_s, "import_s": import_s,
-               "store_write_s": store_write_s, "store_key": prompt_set.store_key}
+    figures.update(import_s=import_s, store_write_s=store_write_s, store_key=prompt_set.store_key)
     return registry, figures
 
 
@@ -345,12 +370,14 @@ def bench_backend(name: str, fresh: Callable[[], contextlib.AbstractContextManag
                         write_profiles(name, registry, users, args.batch, rng, out_dir)
             finally:
                 registry.close()
-        if last and args.profile:
+        if last and args.profile:  # one more import, profiled alone (cProfile sees only this thread)
             with fresh() as (location, store):
-                def profiled_import() -> None:
-                    reg, _ = import_once(location, store, model_dir, array, users)
-                    reg.close()
-                (out_dir / f"bench_store_{name.lower()}_import.prof.txt").write_text(profile_listing(profiled_import))
+                registry, _ = registry_with_users(location, store, model_dir, users)
+                try:
+                    listing = profile_listing(lambda: registry.import_prompts(MODEL, TASK, array, users))
+                finally:
+                    registry.close()
+                (out_dir / f"bench_store_{name.lower()}_import.prof.txt").write_text(listing)
     for key in ("init_s", "add_users_s", "import_s", "store_write_s"):
         result[key] = summary([run[key] for run in runs])
     n = len(users)
@@ -466,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
+        "package_state": package_state(),
         "loadavg_before": loadavg(),
         "skipped": {},
     }

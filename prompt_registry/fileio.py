@@ -38,10 +38,10 @@ def read_users_csv(path: str | Path) -> list[str]:
                     "the first line must be a header naming it"
                 )
             users = []
-            for lineno, row in enumerate(reader, start=2):
+            for row in reader:
                 value = (row.get("user_id") or "").strip()
-                if not value:
-                    raise InvalidFileError(f"{path}:{lineno}: empty user_id")
+                if not value:  # line_num counts physical lines (DictReader skips blank ones)
+                    raise InvalidFileError(f"{path}:{reader.line_num}: empty user_id")
                 users.append(value)
             return users
     except FileNotFoundError:
