@@ -24,8 +24,9 @@ the JSON); latency percentiles come from the round with the lowest p50. Ratios u
 MB = 10^6 bytes, GB = 10^9 bytes.
 
 Results: ``benchmarks/results/bench_store.json`` (machine, versions, load average, config, every
-figure) and ``benchmarks/results/bench_store.md``. With ``--profile``, cProfile listings of one
-extra import and one extra batch read per backend are written beside them.
+figure, and which code: git HEAD plus a hash of uncommitted package changes) and
+``benchmarks/results/bench_store.md``. With ``--profile``, cProfile listings (main thread only) of one
+extra ``import_prompts``, one batch read and 200 single reads per backend are written beside them.
 
 Run::
 
@@ -428,12 +429,18 @@ def targets(backends: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     cfg, raw, files, backends = report["config"], report["baselines"]["raw_numpy"], report["baselines"]["file_per_user"], report["backends"]
     names = list(backends)
+    state = report["package_state"]
     lines = [
         "# bench_store",
         "",
         f"{cfg['users']:,} users x 1 x {cfg['width']} float32 ({cfg['nbytes'] / MB:.1f} MB); best of {cfg['repeats']} repeats "
         f"(median in the JSON); MB = 10^6 bytes. Run {report['started_at']}, {report['machine']['cpu_count']} CPUs, "
         f"load average {report['loadavg_before']} before, {report['loadavg_after']} after.",
+        "",
+        f"Package: HEAD {str(state['head'])[:12]}"
+        + (f" + uncommitted changes in {len(state['uncommitted_package_files'])} file(s) "
+           f"(diff sha256 {state['uncommitted_package_diff_sha256'][:12]})" if state["uncommitted_package_files"] else " (clean)")
+        + f"; {report['command']}",
         "",
         "## Baselines (same disk, same run)",
         "",

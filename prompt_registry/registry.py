@@ -8,6 +8,7 @@ for ``gc``): no row ever points at missing bytes, and nothing is half-visible.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import datetime as dt
 import getpass
@@ -84,6 +85,7 @@ from .errors import (
     UnknownUserError,
 )
 from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
+from .manifest import Manifest, row_digests
 from .modelinfo import describe_model
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
 from .store.memory import MemoryStore
@@ -93,7 +95,10 @@ TASK_KINDS = ("rating", "click")
 DEFAULT_GC_GRACE_SECONDS = 3600.0
 # Rows per store write: whole chunks, bounded memory, and a natural progress step.
 WRITE_BATCH_ROWS = 64 * DEFAULT_CHUNK_ROWS
-_QUERY_BATCH = 2000  # bound IN (...) lists (SQLite's variable limit, plan sizes)
+_QUERY_BATCH = 2000
+# Reads of at least this many users load (and cache) the version's whole manifest.
+MANIFEST_MIN_USERS = 1024
+MANIFEST_CACHE_ROWS = 5_000_000  # ~0.5-1 GB of Python objects at the most  # bound IN (...) lists (SQLite's variable limit, plan sizes)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:]{0,199}$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
 _VERSION_RE = re.compile(r"^v?(\d+)$")
@@ -124,11 +129,6 @@ def _preview(items: Iterable[Any], n: int = 5) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def _row_digests(array: np.ndarray) -> list[bytes]:
-    flat = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
-    return [hashlib.sha256(row).digest() for row in flat]
-
-
 def _default_actor() -> str:
     actor = os.environ.get("PROMPT_REGISTRY_ACTOR")
     if actor:
@@ -153,6 +153,7 @@ class Registry:
         self.where = where
         self.actor = actor or _default_actor()
         self._chains: dict[int, tuple[tuple[int, str | None], ...]] = {}
+        self._manifests: collections.OrderedDict[int, Manifest] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ open / init / upgrade
@@ -399,50 +400,55 @@ class Registry:
             self._chains[row.id] = result
         return result
 
-    def _locate(self, session: Session, chain: Sequence[tuple[int, str | None]], users: Sequence[str] | None) -> dict[str, tuple[int, int, bytes]]:
-        """user -> (set id holding the row, row index, sha256) through an incremental chain.
-
-        ``users=None`` locates every user of the version. The newest version in the chain wins.
-        """
-        rank = {set_id: i for i, (set_id, _) in enumerate(chain)}
-        chain_ids = list(rank)
-        stmt = (
+    @staticmethod
+    def _records_stmt(set_ids: Sequence[int]) -> Any:
+        """(user, holder set, row index, sha256) of the rows the given sets wrote."""
+        return (
             select(UserRow.external_id, PromptRowRow.set_id, PromptRowRow.row_index, PromptRowRow.sha256)
             .join(UserRow, UserRow.id == PromptRowRow.user_id)
-            .where(PromptRowRow.set_id.in_(chain_ids))
+            .where(PromptRowRow.set_id.in_(list(set_ids)))
         )
-        found: dict[str, tuple[int, int, bytes]] = {}
-        batches = [None] if users is None else list(_batched(list(dict.fromkeys(users))))
-        for batch in batches:
-            query = stmt if batch is None else stmt.where(UserRow.external_id.in_(batch))
-            for ext, set_id, row_index, digest in session.execute(query):
-                prev = found.get(ext)
-                if prev is None or rank[set_id] < rank[prev[0]]:
-                    found[ext] = (set_id, row_index, digest)
-        return found
 
-    def _read_located(self, chain: Sequence[tuple[int, str | None]], users: Sequence[str], located: Mapping[str, tuple[int, int, bytes]], info: PromptSetRow, verify: bool) -> np.ndarray:
-        keys = dict(chain)
-        out = np.empty((len(users), info.prompt_len, info.width), dtype=info.dtype)
-        by_set: dict[int, list[int]] = {}
-        for pos, user in enumerate(users):
-            by_set.setdefault(located[user][0], []).append(pos)
-        for set_id, positions in by_set.items():
-            store_key = keys[set_id]
-            assert store_key is not None
-            rows = np.fromiter((located[users[p]][1] for p in positions), dtype=np.int64, count=len(positions))
-            data = self._store.read_rows(store_key, rows)
-            if verify:
-                for p, digest in zip(positions, _row_digests(data)):
-                    if digest != located[users[p]][2]:
-                        raise ChecksumError(
-                            f"the stored prompt of user {users[p]!r} in set {set_id} (array {store_key!r} in "
-                            f"{self._store.location}) fails its sha256 check: the bytes were modified or "
-                            "corrupted. Restore the store from backup or re-import the set, then run "
-                            "`prompt-registry doctor`"
-                        )
-            out[positions] = data
-        return out
+    def _locate(self, session: Session, row: PromptSetRow, users: Sequence[str] | None) -> Manifest:
+        """Resolve ``users`` (``None``: everyone) of a version through its chain, via SQL."""
+        chain_ids = [set_id for set_id, _ in self._chain(session, row)]
+        stmt = self._records_stmt(chain_ids)
+        if users is None:
+            records: list[Any] = session.execute(stmt).all()
+        else:
+            records = []
+            for batch in _batched(list(dict.fromkeys(users))):
+                records += session.execute(stmt.where(UserRow.external_id.in_(batch))).all()
+        return Manifest.resolve(row.id, chain_ids, records)
+
+    def _manifest(self, session: Session, row: PromptSetRow, users: Sequence[str] | None) -> Manifest:
+        """A manifest covering ``users``: the cached full one, a new full one for big reads, or
+        a small one for just these users (single reads stay cheap on huge sets)."""
+        with self._lock:
+            cached = self._manifests.get(row.id)
+            if cached is not None:
+                self._manifests.move_to_end(row.id)
+                return cached
+            base = self._manifests.get(row.base_id) if row.base_id is not None else None
+        if base is not None:
+            manifest = base.overlay(row.id, session.execute(self._records_stmt([row.id])).all())
+        elif users is not None and len(users) < MANIFEST_MIN_USERS:
+            return self._locate(session, row, users)
+        else:
+            manifest = self._locate(session, row, None)
+        with self._lock:
+            self._manifests[row.id] = manifest
+            total = sum(len(m) for m in self._manifests.values())
+            while total > MANIFEST_CACHE_ROWS and len(self._manifests) > 1:
+                total -= len(self._manifests.popitem(last=False)[1])
+        return manifest
+
+    def _read_users(self, session: Session, row: PromptSetRow, users: Sequence[str] | None, verify: bool) -> tuple[list[str], np.ndarray]:
+        manifest = self._manifest(session, row, users)
+        users = sorted(manifest.users) if users is None else list(users)
+        positions = manifest.positions(users)
+        keys = dict(self._chain(session, row))
+        return users, manifest.read(self._store, keys, positions, (row.prompt_len, row.width), row.dtype, verify=verify)
 
     # ------------------------------------------------------------------ models and tasks
     def register_model(self, name: str, path: str | os.PathLike[str], *, revision: str | None = None, reason: str | None = None) -> ModelInfo:
@@ -652,7 +658,7 @@ class Registry:
                 # foreign key, so a user removed concurrently fails this transaction.
                 n_users = len(user_ids)
                 if base_row is not None:
-                    overlap = self._locate(session, self._chain(session, base_row), user_ids)
+                    overlap = self._locate(session, base_row, user_ids)
                     n_users = base_row.n_users + len(user_ids) - len(overlap)
                 run = RunRow(
                     kind="import", status="succeeded", model_id=model_row.id, task_id=task_row.id,
@@ -728,7 +734,7 @@ class Registry:
     def _write_array(self, store_key: str, array: np.ndarray) -> list[bytes]:
         """Write and fsync the array; returns every row's sha256 (hashed while the bytes are written)."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            hashing = pool.submit(_row_digests, array)  # hashlib releases the GIL on row-sized buffers
+            hashing = pool.submit(row_digests, array)  # hashlib releases the GIL on row-sized buffers
             self._store.create_array(store_key, array.shape, str(array.dtype), DEFAULT_CHUNK_ROWS)
             try:
                 for start in range(0, len(array), WRITE_BATCH_ROWS):
@@ -869,27 +875,17 @@ class Registry:
         with read_session(self._engine) as session:
             row = self._read_target(session, model, task, alias, version, set)
             self._check_fingerprint(session, row, fingerprint)
-            chain = self._chain(session, row)
-            located = self._locate(session, chain, users)
-        missing = [u for u in dict.fromkeys(users) if u not in located]
-        if missing:
-            raise UnknownUserError(
-                f"prompt set {row.id} has no prompt for {len(missing)} user(s): {_preview(missing)}; "
-                "train or migrate prompts for them, or check the user ids"
-            )
-        return torch.from_numpy(self._read_located(chain, users, located, row, verify))
+            _, data = self._read_users(session, row, users, verify)
+        return torch.from_numpy(data)
 
     def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True) -> ExportResult:
         """Write every user's prompt of a version to ``.safetensors`` or ``.npy`` (+ ``.users.csv``)."""
         path = Path(path)
         with read_session(self._engine) as session:
             row = self._resolve_set(session, ref)
-            chain = self._chain(session, row)
-            located = self._locate(session, chain, None)
+            users, array = self._read_users(session, row, None, verify)
             model_row = session.get_one(BaseModelRow, row.model_id)
             task_row = session.get_one(TaskRow, row.task_id)
-        users = sorted(located)
-        array = self._read_located(chain, users, located, row, verify)
         meta = {
             "set_id": str(row.id), "model": model_row.name, "model_fingerprint": model_row.fingerprint,
             "task": task_row.name, "version": str(row.version), "sha256": row.sha256,
@@ -1233,7 +1229,7 @@ class Registry:
             except IntegrityError as exc:
                 problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
                 return start
-            for i, digest in enumerate(_row_digests(data), start=start):
+            for i, digest in enumerate(row_digests(data), start=start):
                 if digests.get(i) != digest:
                     bad.append(users.get(i, f"row {i}"))
         if bad:

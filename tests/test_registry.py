@@ -421,3 +421,47 @@ def test_every_write_is_audited_with_its_actor(populated):
     run = populated.get_run(s.run_id)
     assert (run.kind, run.status, run.model, run.task, run.config["n_rows"]) == ("import", "succeeded", "a", "rate", 3)
     assert run.wall_seconds is not None and run.wall_seconds > 0
+
+
+# ------------------------------------------------------------------------------ batch reads (manifests)
+
+
+def test_batch_reads_use_cached_manifests_and_stay_exact(populated):
+    from prompt_registry.registry import MANIFEST_MIN_USERS
+
+    n = MANIFEST_MIN_USERS + 300
+    users = [f"big{i:05d}" for i in range(n)]
+    data = prompts(n, seed=11)
+    v1 = populated.import_prompts("a", "rate", data, users, create_users=True)
+    order = list(np.random.default_rng(0).permutation(n))
+    got = populated.get_prompts([users[i] for i in order], set=v1.id)  # loads the full manifest
+    np.testing.assert_array_equal(got.numpy(), data[order])
+    assert v1.id in populated._manifests
+    # an incremental version overlays its own rows on the cached base manifest
+    changed = prompts(4, seed=12)
+    v2 = populated.import_prompts("a", "rate", changed, [users[0], users[5], "fresh1", "fresh2"], base=v1.id, create_users=True)
+    everyone = users + ["fresh1", "fresh2"]
+    expected = np.concatenate([data, changed[2:]])
+    expected[0], expected[5] = changed[0], changed[1]
+    np.testing.assert_array_equal(populated.get_prompts(everyone, set=v2.id).numpy(), expected)
+    np.testing.assert_array_equal(populated.get_prompts(users, set=v1.id).numpy(), data)  # base unchanged
+    # the overlay equals a manifest built from scratch through SQL
+    fresh = Registry.open(populated.where, store=str(populated.store.root) if hasattr(populated.store, "root") else None)
+    try:
+        np.testing.assert_array_equal(fresh.get_prompts(everyone, set=v2.id).numpy(), expected)
+    finally:
+        fresh.close()
+    with pytest.raises(pr.UnknownUserError, match="'nobody'"):
+        populated.get_prompts(users + ["nobody"], set=v2.id)
+
+
+def test_batch_read_detects_corruption(populated):
+    from prompt_registry.registry import MANIFEST_MIN_USERS
+
+    n = MANIFEST_MIN_USERS + 10
+    users = [f"big{i:05d}" for i in range(n)]
+    s = populated.import_prompts("a", "rate", prompts(n), users, create_users=True)
+    _corrupt_first_chunk(populated, s)
+    with pytest.raises(pr.ChecksumError, match="big00005"):
+        populated.get_prompts(users, set=s.id)
+    assert populated.get_prompts(users, set=s.id, verify=False).shape == (n, 1, 16)

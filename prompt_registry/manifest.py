@@ -1,0 +1,142 @@
+"""Manifests: where each user's prompt row of one version physically lives.
+
+A version resolves every user through its incremental chain (newest version first). A manifest is
+that resolution as arrays, so reading thousands of users is a few vectorised operations instead of
+per-user Python. Versions are immutable, so a manifest never goes stale and the registry caches
+them (bounded by rows) for batch reads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ChecksumError, UnknownUserError
+from .store.base import TensorStore
+
+DIGEST_BYTES = 32
+
+
+_PARALLEL_HASH_BYTES = 4 * 1024 * 1024
+_HASH_THREADS = 2
+_hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _digests(flat: np.ndarray) -> list[bytes]:
+    return [hashlib.sha256(row).digest() for row in flat]
+
+
+def row_digests(array: np.ndarray) -> list[bytes]:
+    """sha256 of every row's raw bytes (the row = one user's prompt).
+
+    Large inputs are split over two threads: hashlib releases the GIL for buffers over 2 KiB,
+    which prompt rows of real models are (576 floats = 2.3 KB).
+    """
+    global _hash_pool
+    flat = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
+    if flat.nbytes < _PARALLEL_HASH_BYTES or flat.shape[1] < 2048:
+        return _digests(flat)
+    if _hash_pool is None:
+        _hash_pool = concurrent.futures.ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="prompt-registry-hash")
+    parts = np.array_split(flat, _HASH_THREADS)
+    return [d for part in _hash_pool.map(_digests, parts) for d in part]
+
+
+def digest_matrix(digests: Sequence[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), DIGEST_BYTES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    set_id: int
+    users: tuple[str, ...]
+    index: Mapping[str, int]
+    holder: np.ndarray  # int64: which set in the chain wrote the row
+    rows: np.ndarray  # int64: row index in the holder's array
+    digests: np.ndarray  # (n, 32) uint8
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @classmethod
+    def resolve(cls, set_id: int, chain_ids: Sequence[int], records: Iterable[tuple[str, int, int, bytes]]) -> Manifest:
+        """Build from ``(user, holder set id, row index, sha256)`` records; nearest version wins."""
+        rank = {sid: i for i, sid in enumerate(chain_ids)}
+        best: dict[str, tuple[int, int, bytes]] = {}
+        for user, holder, row, digest in records:
+            prev = best.get(user)
+            if prev is None or rank[holder] < rank[prev[0]]:
+                best[user] = (holder, row, bytes(digest))
+        users = tuple(sorted(best))
+        entries = [best[u] for u in users]
+        return cls(
+            set_id=set_id,
+            users=users,
+            index={u: i for i, u in enumerate(users)},
+            holder=np.fromiter((e[0] for e in entries), dtype=np.int64, count=len(entries)),
+            rows=np.fromiter((e[1] for e in entries), dtype=np.int64, count=len(entries)),
+            digests=digest_matrix([e[2] for e in entries]) if entries else np.empty((0, DIGEST_BYTES), np.uint8),
+        )
+
+    def overlay(self, set_id: int, records: Sequence[tuple[str, int, int, bytes]]) -> Manifest:
+        """The manifest of an incremental version: this (its base's) manifest with the version's
+        own rows on top. Costs a copy of the arrays, not a catalogue scan of every user."""
+        index = dict(self.index)
+        users = list(self.users)
+        holder, rows, digests = self.holder.copy(), self.rows.copy(), self.digests.copy()
+        appended: list[tuple[str, int, int, bytes]] = []
+        for user, hold, row, digest in records:
+            pos = index.get(user)
+            if pos is None:
+                appended.append((user, hold, row, digest))
+                continue
+            holder[pos], rows[pos] = hold, row
+            digests[pos] = np.frombuffer(bytes(digest), dtype=np.uint8)
+        for user, *_ in appended:
+            index[user] = len(users)
+            users.append(user)
+        return Manifest(
+            set_id=set_id, users=tuple(users), index=index,
+            holder=np.concatenate([holder, np.array([a[1] for a in appended], dtype=np.int64)]),
+            rows=np.concatenate([rows, np.array([a[2] for a in appended], dtype=np.int64)]),
+            digests=np.concatenate([digests, digest_matrix([bytes(a[3]) for a in appended]).reshape(-1, DIGEST_BYTES)]),
+        )
+
+    def positions(self, users: Sequence[str]) -> np.ndarray:
+        """Manifest positions of ``users`` (``UnknownUserError`` naming those without a prompt)."""
+        try:
+            return np.fromiter((self.index[u] for u in users), dtype=np.int64, count=len(users))
+        except KeyError:
+            missing = [u for u in dict.fromkeys(users) if u not in self.index]
+            shown = ", ".join(repr(u) for u in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise UnknownUserError(
+                f"prompt set {self.set_id} has no prompt for {len(missing)} user(s): {shown}; "
+                "train or migrate prompts for them, or check the user ids"
+            ) from None
+
+    def read(self, store: TensorStore, store_keys: Mapping[int, str | None], positions: np.ndarray,
+             shape: tuple[int, int], dtype: str, *, verify: bool) -> np.ndarray:
+        """The rows at ``positions`` (in that order), checksum-verified unless ``verify=False``."""
+        out = np.empty((len(positions), *shape), dtype=dtype)
+        holders = self.holder[positions]
+        for holder in np.unique(holders).tolist():
+            mask = holders == holder
+            store_key = store_keys[holder]
+            assert store_key is not None, f"set {holder} holds rows but has no array"
+            out[mask] = store.read_rows(store_key, self.rows[positions[mask]])
+        if verify and len(positions):
+            mismatch = np.flatnonzero((digest_matrix(row_digests(out)) != self.digests[positions]).any(axis=1))
+            if len(mismatch):
+                first = int(positions[mismatch[0]])
+                holder = int(self.holder[first])
+                bad_users = ", ".join(repr(self.users[int(positions[i])]) for i in mismatch[:5])
+                raise ChecksumError(
+                    f"the stored prompt(s) of user(s) {bad_users} in set {holder} (array {store_keys[holder]!r} "
+                    f"in {store.location}) fail their sha256 check: the bytes were modified or corrupted. "
+                    "Restore the store from backup or re-import the set, then run `prompt-registry doctor`"
+                )
+        return out
