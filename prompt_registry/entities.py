@@ -161,6 +161,23 @@ class Run(_Entity):
 
 
 @dataclasses.dataclass(frozen=True)
+class CostLedger(_Entity):
+    """What a run cost. Token-passes (tokens through the backbone, forward and backward) are the
+    primary measure: unlike wall time they do not depend on machine load."""
+
+    wall_seconds: float
+    device: str
+    examples_seen: int = 0
+    forward_tokens: int = 0
+    backward_tokens: int = 0
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def token_passes(self) -> int:
+        return self.forward_tokens + self.backward_tokens
+
+
+@dataclasses.dataclass(frozen=True)
 class AuditEvent(_Entity):
     id: int
     at: dt.datetime

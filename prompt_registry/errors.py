@@ -13,6 +13,7 @@ derives from the builtin that fits, so callers may catch either::
     |   +-- UnknownSetError
     |   +-- UnknownAliasError
     |   +-- UnknownArtifactError
+    |   +-- UnknownRunError
     +-- ConflictError                        (+ ValueError)         would contradict what exists
     |   +-- ModelConflictError               same name, other fingerprint
     |   +-- DuplicateUserError
@@ -68,6 +69,10 @@ class UnknownAliasError(NotFoundError):
 
 
 class UnknownArtifactError(NotFoundError):
+    pass
+
+
+class UnknownRunError(NotFoundError):
     pass
 
 

@@ -49,6 +49,7 @@ from .db.schema import (
     UserRow,
 )
 from .entities import (
+    CostLedger,
     Alias,
     AliasEvent,
     Artifact,
@@ -80,6 +81,7 @@ from .errors import (
     UnknownAliasError,
     UnknownArtifactError,
     UnknownModelError,
+    UnknownRunError,
     UnknownSetError,
     UnknownTaskError,
     UnknownUserError,
@@ -604,6 +606,10 @@ class Registry:
         tags: Mapping[str, str | None] | Iterable[str] | None = None,
         note: str | None = None,
         reason: str | None = None,
+        run_id: int | None = None,
+        head: int | None = None,
+        adapter: int | None = None,
+        sources: Sequence[int | str | PromptSet] = (),
     ) -> PromptSet:
         """Write a new immutable prompt set for ``model`` and ``task``.
 
@@ -613,6 +619,10 @@ class Registry:
 
         With ``base``, the new version is incremental: it stores only the given users' rows and
         resolves every other user through ``base`` (no bytes or rows are copied).
+
+        Training and migration pass their ``run_id`` (from ``start_run``), the task ``head``
+        artifact the prompts need, the ``adapter`` that produced them and the ``sources`` sets
+        they were derived from (lineage). Without ``run_id`` an ``import`` run is recorded.
 
         Raises ``ShapeError``/``DTypeError``/``NonFiniteError`` for bad tensors,
         ``DuplicateUserError``/``UnknownUserError`` for bad user lists, ``UnknownModelError``/
@@ -660,17 +670,24 @@ class Registry:
                 if base_row is not None:
                     overlap = self._locate(session, base_row, user_ids)
                     n_users = base_row.n_users + len(user_ids) - len(overlap)
-                run = RunRow(
-                    kind="import", status="succeeded", model_id=model_row.id, task_id=task_row.id,
-                    config={"source": source, "n_rows": len(user_ids), "base": base_row.id if base_row else None,
-                            "dtype": str(array.dtype), "prompt_len": int(array.shape[1])},
-                    seeds={}, started_at=started_at, actor=self.actor, cost={"bytes_written": int(array.nbytes)},
-                )
+                if run_id is None:
+                    run = RunRow(
+                        kind="import", status="succeeded", model_id=model_row.id, task_id=task_row.id,
+                        config={"source": source, "n_rows": len(user_ids), "base": base_row.id if base_row else None,
+                                "dtype": str(array.dtype), "prompt_len": int(array.shape[1])},
+                        seeds={}, started_at=started_at, actor=self.actor, cost={"bytes_written": int(array.nbytes)},
+                    )
+                else:
+                    run = self._run_row(session, run_id)
+                source_rows = [self._resolve_set(session, src) for src in sources]
+                head_row = self._artifact_for(session, head, "head", model_row) if head is not None else None
+                adapter_row = self._artifact_for(session, adapter, "adapter", model_row) if adapter is not None else None
                 row = PromptSetRow(
                     model_id=model_row.id, task_id=task_row.id, version=self._next_version(session, model_row.id, task_row.id),
                     base_id=base_row.id if base_row else None, prompt_len=int(array.shape[1]),
                     width=int(array.shape[2]), dtype=str(array.dtype), n_users=n_users, n_rows=len(user_ids),
                     store_key=store_key, sha256=content.hexdigest(), status="committed", note=note,
+                    head_id=head_row.id if head_row else None, adapter_id=adapter_row.id if adapter_row else None,
                     created_at=_utcnow(), created_by=self.actor,
                 )
                 session.add_all([run, row])
@@ -678,6 +695,8 @@ class Registry:
                 row.run_id = run.id
                 if base_row is not None:
                     session.add(PromptSetParentRow(set_id=row.id, parent_id=base_row.id, role="base", position=0))
+                for pos, src in enumerate(source_rows):
+                    session.add(PromptSetParentRow(set_id=row.id, parent_id=src.id, role="source", position=pos))
                 self._insert_rows(session, row.id, [known[u] for u in user_ids], digests)
                 self._check_bytes_present(store_key)
                 for tag_name, tag_value in self._tag_items(tags):
@@ -688,8 +707,9 @@ class Registry:
                 }, reason)
                 if alias is not None:
                     self._move_alias(session, alias, row, reason)
-                run.finished_at = _utcnow()
-                run.wall_seconds = time.perf_counter() - started
+                if run_id is None:
+                    run.finished_at = _utcnow()
+                    run.wall_seconds = time.perf_counter() - started
                 session.flush()
                 return self._set_entities(session, [row])[0]
         except BaseException:
@@ -1127,13 +1147,65 @@ class Registry:
         return artifact, load_safetensors(data)
 
     # ------------------------------------------------------------------ runs and audit log
+    @staticmethod
+    def _run_row(session: Session, run_id: int) -> RunRow:
+        row = session.get(RunRow, int(run_id))
+        if row is None:
+            raise UnknownRunError(f"no run with id {run_id}; see `prompt-registry audit runs`")
+        return row
+
+    def _artifact_for(self, session: Session, artifact_id: int, kind: str, model_row: BaseModelRow) -> ArtifactRow:
+        row = session.get(ArtifactRow, int(artifact_id))
+        if row is None or row.kind != kind:
+            raise UnknownArtifactError(f"no {kind} with id {artifact_id}; see `prompt-registry adapter list`")
+        if row.target_fingerprint != model_row.fingerprint:
+            raise ModelMismatchError(
+                f"{kind} {artifact_id} was made for model fingerprint {row.target_fingerprint[:12]}, "
+                f"not for {model_row.name!r} ({model_row.fingerprint[:12]})"
+            )
+        return row
+
+    def start_run(self, kind: str, *, model: str | None = None, task: str | None = None,
+                  config: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None) -> Run:
+        """Record the start of a run (training, migration, evaluation, ...) with its full config."""
+        with write_session(self._engine) as session:
+            row = RunRow(
+                kind=kind, status="running",
+                model_id=self._model_row(session, model).id if model else None,
+                task_id=self._task_row(session, task).id if task else None,
+                config=json.loads(json.dumps(dict(config or {}), default=str)),
+                seeds=dict(seeds or {}), started_at=_utcnow(), actor=self.actor, cost={},
+            )
+            session.add(row)
+            session.flush()
+            self._audit(session, "start_run", "run", row.id, {"kind": kind})
+            return self._run_entity(session, row)
+
+    def finish_run(self, run_id: int, *, status: str = "succeeded", ledger: CostLedger | None = None,
+                   error: str | None = None, results: Mapping[str, Any] | None = None) -> Run:
+        """Close a run with its status, cost ledger, and results (stored in ``cost['results']``)."""
+        if status not in ("succeeded", "failed"):
+            raise ConflictError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
+        with write_session(self._engine) as session:
+            row = self._run_row(session, run_id)
+            if row.status != "running":
+                raise ConflictError(f"run {run_id} already finished ({row.status})")
+            row.status, row.finished_at, row.error = status, _utcnow(), error
+            if ledger is not None:
+                row.wall_seconds, row.device = ledger.wall_seconds, ledger.device
+                row.examples_seen, row.forward_tokens, row.backward_tokens = ledger.examples_seen, ledger.forward_tokens, ledger.backward_tokens
+            cost = dict(ledger.extra) if ledger is not None else {}
+            if results is not None:
+                cost["results"] = json.loads(json.dumps(dict(results), default=str))
+            row.cost = cost
+            self._audit(session, "finish_run", "run", row.id, {"status": status})
+            session.flush()
+            return self._run_entity(session, row)
+
     def get_run(self, run_id: int) -> Run:
         """A run (import, training, migration, ...) with its config and cost ledger."""
         with read_session(self._engine) as session:
-            row = session.get(RunRow, int(run_id))
-            if row is None:
-                raise PromptRegistryError(f"no run with id {run_id}")
-            return self._run_entity(session, row)
+            return self._run_entity(session, self._run_row(session, run_id))
 
     @staticmethod
     def _run_entity(session: Session, r: RunRow) -> Run:

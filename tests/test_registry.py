@@ -465,3 +465,30 @@ def test_batch_read_detects_corruption(populated):
     with pytest.raises(pr.ChecksumError, match="big00005"):
         populated.get_prompts(users, set=s.id)
     assert populated.get_prompts(users, set=s.id, verify=False).shape == (n, 1, 16)
+
+
+# ------------------------------------------------------------------------------ runs and lineage
+
+
+def test_runs_ledger_and_lineage_of_derived_sets(populated):
+    src = populated.import_prompts("a", "rate", prompts(4), user_ids(4))
+    run = populated.start_run("migrate", model="b", task="rate", config={"lr": 1e-4, "budget": 2}, seeds={"torch": 7})
+    assert (run.status, run.model, run.config["lr"], run.seeds) == ("running", "b", 1e-4, {"torch": 7})
+    adapter = populated.put_artifact("adapter", "phi", {"w": torch.ones(2)}, task="rate", target_model="b", source_models=["a"], run_id=run.id)
+    head = populated.put_artifact("head", "h", {"w": torch.ones(2)}, task="rate", target_model="b", run_id=run.id)
+    derived = populated.import_prompts("b", "rate", prompts(4, width=24), user_ids(4), run_id=run.id,
+                                       head=head.id, adapter=adapter.id, sources=[src.id])
+    assert (derived.run_id, derived.head_id, derived.adapter_id, derived.parents) == (run.id, head.id, adapter.id, (src.id,))
+    ledger = pr.CostLedger(wall_seconds=1.5, device="cpu", examples_seen=100, forward_tokens=2500, backward_tokens=2500, extra={"epochs": 2})
+    done = populated.finish_run(run.id, ledger=ledger, results={"rmse": 0.9})
+    assert (done.status, done.examples_seen, done.forward_tokens, done.cost) == ("succeeded", 100, 2500, {"epochs": 2, "results": {"rmse": 0.9}})
+    assert ledger.token_passes == 5000
+    with pytest.raises(pr.ConflictError, match="already finished"):
+        populated.finish_run(run.id)
+    with pytest.raises(pr.UnknownRunError):
+        populated.get_run(12345)
+    # a head made for model a cannot be attached to prompts of model b
+    head_a = populated.put_artifact("head", "h", {"w": torch.ones(2)}, task="rate", target_model="a")
+    with pytest.raises(pr.ModelMismatchError):
+        populated.import_prompts("b", "rate", prompts(1, width=24), ["u000"], head=head_a.id)
+    assert len(populated.list_sets(model="b")) == 1
