@@ -190,6 +190,21 @@ class AuditEvent(_Entity):
 
 
 @dataclasses.dataclass(frozen=True)
+class Evaluation(_Entity):
+    """Metrics of one prompt set on one data split; ``per_user`` is filled on request."""
+
+    id: int
+    set_id: int
+    run_id: int | None
+    dataset: str
+    split: str
+    metrics: dict[str, Any]
+    created_at: dt.datetime
+    created_by: str
+    per_user: dict[str, dict[str, float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportResult(_Entity):
     set_id: int
     path: str

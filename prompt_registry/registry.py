@@ -40,12 +40,14 @@ from .db.schema import (
     ArtifactSourceRow,
     AuditEventRow,
     BaseModelRow,
+    EvaluationRow,
     PromptRowRow,
     PromptSetParentRow,
     PromptSetRow,
     RunRow,
     TagRow,
     TaskRow,
+    UserMetricRow,
     UserRow,
 )
 from .entities import (
@@ -55,6 +57,7 @@ from .entities import (
     Artifact,
     AuditEvent,
     DoctorReport,
+    Evaluation,
     ExportResult,
     GcReport,
     ModelInfo,
@@ -74,6 +77,7 @@ from .errors import (
     ModelConflictError,
     ModelMismatchError,
     NonFiniteError,
+    NotFoundError,
     PromptRegistryError,
     RegistryNotFoundError,
     SchemaError,
@@ -1145,6 +1149,67 @@ class Registry:
                 "restore it from backup or retrain it"
             )
         return artifact, load_safetensors(data)
+
+    # ------------------------------------------------------------------ evaluations
+    def record_evaluation(
+        self, ref: int | str | PromptSet, *, dataset: str, split: str, metrics: Mapping[str, Any],
+        per_user: Mapping[str, Mapping[str, float]] | None = None, run_id: int | None = None,
+    ) -> Evaluation:
+        """Store an evaluation of a set: overall ``metrics`` and optional per-user metric values."""
+        per_user = per_user or {}
+        with write_session(self._engine) as session:
+            row = self._resolve_set(session, ref)
+            if run_id is not None:
+                self._run_row(session, run_id)
+            ids = self._user_ids(session, list(per_user))
+            unknown = [u for u in per_user if u not in ids]
+            if unknown:
+                raise UnknownUserError(f"per-user metrics name unregistered user(s): {_preview(unknown)}")
+            evaluation = EvaluationRow(
+                set_id=row.id, run_id=run_id, dataset=dataset, split=split,
+                metrics=json.loads(json.dumps(dict(metrics), default=float)), created_at=_utcnow(), created_by=self.actor,
+            )
+            session.add(evaluation)
+            session.flush()
+            values = [
+                {"evaluation_id": evaluation.id, "user_id": ids[user], "metric": metric, "value": float(value)}
+                for user, user_metrics in per_user.items() for metric, value in user_metrics.items()
+            ]
+            if values:
+                session.execute(UserMetricRow.__table__.insert(), values)
+            self._audit(session, "record_evaluation", "evaluation", evaluation.id, {"set_id": row.id, "split": split, "metrics": evaluation.metrics})
+            return self._evaluation_entity(session, evaluation, with_users=False)
+
+    @staticmethod
+    def _evaluation_entity(session: Session, row: EvaluationRow, *, with_users: bool) -> Evaluation:
+        per_user: dict[str, dict[str, float]] | None = None
+        if with_users:
+            per_user = {}
+            for ext, metric, value in session.execute(
+                select(UserRow.external_id, UserMetricRow.metric, UserMetricRow.value)
+                .join(UserRow, UserRow.id == UserMetricRow.user_id).where(UserMetricRow.evaluation_id == row.id)
+            ):
+                per_user.setdefault(ext, {})[metric] = value
+        return Evaluation(row.id, row.set_id, row.run_id, row.dataset, row.split, dict(row.metrics),
+                          _aware(row.created_at), row.created_by, per_user)  # type: ignore[arg-type]
+
+    def get_evaluation(self, evaluation_id: int, *, per_user: bool = True) -> Evaluation:
+        """An evaluation with (by default) its per-user metrics."""
+        with read_session(self._engine) as session:
+            row = session.get(EvaluationRow, int(evaluation_id))
+            if row is None:
+                raise NotFoundError(f"no evaluation with id {evaluation_id}")
+            return self._evaluation_entity(session, row, with_users=per_user)
+
+    def list_evaluations(self, ref: int | str | PromptSet | None = None, *, split: str | None = None) -> list[Evaluation]:
+        """Evaluations (newest first), optionally of one set and/or split; without per-user values."""
+        with read_session(self._engine) as session:
+            stmt = select(EvaluationRow).order_by(EvaluationRow.id.desc())
+            if ref is not None:
+                stmt = stmt.where(EvaluationRow.set_id == self._resolve_set(session, ref).id)
+            if split is not None:
+                stmt = stmt.where(EvaluationRow.split == split)
+            return [self._evaluation_entity(session, r, with_users=False) for r in session.scalars(stmt)]
 
     # ------------------------------------------------------------------ runs and audit log
     @staticmethod

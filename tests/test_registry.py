@@ -492,3 +492,17 @@ def test_runs_ledger_and_lineage_of_derived_sets(populated):
     with pytest.raises(pr.ModelMismatchError):
         populated.import_prompts("b", "rate", prompts(1, width=24), ["u000"], head=head_a.id)
     assert len(populated.list_sets(model="b")) == 1
+
+
+def test_evaluations_store_overall_and_per_user_metrics(populated):
+    s = populated.import_prompts("a", "rate", prompts(3), user_ids(3))
+    run = populated.start_run("eval", model="a", task="rate")
+    ev = populated.record_evaluation(s.id, dataset="ml-100k@abc", split="test", metrics={"rmse": 0.93, "n": 30},
+                                     per_user={"u000": {"rmse": 0.5, "n": 10}, "u001": {"rmse": 1.2, "n": 20}}, run_id=run.id)
+    assert (ev.metrics, ev.per_user, ev.run_id) == ({"rmse": 0.93, "n": 30}, None, run.id)
+    full = populated.get_evaluation(ev.id)
+    assert full.per_user == {"u000": {"rmse": 0.5, "n": 10.0}, "u001": {"rmse": 1.2, "n": 20.0}}
+    assert [e.id for e in populated.list_evaluations(s.id, split="test")] == [ev.id]
+    assert populated.list_evaluations(s.id, split="valid") == []
+    with pytest.raises(pr.UnknownUserError):
+        populated.record_evaluation(s.id, dataset="d", split="test", metrics={}, per_user={"ghost": {"rmse": 1.0}})

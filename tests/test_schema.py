@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -15,6 +17,13 @@ from prompt_registry.db.schema import Base
 from prompt_registry.location import resolve_location
 
 pytestmark = pytest.mark.registry
+
+
+@pytest.fixture
+def model_dirs_for_schema(tmp_path):
+    from conftest import make_fake_model
+
+    return make_fake_model(tmp_path / "model-a", 16)
 
 
 def _engine(backend):
@@ -57,18 +66,24 @@ def test_open_refuses_an_old_schema_and_names_the_upgrade_command(backend):
     engine.dispose()
 
 
-def test_old_revision_is_refused_until_upgraded(backend, monkeypatch):
+def test_old_revision_is_refused_until_upgraded_and_data_survives(backend, model_dirs_for_schema):
     location, store = backend
-    Registry.init(location, store=store).close()
-    # pretend this package's head is a newer revision than the catalogue's
-    real_head = migrations.head_revision()
-    monkeypatch.setattr(migrations, "head_revision", lambda: "9999_future")
-    monkeypatch.setattr(
-        migrations.ScriptDirectory, "walk_revisions",
-        lambda self, *a, **k: iter([type("R", (), {"revision": real_head})(), type("R", (), {"revision": "9999_future"})()]),
-    )
+    with Registry.init(location, store=store) as reg:
+        reg.register_model("a", model_dirs_for_schema)
+        reg.add_task("rate", "rating")
+        reg.add_users(["u1", "u2"])
+        s = reg.import_prompts("a", "rate", np.ones((2, 1, 16), np.float32), ["u1", "u2"], alias="production")
+    engine = _engine(backend)
+    command.downgrade(migrations.alembic_config(engine), "0001")  # as an older release left it
     with pytest.raises(pr.SchemaError, match="prompt-registry db upgrade"):
         Registry.open(location, store=store)
+    before, after = Registry.upgrade(location, store=store)
+    assert (before, after) == ("0001", migrations.head_revision())
+    with Registry.open(location, store=store) as reg:
+        assert reg.get_prompts(["u1", "u2"], "a", "rate", alias="production").shape == (2, 1, 16)
+        assert reg.get_set(s.id).sha256 == s.sha256
+        reg.record_evaluation(s.id, dataset="x", split="test", metrics={"rmse": 1.0})  # new tables work
+    engine.dispose()
 
 
 def test_empty_database_says_init(tmp_path):

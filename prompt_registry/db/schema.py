@@ -273,3 +273,31 @@ class AuditEventRow(Base):
     object_id: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EvaluationRow(Base):
+    """One evaluation of a prompt set on a data split (overall metrics; per-user in ``user_metrics``)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_set_id_split", "set_id", "split"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    dataset: Mapped[str] = mapped_column(Text)  # what was evaluated on (path or name + hash)
+    split: Mapped[str] = mapped_column(String(50))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)  # overall: {"rmse": .., "mae": .., "n": ..}
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class UserMetricRow(Base):
+    """Per-user metric values of an evaluation (long format: one row per user and metric)."""
+
+    __tablename__ = "user_metrics"
+    __table_args__ = (Index("ix_user_metrics_user_id", "user_id"),)
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
