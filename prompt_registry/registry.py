@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -239,6 +240,31 @@ class Registry:
     @property
     def schema_revision(self) -> str | None:
         return migrations.current_revision(self._engine)
+
+    def scratch_dir(self) -> Path:
+        """A local directory for working files (training checkpoints): beside the store."""
+        root = Path(self._store.root) if isinstance(self._store, ZarrStore) else Path(tempfile.gettempdir()) / "prompt-registry"
+        path = root / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ training and evaluation
+    def train_prompts(self, model: str, task: str, data: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Train every user's prompt and the task head from scratch on frozen ``model``.
+
+        Keyword arguments: ``users``, ``config`` (``TrainConfig``), ``device``, ``resume``,
+        ``checkpoint_dir``, ``progress``, ``alias``, ``evaluate_split``. Returns a ``TrainResult``
+        (the new set, its head, the run with its cost ledger). See ``training.trainer``.
+        """
+        from .training.trainer import train_prompts
+
+        return train_prompts(self, model, task, data, **kwargs)
+
+    def evaluate(self, ref: int | str | PromptSet, data: str | os.PathLike[str], *, split: str = "test", **kwargs: Any) -> Evaluation:
+        """Evaluate a set (with its head) on a data split; stored as an ``eval`` run + evaluation."""
+        from .training.evaluate import evaluate_set
+
+        return evaluate_set(self, ref.id if isinstance(ref, PromptSet) else ref, data, split=split, **kwargs)
 
     # ------------------------------------------------------------------ internal helpers
     def _audit(self, session: Session, action: str, kind: str, obj: Any, details: dict[str, Any], reason: str | None = None) -> None:
@@ -901,6 +927,11 @@ class Registry:
             self._check_fingerprint(session, row, fingerprint)
             _, data = self._read_users(session, row, users, verify)
         return torch.from_numpy(data)
+
+    def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
+        """Every user with a prompt in this version (through its incremental bases), sorted."""
+        with read_session(self._engine) as session:
+            return sorted(self._manifest(session, self._resolve_set(session, ref), None).users)
 
     def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True) -> ExportResult:
         """Write every user's prompt of a version to ``.safetensors`` or ``.npy`` (+ ``.users.csv``)."""

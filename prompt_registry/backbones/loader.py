@@ -1,0 +1,90 @@
+"""Loading a frozen base model from its local folder, checked against its registered fingerprint.
+
+Never from a hub: ``HF_HUB_OFFLINE`` is forced and only local folders are read. Decoders load with
+``AutoModelForCausalLM``, encoders (BERT, MPNet, ...) with ``AutoModel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from ..entities import ModelInfo
+from ..errors import InvalidFileError, ModelMismatchError
+from ..modelinfo import describe_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when present, else CPU (the same code runs on both)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidFileError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InvalidFileError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+    return device
+
+
+def is_decoder(info: ModelInfo) -> bool:
+    return info.architecture.endswith("ForCausalLM") or info.architecture.endswith("LMHeadModel")
+
+
+@dataclasses.dataclass
+class Backbone:
+    """A frozen model plus what prompting needs: tokenizer, embeddings and their scale."""
+
+    info: ModelInfo
+    model: Any  # transformers PreTrainedModel, eval mode, requires_grad False
+    tokenizer: Any
+    device: str
+    decoder: bool
+    token_norm: float  # mean L2 norm of the token embedding rows
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def hidden_size(self) -> int:
+        return self.info.hidden_size
+
+    def embed(self, input_ids: Any) -> Any:
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True) -> Backbone:
+    """Load ``info``'s folder frozen on ``device``; with ``verify``, refuse changed weights."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if verify:
+        current = describe_model(info.source)
+        if current.fingerprint != info.fingerprint:
+            raise ModelMismatchError(
+                f"the files of model {info.name!r} at {info.source} changed since registration (fingerprint "
+                f"{current.fingerprint[:12]}, registered {info.fingerprint[:12]}); restore them or register "
+                "the new weights under a new name"
+            )
+    device = resolve_device(device)
+    decoder = is_decoder(info)
+    loader = AutoModelForCausalLM if decoder else AutoModel
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(info.source, local_files_only=True)
+        model = loader.from_pretrained(info.source, local_files_only=True, dtype=torch.float32)
+    except OSError as exc:
+        raise InvalidFileError(f"cannot load model {info.name!r} from {info.source}: {exc}") from None
+    model.to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    with torch.no_grad():
+        token_norm = float(model.get_input_embeddings().weight.norm(dim=-1).mean())
+    return Backbone(info=info, model=model, tokenizer=tokenizer, device=device, decoder=decoder, token_norm=token_norm)

@@ -1,0 +1,141 @@
+"""Soft-prompt injection: a user's prompt rows replace a placeholder inside a text template.
+
+The template is tokenised around the placeholder, so the prompt's ``prompt_len`` vectors enter the
+frozen model through ``inputs_embeds`` exactly where ``<user>`` stood. A batch mixes many users:
+their prompt rows are gathered by index, so training and serving batches are never one-user.
+
+Decoders are left-padded (the answer is read at the last position; position ids are rebuilt from
+the mask) and read the logits of the answer tokens. Encoders are right-padded (MPNet/RoBERTa derive
+positions from the left) and mean-pool the last hidden state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidFileError
+from .loader import Backbone
+
+PLACEHOLDER = "<user>"
+DEFAULT_TEMPLATE = 'User <user> rated the movie "{item}". Rating:'
+HISTORY_TEMPLATE = 'User <user> has rated these movies: {history}. How would the user rate "{item}"? Rating:'
+ANSWER_TOKENS = {"rating": ("1", "2", "3", "4", "5"), "click": ("Yes", "No")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """``text`` holds ``<user>`` once and ``{item}``; ``{history}`` when ``history_len`` > 0."""
+
+    text: str = DEFAULT_TEMPLATE
+    history_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.text.count(PLACEHOLDER) != 1:
+            raise InvalidFileError(f"template {self.text!r} must contain the placeholder {PLACEHOLDER} exactly once")
+        if "{item}" not in self.text:
+            raise InvalidFileError(f"template {self.text!r} must contain {{item}}")
+        if (self.history_len > 0) != ("{history}" in self.text):
+            raise InvalidFileError("use {history} in the template exactly when history_len > 0")
+
+    @property
+    def prefix(self) -> str:
+        return self.text.split(PLACEHOLDER)[0]
+
+    def suffix(self, item: str, history: str = "") -> str:
+        after = self.text.split(PLACEHOLDER)[1]
+        return after.replace("{item}", item).replace("{history}", history)
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special ids a tokenizer puts before and after a text (e.g. [CLS] .. [SEP], or <s>)."""
+    plain = tokenizer("movie", add_special_tokens=False)["input_ids"]
+    full = tokenizer("movie", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []
+
+
+class PromptEncoder:
+    """Turns (prompt rows, texts) into the backbone's answer features, differentiably in the prompts."""
+
+    def __init__(self, backbone: Backbone, template: Template, prompt_len: int, task_kind: str, max_length: int = 96) -> None:
+        self.backbone = backbone
+        self.template = template
+        self.prompt_len = prompt_len
+        self.max_length = max_length
+        tok = backbone.tokenizer
+        self.lead, self.trail = _special_tokens(tok)
+        self.prefix_ids = tok(template.prefix, add_special_tokens=False)["input_ids"]
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self._cache: dict[str, list[int]] = {}
+        self.answer_ids: list[int] = []
+        if backbone.decoder:
+            for word in ANSWER_TOKENS[task_kind]:
+                ids = tok(word, add_special_tokens=False)["input_ids"]
+                if len(ids) != 1:
+                    raise InvalidFileError(
+                        f"answer {word!r} is {len(ids)} tokens for {backbone.name}'s tokenizer; the {task_kind} "
+                        "head reads single-token answers"
+                    )
+                self.answer_ids.append(ids[0])
+
+    @property
+    def feature_size(self) -> int:
+        return len(self.answer_ids) if self.backbone.decoder else self.backbone.hidden_size
+
+    def tokenize(self, suffixes: Sequence[str]) -> list[list[int]]:
+        """Token ids of the text after the placeholder (cached: items repeat across users)."""
+        room = self.max_length - len(self.lead) - len(self.prefix_ids) - self.prompt_len - len(self.trail)
+        out = []
+        for text in suffixes:
+            ids = self._cache.get(text)
+            if ids is None:
+                ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+                # keep the end (the question and the answer cue) when a long history must be cut
+                ids = self._cache[text] = ids[-room:] if len(ids) > room else ids
+            out.append(ids)
+        return out
+
+    def collate(self, suffix_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
+        import torch
+
+        head = list(self.lead) + list(self.prefix_ids)
+        seqs = [head + [self.pad_id] * self.prompt_len + list(s) + list(self.trail) for s in suffix_ids]
+        width = max(len(s) for s in seqs)
+        batch = len(seqs)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        slot_start = torch.empty(batch, dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            offset = width - len(seq) if self.backbone.decoder else 0  # left-pad decoders
+            ids[i, offset : offset + len(seq)] = torch.tensor(seq)
+            mask[i, offset : offset + len(seq)] = 1
+            slot_start[i] = offset + len(head)
+        return {"input_ids": ids, "attention_mask": mask, "slot_start": slot_start}
+
+    def features(self, prompts: Any, batch: dict[str, Any]) -> Any:
+        """``prompts``: (B, prompt_len, width) -> (B, feature_size)."""
+        import torch
+
+        device = self.backbone.device
+        ids = batch["input_ids"].to(device)
+        mask = batch["attention_mask"].to(device)
+        embeds = self.backbone.embed(ids)
+        rows = torch.arange(len(ids), device=device).repeat_interleave(self.prompt_len)
+        cols = (batch["slot_start"].to(device)[:, None] + torch.arange(self.prompt_len, device=device)).reshape(-1)
+        embeds = embeds.index_put((rows, cols), prompts.reshape(-1, prompts.shape[-1]).to(embeds.dtype))
+        model = self.backbone.model
+        if self.backbone.decoder:
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state[:, -1]
+            head = model.get_output_embeddings()
+            logits = hidden @ head.weight[self.answer_ids].T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[self.answer_ids]
+            return logits
+        hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

@@ -1,0 +1,63 @@
+"""Training configuration: a validated dataclass, recorded in full with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..backbones.prompting import DEFAULT_TEMPLATE, HISTORY_TEMPLATE, Template
+from ..errors import ConflictError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Prompt training from scratch (the "full retrain" baseline every migration is judged against).
+
+    Defaults follow the PUMA paper where it gives them (prompt length 1, 15 epochs, lr 5e-4); a
+    freshly initialised head learns at its own, higher rate (``head_lr``). The best epoch on a
+    validation tail of each user's training rows is kept (real data overfits within a few epochs).
+    """
+
+    epochs: int = 15
+    lr: float = 5e-4
+    head_lr: float = 1e-3
+    batch_size: int = 32
+    prompt_len: int = 1
+    seed: int = 0
+    template: str = DEFAULT_TEMPLATE
+    history_len: int = 0
+    max_length: int = 96
+    test_fraction: float = 0.2
+    valid_fraction: float = 0.1
+    patience: int | None = None  # stop after this many epochs without validation improvement
+    init: str = "token-norm"  # random direction scaled to the mean token-embedding norm
+    checkpoint_every: int = 200  # steps
+    eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.lr > 0 and self.head_lr > 0, "learning rates must be > 0"),
+            (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1"),
+            (self.prompt_len >= 1, "prompt_len must be >= 1"),
+            (0 < self.test_fraction < 1, "test_fraction must be in (0, 1)"),
+            (0 <= self.valid_fraction < 1, "valid_fraction must be in [0, 1)"),
+            (self.history_len >= 0, "history_len must be >= 0"),
+            (self.init in ("token-norm", "token"), "init must be 'token-norm' or 'token'"),
+            (self.patience is None or self.patience >= 1, "patience must be >= 1"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.max_length >= 8, "max_length must be >= 8"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConflictError(f"invalid training config: {message}")
+        self.template_obj()  # validates the template
+
+    def template_obj(self) -> Template:
+        text = self.template
+        if self.history_len > 0 and text == DEFAULT_TEMPLATE:
+            text = HISTORY_TEMPLATE
+        return Template(text, self.history_len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,56 @@
+"""Turning data-set rows into model inputs: (user index, tokenised text after the prompt, label)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..backbones.prompting import PromptEncoder, Template
+from ..data.dataset import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    rows: np.ndarray  # indices into the data set
+    user_index: np.ndarray  # int64 index into the prompt table
+    suffix_ids: list[list[int]]
+    labels: np.ndarray  # float32
+    users: np.ndarray  # str per example
+    items: np.ndarray  # str per example
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def tokens(self, positions: Sequence[int], prompt_len: int, overhead: int) -> int:
+        """Real (non-padding) tokens of these examples: the cost unit of the ledger."""
+        return int(sum(len(self.suffix_ids[p]) for p in positions)) + len(positions) * (prompt_len + overhead)
+
+
+def user_histories(data: Dataset, train_rows: np.ndarray, history_len: int) -> dict[str, list[tuple[str, float]]]:
+    """Each user's most recent training items (newest last), for templates with {history}."""
+    if history_len <= 0:
+        return {}
+    order = train_rows[np.lexsort((train_rows, data.timestamps[train_rows]))]
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in order.tolist():
+        out.setdefault(str(data.users[r]), []).append((str(data.items[r]), float(data.labels[r])))
+    return out
+
+
+def build_examples(data: Dataset, rows: np.ndarray, user_index: dict[str, int], encoder: PromptEncoder,
+                   template: Template, histories: dict[str, list[tuple[str, float]]]) -> Examples:
+    suffixes = []
+    for r in rows.tolist():
+        user, item = str(data.users[r]), str(data.items[r])
+        history = ""
+        if template.history_len:
+            recent = [h for h in histories.get(user, []) if h[0] != item][-template.history_len :]
+            history = ", ".join(f"{data.item_text[i]} ({label:g})" for i, label in recent) or "none"
+        suffixes.append(template.suffix(data.item_text[item], history))
+    return Examples(
+        rows=rows, user_index=np.array([user_index[str(data.users[r])] for r in rows.tolist()], dtype=np.int64),
+        suffix_ids=encoder.tokenize(suffixes), labels=data.labels[rows].astype(np.float32),
+        users=data.users[rows], items=data.items[rows],
+    )

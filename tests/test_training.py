@@ -1,0 +1,148 @@
+"""Prompt training and evaluation with tiny random backbones on synthetic users with real structure.
+
+A frozen random backbone mostly lets a prompt carry the user's bias, so trained prompts must beat
+the global mean (popularity for clicks) clearly and come close to the per-user mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import prompt_registry as pr
+from prompt_registry import Registry
+from prompt_registry.data.synthetic import make_synthetic
+from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
+from prompt_registry.training.config import TrainConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic and fair on a shared 2-core machine
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training-assets")
+    return {
+        "llama": build_tiny_llama(root / "tiny-llama", hidden_size=32),
+        "bert": build_tiny_bert(root / "tiny-bert", hidden_size=48),
+        "rating": make_synthetic(root / "rating-data", n_users=60, n_items=80, per_user=30, seed=0),
+        "click": make_synthetic(root / "click-data", n_users=60, n_items=80, per_user=30, seed=1, kind="click"),
+    }
+
+
+@pytest.fixture
+def reg(tmp_path, assets):
+    with Registry.init(tmp_path / "reg", actor="trainer") as registry:
+        registry.register_model("llama", assets["llama"])
+        registry.register_model("bert", assets["bert"])
+        yield registry
+
+
+@pytest.mark.parametrize(
+    ("model", "epochs", "lr", "close_to_user_mean"),
+    [("bert", 20, 5e-3, 0.06), ("llama", 30, 1e-2, 0.15)],
+)
+def test_trained_rating_prompts_beat_global_mean_and_approach_user_mean(reg, assets, model, epochs, lr, close_to_user_mean):
+    result = reg.train_prompts(model, "rate", assets["rating"], config=TrainConfig(epochs=epochs, lr=lr), progress=False, evaluate_split="test")
+    m = result.evaluation.metrics
+    global_mean, user_mean = m["baselines"]["global_mean"]["rmse"], m["baselines"]["user_mean"]["rmse"]
+    assert m["rmse"] < global_mean - 0.2, m
+    assert m["rmse"] < user_mean + close_to_user_mean, m
+    # what was written: 60 users' prompts with a head, a run with its ledger, an evaluation
+    s = result.set
+    assert (s.n_users, s.prompt_len, s.width, s.head_id) == (60, 1, reg.get_model(model).hidden_size, result.head_id)
+    run = result.run
+    n_train = run.config["n_train"]
+    assert run.status == "succeeded" and run.examples_seen == n_train * run.cost["epochs_run"]
+    assert run.forward_tokens > run.backward_tokens > n_train * 5  # validation passes add forward tokens
+    assert run.wall_seconds > 0 and run.device == "cpu"
+    ev = reg.get_evaluation(result.evaluation.id)
+    assert len(ev.per_user) == 60 and ev.split == "test"
+    assert np.isclose(np.mean([u["n"] for u in ev.per_user.values()]), m["n"] / 60)
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_trained_click_prompts_beat_popularity(reg, assets, model):
+    result = reg.train_prompts(model, "click", assets["click"], config=TrainConfig(epochs=15, lr=1e-2), progress=False, evaluate_split="test")
+    m = result.evaluation.metrics
+    assert m["auc"] > m["baselines"]["popularity"]["auc"] + 0.2, m
+    assert 0 <= m["uauc"] <= 1
+
+
+def test_best_epoch_is_kept_and_evaluation_can_be_rerun(reg, assets):
+    cfg = TrainConfig(epochs=4, lr=5e-3, seed=3)
+    result = reg.train_prompts("bert", "rate", assets["rating"], config=cfg, progress=False)
+    valid = [h["valid_rmse"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(valid)) + 1
+    assert reg.get_run(result.run.id).cost["results"]["best_epoch"] == result.best_epoch
+    again = reg.evaluate(result.set.id, assets["rating"], split="valid")
+    assert np.isclose(again.metrics["rmse"], min(valid), atol=1e-5)  # the kept prompts are the best epoch's
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(reg, assets, tmp_path):
+    cfg = TrainConfig(epochs=3, lr=5e-3, seed=5, checkpoint_every=7)
+    straight = reg.train_prompts("llama", "rate", assets["rating"], config=cfg, progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_17(step):
+        if step == 17:  # mid-epoch, after a checkpoint at step 14
+            raise Crash
+
+    with pytest.raises(Crash):
+        reg.train_prompts("llama", "rate", assets["rating"], config=cfg, progress=False, on_step=crash_at_17)
+    failed = reg.list_runs(kind="train")[0]
+    assert failed.status == "failed" and "Crash" in failed.error
+    resumed = reg.train_prompts("llama", "rate", assets["rating"], config=cfg, progress=False, resume=True)
+    assert resumed.run.config["resumed_from_step"] == 14
+    users = reg.list_set_users(straight.set.id)
+    a = reg.get_prompts(users, set=straight.set.id)
+    b = reg.get_prompts(users, set=resumed.set.id)
+    assert torch.equal(a, b)
+    assert resumed.run.examples_seen == straight.run.examples_seen
+    assert not list((reg.scratch_dir() / "checkpoints").glob("*.safetensors"))  # cleaned after success
+
+
+def test_task_kind_must_match_the_data(reg, assets):
+    reg.add_task("rate", "rating")
+    with pytest.raises(pr.ConflictError, match="click labels"):
+        reg.train_prompts("bert", "rate", assets["click"], config=TrainConfig(epochs=1), progress=False)
+
+
+def test_changed_weights_are_refused_at_load(reg, assets, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "llama-copy"
+    shutil.copytree(assets["llama"], copy)
+    reg.register_model("llama-copy", copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1.0
+    save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(pr.ModelMismatchError, match="changed since registration"):
+        reg.train_prompts("llama-copy", "rate", assets["rating"], config=TrainConfig(epochs=1), progress=False)
+
+
+def test_config_validation():
+    with pytest.raises(pr.ConflictError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(pr.InvalidFileError, match="placeholder"):
+        TrainConfig(template="no placeholder {item}")
+    assert TrainConfig(history_len=3).template_obj().history_len == 3
+
+
+def test_history_template_trains(reg, assets):
+    result = reg.train_prompts("bert", "rate", assets["rating"], config=TrainConfig(epochs=2, history_len=2), progress=False, evaluate_split="test")
+    assert result.evaluation.metrics["rmse"] < result.evaluation.metrics["baselines"]["global_mean"]["rmse"]
+    assert result.run.config["history_len"] == 2
