@@ -441,5 +441,10 @@ def demo(workdir: str | None, as_json: bool) -> None:
         print_json(result)
 
 
+from .ml_cmds import register as _register_ml_commands  # noqa: E402 - needs the groups above
+
+_register_ml_commands(main, prompt)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="prompt-registry")

@@ -146,3 +146,32 @@ def test_history_template_trains(reg, assets):
     result = reg.train_prompts("bert", "rate", assets["rating"], config=TrainConfig(epochs=2, history_len=2), progress=False, evaluate_split="test")
     assert result.evaluation.metrics["rmse"] < result.evaluation.metrics["baselines"]["global_mean"]["rmse"]
     assert result.run.config["history_len"] == 2
+
+
+def test_train_and_eval_through_the_cli(tmp_path, assets):
+    import json
+
+    from click.testing import CliRunner
+
+    from prompt_registry_cli.main import main
+
+    base = ["--registry", str(tmp_path / "cli-reg")]
+    runner = CliRunner()
+    assert runner.invoke(main, [*base, "init"]).exit_code == 0
+    assert runner.invoke(main, [*base, "model", "add", "bert", "--path", str(assets["bert"])]).exit_code == 0
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\n" + "\n".join(f"user{i:04d}" for i in range(20)) + "\n")
+    res = runner.invoke(main, [*base, "prompt", "train", "--model", "bert", "--task", "rate", "--data", str(assets["rating"]),
+                               "--users", str(users), "--epochs", "3", "--lr", "5e-3", "--alias", "production", "--json"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["set"]["n_users"] == 20 and out["set"]["aliases"] == ["production"]
+    assert out["run"]["forward_tokens"] > 0 and out["evaluation"]["metrics"]["users"] == 20
+    table = runner.invoke(main, [*base, "eval", "bert/rate@production", "--data", str(assets["rating"]), "--split", "valid"])
+    assert table.exit_code == 0 and "baseline: user_mean" in table.stdout and "RMSE" in table.stdout
+    text = runner.invoke(main, [*base, "prompt", "train", "--model", "bert", "--task", "rate", "--data", str(assets["rating"]),
+                                "--users", str(users), "--epochs", "1", "--no-eval"])
+    assert text.exit_code == 0 and "token-passes" in text.stdout
+    bad = runner.invoke(main, [*base, "prompt", "train", "--model", "nope", "--task", "rate", "--data", str(assets["rating"])])
+    assert bad.exit_code == 1 and "unknown model 'nope'" in bad.stderr

@@ -1,0 +1,118 @@
+"""CLI verbs of the "1+N" system: data sets, prompt training, evaluation.
+
+Registered on the main group at the bottom of ``main.py``. Each verb is one library call.
+"""
+
+from __future__ import annotations
+
+import click
+
+from prompt_registry.fileio import read_users_csv
+
+from .main import Context, emit, json_option, pass_ctx, print_json, print_table
+
+
+def _result_rows(metrics: dict) -> list[dict]:
+    """Trained/evaluated set next to its baselines, one row each."""
+    keys = [k for k in ("rmse", "mae", "auc", "uauc") if k in metrics]
+    rows = [{"prompts": "this set", **{k: round(metrics[k], 4) for k in keys}}]
+    for name, values in metrics.get("baselines", {}).items():
+        rows.append({"prompts": f"baseline: {name}", **{k: round(values[k], 4) for k in keys if k in values}})
+    return rows
+
+
+@click.command("train")
+@click.option("--model", required=True)
+@click.option("--task", required=True, help="Task name (created with the data's kind if new).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Data set folder (canonical layout).")
+@click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV (user_id) of the users to train; default all.")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Prompt learning rate.")
+@click.option("--head-lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--prompt-len", type=int, default=1, show_default=True)
+@click.option("--history-len", type=int, default=0, show_default=True, help="Recent training items shown in the template.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--resume", is_flag=True, help="Continue from this configuration's checkpoint after a crash.")
+@click.option("--alias", help="Point this alias at the new set.")
+@click.option("--eval/--no-eval", "evaluate", default=True, show_default=True, help="Evaluate on the test split afterwards.")
+@json_option
+@pass_ctx
+def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file: str | None, epochs: int, lr: float,
+                 head_lr: float, batch_size: int, prompt_len: int, history_len: int, seed: int, device: str,
+                 resume: bool, alias: str | None, evaluate: bool, as_json: bool) -> None:
+    """Train every user's prompt (and the task head) from scratch on a frozen model."""
+    from prompt_registry.training.config import TrainConfig
+
+    config = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, prompt_len=prompt_len,
+                         history_len=history_len, seed=seed)
+    result = obj.registry.train_prompts(
+        model, task, data_dir, users=read_users_csv(users_file) if users_file else None, config=config,
+        device=device, resume=resume, alias=alias, progress=not as_json, evaluate_split="test" if evaluate else None,
+    )
+    run = result.run
+    summary = {
+        "set": result.set.to_dict(), "head_id": result.head_id, "best_epoch": result.best_epoch,
+        "run": run.to_dict(), "evaluation": result.evaluation.to_dict() if result.evaluation else None,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(f"trained set {result.set.id} = {result.set.ref}: {result.set.n_users} users, best epoch {result.best_epoch}")
+    click.echo(f"cost: {run.wall_seconds:.1f} s on {run.device}, {run.examples_seen} examples, "
+               f"{run.forward_tokens} forward + {run.backward_tokens} backward token-passes")
+    if result.evaluation is not None:
+        rows = _result_rows(result.evaluation.metrics)
+        print_table(rows, list(rows[0]))
+
+
+@click.command("eval")
+@click.argument("set_ref", metavar="SET")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@json_option
+@pass_ctx
+def eval_cmd(obj: Context, set_ref: str, data_dir: str, split: str, device: str, as_json: bool) -> None:
+    """Evaluate SET on a data split (RMSE/MAE or AUC/uAUC, overall and per user), stored as a run."""
+    evaluation = obj.registry.evaluate(set_ref, data_dir, split=split, device=device)
+    if as_json:
+        print_json(evaluation.to_dict())
+        return
+    click.echo(f"evaluation {evaluation.id} of set {evaluation.set_id} on {split} ({int(evaluation.metrics['n'])} examples)")
+    rows = _result_rows(evaluation.metrics)
+    print_table(rows, list(rows[0]))
+
+
+@click.group("data")
+def data() -> None:
+    """Data sets in the canonical layout (interactions.csv + items.csv)."""
+
+
+@data.command("convert")
+@click.argument("source_format", metavar="FORMAT", type=click.Choice(["movielens"]))
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+def data_convert(source_format: str, src: str, dest: str) -> None:
+    """Convert SRC (MovieLens-100k: u.data/u.item or RecBole ml-100k.inter/.item) into DEST."""
+    from prompt_registry.data import convert_movielens
+
+    out = convert_movielens(src, dest)
+    click.echo(f"wrote {out}/interactions.csv and {out}/items.csv")
+
+
+@data.command("stats")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@json_option
+def data_stats(folder: str, as_json: bool) -> None:
+    """Counts, label statistics and fingerprint of a data set."""
+    from prompt_registry.data import dataset_stats
+
+    emit(dataset_stats(folder), as_json)
+
+
+def register(main: click.Group, prompt: click.Group) -> None:
+    prompt.add_command(prompt_train)
+    main.add_command(eval_cmd)
+    main.add_command(data)
