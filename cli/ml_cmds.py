@@ -112,6 +112,21 @@ def data_stats(folder: str, as_json: bool) -> None:
     emit(dataset_stats(folder), as_json)
 
 
+@data.command("subsample")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--users", "n_users", type=int, required=True, help="How many users to keep (seeded draw).")
+@click.option("--per-user", type=int, help="Keep each user's most recent N interactions.")
+@click.option("--min-interactions", type=int, default=1, show_default=True, help="Draw only among users with at least this many.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_subsample(src: str, dest: str, n_users: int, per_user: int | None, min_interactions: int, seed: int) -> None:
+    """Write a smaller data set from SRC into DEST (for CPU-sized experiments)."""
+    from prompt_registry.data import subsample
+
+    out = subsample(src, dest, n_users=n_users, per_user=per_user, seed=seed, min_interactions=min_interactions)
+    click.echo(f"wrote {out}")
+
+
 def register(main: click.Group, prompt: click.Group) -> None:
     prompt.add_command(prompt_train)
     main.add_command(eval_cmd)

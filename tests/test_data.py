@@ -117,3 +117,21 @@ def test_data_cli(tmp_path):
     bad = _write(tmp_path / "bad", "user_id,item_id,label,timestamp\nu1,zz,4,1\n")
     res = runner.invoke(main, ["data", "stats", str(bad)])
     assert res.exit_code == 1 and "interactions.csv:2: unknown item 'zz'" in res.stderr
+
+
+def test_subsample_keeps_most_recent_rows_of_drawn_users(tmp_path):
+    from prompt_registry.data import subsample
+
+    make_synthetic(tmp_path / "full", n_users=10, per_user=12)
+    out = subsample(tmp_path / "full", tmp_path / "small", n_users=4, per_user=5, seed=1, min_interactions=12)
+    small, full = Dataset.load(out), Dataset.load(tmp_path / "full")
+    assert len(set(small.users.tolist())) == 4 and len(small) == 20
+    for user in set(small.users.tolist()):
+        newest = np.sort(full.timestamps[full.users == user])[-5:]
+        assert np.array_equal(np.sort(small.timestamps[small.users == user]), newest)
+    again = Dataset.load(subsample(tmp_path / "full", tmp_path / "again", n_users=4, per_user=5, seed=1))
+    assert again.fingerprint == small.fingerprint
+    with pytest.raises(pr.InvalidFileError, match="only 10 users"):
+        subsample(tmp_path / "full", tmp_path / "x", n_users=11)
+    res = CliRunner().invoke(main, ["data", "subsample", str(tmp_path / "full"), str(tmp_path / "cli"), "--users", "3", "--per-user", "4"])
+    assert res.exit_code == 0 and len(Dataset.load(tmp_path / "cli")) == 12

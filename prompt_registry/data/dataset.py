@@ -192,3 +192,24 @@ def write_dataset(folder: str | Path, interactions: Sequence[tuple[str, str, flo
         for user, item, label, stamp in interactions:
             writer.writerow([user, item, f"{label:g}", int(stamp)])
     return folder
+
+
+def subsample(src: str | Path, dest: str | Path, *, n_users: int, per_user: int | None = None, seed: int = 0,
+              min_interactions: int = 1) -> Path:
+    """Write a smaller data set: ``n_users`` users drawn (seeded) among those with at least
+    ``min_interactions`` interactions, each keeping their ``per_user`` most recent interactions."""
+    data = Dataset.load(src)
+    ids, counts = np.unique(data.users, return_counts=True)
+    eligible = ids[counts >= min_interactions]
+    if len(eligible) < n_users:
+        raise InvalidFileError(f"only {len(eligible)} users of {data.root} have >= {min_interactions} interactions; asked for {n_users}")
+    chosen = set(np.random.default_rng(seed).choice(eligible, size=n_users, replace=False).tolist())
+    rows: list[tuple[str, str, float, int]] = []
+    for user in sorted(chosen):
+        mine = np.flatnonzero(data.users == user)
+        mine = mine[np.lexsort((mine, data.timestamps[mine]))]
+        if per_user is not None:
+            mine = mine[-per_user:]
+        rows += [(user, str(data.items[r]), float(data.labels[r]), int(data.timestamps[r])) for r in mine.tolist()]
+    used = {r[1] for r in rows}
+    return write_dataset(dest, rows, {i: t for i, t in data.item_text.items() if i in used})
