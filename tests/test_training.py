@@ -175,3 +175,28 @@ def test_train_and_eval_through_the_cli(tmp_path, assets):
     assert text.exit_code == 0 and "token-passes" in text.stdout
     bad = runner.invoke(main, [*base, "prompt", "train", "--model", "nope", "--task", "rate", "--data", str(assets["rating"])])
     assert bad.exit_code == 1 and "unknown model 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("model", ["llama", "bert"])
+def test_injected_prompt_equals_the_token_it_copies(reg, model):
+    """A prompt equal to a token's embedding must give exactly what that token gives via input_ids,
+    in a padded batch mixing texts of different lengths (padding side, positions, masks)."""
+    from prompt_registry.backbones.loader import load_backbone
+    from prompt_registry.backbones.prompting import PromptEncoder, Template
+
+    backbone = load_backbone(reg.get_model(model))
+    encoder = PromptEncoder(backbone, Template(), prompt_len=1, task_kind="rating")
+    token = backbone.tokenizer("drama", add_special_tokens=False)["input_ids"][0]
+    texts = [Template().suffix("comedy movie"), Template().suffix("space crime night war story movie")]
+    batch = encoder.collate(encoder.tokenize(texts))
+    prompts = backbone.embed(torch.tensor([[token], [token]]))
+    with torch.no_grad():
+        got = encoder.features(prompts, batch)
+        for i, text in enumerate(texts):
+            ids = torch.tensor([encoder.lead + encoder.prefix_ids + [token] + encoder.tokenize([text])[0] + encoder.trail])
+            if backbone.decoder:
+                logits = backbone.model(input_ids=ids).logits[0, -1, encoder.answer_ids]
+                torch.testing.assert_close(got[i], logits, rtol=1e-4, atol=1e-4)
+            else:
+                hidden = backbone.model(input_ids=ids).last_hidden_state[0].mean(dim=0)
+                torch.testing.assert_close(got[i], hidden, rtol=1e-4, atol=1e-4)
