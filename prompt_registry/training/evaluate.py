@@ -18,7 +18,7 @@ from ..errors import ConflictError
 from . import metrics
 from .config import TrainConfig
 from .examples import build_examples, user_histories
-from .trainer import run_batches
+from .loop import run_batches
 
 
 def _split_fractions(registry: Any, set_run_id: int | None, config: TrainConfig | None) -> tuple[float, float]:
