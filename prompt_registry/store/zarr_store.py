@@ -15,8 +15,8 @@ zarr-python creates every array (its ``zarr.json``), so the arrays are ordinary 
 Zarr client reads (a test checks this). Chunk I/O takes a direct path: because the codec chain is
 a plain little-endian ``bytes`` codec, chunk ``i`` is exactly the raw bytes of rows
 ``i*chunk_rows ...``, so we write whole chunk files ourselves (zarr does not fsync; we must) and
-read rows with ``preadv`` at fixed offsets (a single prompt read is one small read instead of a
-whole-chunk decode through zarr's event loop). Arrays whose metadata differs (written by another
+read rows through a memory map of each touched chunk, gathered by numpy (a single prompt read is
+a page-cache copy instead of a whole-chunk decode through zarr's event loop). Arrays whose metadata differs (written by another
 tool) go through zarr for both.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import json
+import mmap
 import os
 import shutil
 import threading
@@ -229,43 +230,37 @@ class ZarrStore(TensorStore):
         out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
         if not len(idx):
             return out
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        buf = out if len(uniq) == len(idx) and np.array_equal(uniq, idx) else np.empty_like(out[: len(uniq)])
-        flat = buf.reshape(len(uniq), -1).view(np.uint8)
-        row_nbytes = info.row_nbytes
-        chunk_of = uniq // info.chunk_rows
-        # runs of consecutive rows inside one chunk become one read
-        breaks = np.flatnonzero((np.diff(uniq) != 1) | (np.diff(chunk_of) != 0)) + 1
-        starts = np.concatenate(([0], breaks)).tolist()
-        ends = np.concatenate((breaks, [len(uniq)])).tolist()
-        fds: dict[int, int] = {}
+        chunk_of = idx // info.chunk_rows
+        order = np.argsort(chunk_of, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(chunk_of[order])) + 1)
+        chunk_nbytes = info.chunk_rows * info.row_nbytes
+        for group in groups:
+            chunk = int(chunk_of[group[0]])
+            out[group] = self._read_chunk_rows(key, info, chunk, chunk_nbytes, idx[group] - chunk * info.chunk_rows)
+        return out
+
+    def _read_chunk_rows(self, key: str, info: ArrayInfo, chunk: int, chunk_nbytes: int, rows: np.ndarray) -> np.ndarray:
+        """Rows of one chunk through a read-only memory map: the page cache, gathered by numpy."""
+        path = self._chunk_path(key, chunk, len(info.shape))
         try:
-            for s, e in zip(starts, ends):
-                chunk = int(chunk_of[s])
-                fd = fds.get(chunk)
-                if fd is None:
-                    path = self._chunk_path(key, chunk, len(info.shape))
-                    try:
-                        fd = fds[chunk] = os.open(path, os.O_RDONLY)
-                    except FileNotFoundError:
-                        raise MissingDataError(
-                            f"chunk file {path} is missing from the store; the bytes of this prompt "
-                            "set are lost: restore them from backup or re-import the set"
-                        ) from None
-                offset = (int(uniq[s]) - chunk * info.chunk_rows) * row_nbytes
-                want = (e - s) * row_nbytes
-                got = os.preadv(fd, [flat[s:e]], offset)
-                if got != want:
-                    raise MissingDataError(
-                        f"chunk file {self._chunk_path(key, chunk, len(info.shape))} is truncated "
-                        f"(read {got} of {want} bytes at offset {offset}); restore it or re-import the set"
-                    )
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-        if buf is out:
-            return out
-        return buf[inverse.reshape(-1)]
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            raise MissingDataError(
+                f"chunk file {path} is missing from the store; the bytes of this prompt set are lost: "
+                "restore them from backup or re-import the set"
+            ) from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size != chunk_nbytes:
+                raise MissingDataError(
+                    f"chunk file {path} is truncated or padded ({size} bytes, expected {chunk_nbytes}); "
+                    "restore it from backup or re-import the set"
+                )
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = np.frombuffer(mapped, dtype=info.dtype).reshape(info.chunk_rows, *info.shape[1:])
+                picked = view[rows]  # fancy indexing copies, so the map can close
+                del view
+        return picked
 
     def overwrite_rows(self, key, rows, data):
         info = self._layout(key).info
