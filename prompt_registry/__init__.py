@@ -4,6 +4,22 @@ The public API is the ``Registry`` facade, the frozen entities it returns and th
 (see ``prompt_registry.errors``). Everything else is internal.
 """
 
+from .audit.entities import (
+    AffectedSet,
+    AliasMove,
+    AliasWindow,
+    BlastRadius,
+    EvaluationDiff,
+    Lineage,
+    LineageEdge,
+    LineageNode,
+    MetricDiff,
+    PurgeReport,
+    RunCost,
+    UserHistory,
+    UserMetricDiff,
+    UserVersion,
+)
 from .entities import (
     Alias,
     AliasEvent,
@@ -52,10 +68,14 @@ from .registry import Registry
 __version__ = "0.1.0"
 
 __all__ = [
+    "AffectedSet",
     "Alias",
     "AliasEvent",
+    "AliasMove",
+    "AliasWindow",
     "Artifact",
     "AuditEvent",
+    "BlastRadius",
     "ChecksumError",
     "ConflictError",
     "CostLedger",
@@ -63,11 +83,16 @@ __all__ = [
     "DoctorReport",
     "DuplicateUserError",
     "Evaluation",
+    "EvaluationDiff",
     "ExportResult",
     "GcReport",
     "IntegrityError",
     "InvalidFileError",
     "InvalidPromptError",
+    "Lineage",
+    "LineageEdge",
+    "LineageNode",
+    "MetricDiff",
     "MissingDataError",
     "ModelConflictError",
     "ModelInfo",
@@ -78,9 +103,11 @@ __all__ = [
     "PromptRegistryError",
     "PromptRegistryWarning",
     "PromptSet",
+    "PurgeReport",
     "Registry",
     "RegistryNotFoundError",
     "Run",
+    "RunCost",
     "SchemaError",
     "ShapeError",
     "Task",
@@ -92,5 +119,8 @@ __all__ = [
     "UnknownTaskError",
     "UnknownUserError",
     "User",
+    "UserHistory",
+    "UserMetricDiff",
+    "UserVersion",
     "__version__",
 ]

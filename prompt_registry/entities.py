@@ -240,6 +240,7 @@ class DoctorReport(_Entity):
 @dataclasses.dataclass(frozen=True)
 class GcReport(_Entity):
     dry_run: bool
-    removed: tuple[str, ...]
+    removed: tuple[str, ...]  # store keys: orphans, and the bytes of removed sets
     nbytes: int
     skipped_young: tuple[str, ...]
+    removed_sets: tuple[int, ...] = ()  # sets removed by retention (now status 'deleted')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import getpass
 import hashlib
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import fileio
+from .audit import deletion, retention
+from .audit.api import AuditMixin
 from .db import migrations
 from .db.engine import is_sqlite, make_engine, read_session, write_session
 from .db.schema import (
@@ -75,6 +78,7 @@ from .errors import (
     DuplicateUserError,
     IntegrityError,
     InvalidFileError,
+    InvalidPromptError,
     ModelConflictError,
     ModelMismatchError,
     NonFiniteError,
@@ -136,6 +140,63 @@ def _preview(items: Iterable[Any], n: int = 5) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
+@dataclasses.dataclass(frozen=True)
+class _NewSet:
+    """What a new version records besides its rows: lineage, run, head, labels."""
+
+    model: str
+    task: str
+    base: int | str | PromptSet | None = None
+    run_id: int | None = None
+    head: int | None = None
+    adapter: int | None = None
+    sources: Sequence[int | str | PromptSet] = ()
+    alias: str | None = None
+    tags: Mapping[str, str | None] | Iterable[str] | None = None
+    note: str | None = None
+    reason: str | None = None
+    create_users: bool = False
+
+
+class _ChunkJournal:
+    """Row digests of the batches a streaming write has made durable (for resume after a crash).
+
+    One small file per batch, written (tmp + fsync + rename) only after the batch's bytes were
+    fsynced, so its presence means "this batch is on disk"; resume re-checks the bytes anyway.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, start: int, stop: int) -> Path:
+        return self.folder / f"rows-{start}-{stop}.sha256"
+
+    def load(self, start: int, stop: int) -> list[bytes] | None:
+        try:
+            raw = self._path(start, stop).read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) != 32 * (stop - start):
+            return None
+        return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+    def save(self, start: int, stop: int, digests: Sequence[bytes]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(start, stop)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(digests))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def clear(self) -> None:
+        if self.folder.exists():
+            for child in self.folder.iterdir():
+                child.unlink(missing_ok=True)
+            self.folder.rmdir()
+
+
 def _default_actor() -> str:
     actor = os.environ.get("PROMPT_REGISTRY_ACTOR")
     if actor:
@@ -146,7 +207,7 @@ def _default_actor() -> str:
         return "unknown"
 
 
-class Registry:
+class Registry(AuditMixin):
     """Versioned soft prompts bound to the exact base models that can read them.
 
     Open one with ``Registry.open(location)`` (or create it with ``Registry.init``); ``location``
@@ -581,18 +642,23 @@ class Registry:
         return ids
 
     @staticmethod
-    def _user_ids(session: Session, users: Sequence[str]) -> dict[str, int]:
-        """external id -> internal id for the given users that exist."""
+    def _user_ids(session: Session, users: Sequence[str], *, active_only: bool = False) -> dict[str, int]:
+        """external id -> internal id for the given users that exist (and, with ``active_only``,
+        were not deleted: a purged user must not come back through an old data dump)."""
         if len(users) > 10 * _QUERY_BATCH:
             total = session.scalar(select(func.count()).select_from(UserRow)) or 0
             if total <= 4 * len(users):  # one scan beats hundreds of IN (...) lookups
                 wanted = set(users)
                 # driver-level rows: SQLAlchemy's Row objects cost more than the query here
-                rows = session.connection().exec_driver_sql("SELECT external_id, id FROM users").fetchall()
+                sql = "SELECT external_id, id FROM users" + (" WHERE deleted_at IS NULL" if active_only else "")
+                rows = session.connection().exec_driver_sql(sql).fetchall()
                 return {ext: uid for ext, uid in rows if ext in wanted}
         found: dict[str, int] = {}
+        stmt = select(UserRow.external_id, UserRow.id)
+        if active_only:
+            stmt = stmt.where(UserRow.deleted_at.is_(None))
         for batch in _batched(users):
-            found.update(session.execute(select(UserRow.external_id, UserRow.id).where(UserRow.external_id.in_(batch))).all())
+            found.update(session.execute(stmt.where(UserRow.external_id.in_(batch))).all())
         return found
 
     def _insert_users(self, session: Session, users: Sequence[str]) -> None:
@@ -666,12 +732,13 @@ class Registry:
             model_row = self._model_row(session, model)
             self._task_row(session, task)
             base_row = self._resolve_set(session, base, model=model, task=task) if base is not None else None
-            known = self._user_ids(session, user_ids)
+            known = self._user_ids(session, user_ids, active_only=True)
         if not create_users and len(known) < len(user_ids):
             missing = [u for u in user_ids if u not in known]
             raise UnknownUserError(
                 f"{len(missing)} user(s) are not registered: {_preview(missing)}; add them first "
-                "(`prompt-registry user import FILE.csv`) or pass create_users=True (`--create-users`)"
+                "(`prompt-registry user import FILE.csv`) or pass create_users=True (`--create-users`); "
+                "deleted users cannot receive prompts again"
             )
         if base_row is not None and dtype is not None and dtype != base_row.dtype:
             raise DTypeError(f"base set {base_row.id} stores {base_row.dtype}; an incremental version must use the same dtype")
@@ -682,69 +749,155 @@ class Registry:
         )
         store_key = f"set-{uuid.uuid4().hex}"
         digests = self._write_array(store_key, array)
-        content = hashlib.sha256((base_row.sha256 if base_row else "").encode())
-        for user, digest in zip(user_ids, digests):
-            content.update(user.encode() + b"\0" + digest)
+        spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
+                       alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
         try:
-            with write_session(self._engine) as session:
-                model_row = self._model_row(session, model, lock=True)  # serialises versions on Postgres
-                task_row = self._task_row(session, task)
-                if base is not None:
-                    base_row = self._resolve_set(session, base, model=model, task=task)
-                if create_users and len(known) < len(user_ids):
-                    self._insert_users(session, [u for u in user_ids if u not in known])
-                    known = self._user_ids(session, user_ids)
-                # Users known before the bytes were written stay valid: prompt_rows.user_id is a
-                # foreign key, so a user removed concurrently fails this transaction.
-                n_users = len(user_ids)
-                if base_row is not None:
-                    overlap = self._locate(session, base_row, user_ids)
-                    n_users = base_row.n_users + len(user_ids) - len(overlap)
-                if run_id is None:
-                    run = RunRow(
-                        kind="import", status="succeeded", model_id=model_row.id, task_id=task_row.id,
-                        config={"source": source, "n_rows": len(user_ids), "base": base_row.id if base_row else None,
-                                "dtype": str(array.dtype), "prompt_len": int(array.shape[1])},
-                        seeds={}, started_at=started_at, actor=self.actor, cost={"bytes_written": int(array.nbytes)},
-                    )
-                else:
-                    run = self._run_row(session, run_id)
-                source_rows = [self._resolve_set(session, src) for src in sources]
-                head_row = self._artifact_for(session, head, "head", model_row) if head is not None else None
-                adapter_row = self._artifact_for(session, adapter, "adapter", model_row) if adapter is not None else None
-                row = PromptSetRow(
-                    model_id=model_row.id, task_id=task_row.id, version=self._next_version(session, model_row.id, task_row.id),
-                    base_id=base_row.id if base_row else None, prompt_len=int(array.shape[1]),
-                    width=int(array.shape[2]), dtype=str(array.dtype), n_users=n_users, n_rows=len(user_ids),
-                    store_key=store_key, sha256=content.hexdigest(), status="committed", note=note,
-                    head_id=head_row.id if head_row else None, adapter_id=adapter_row.id if adapter_row else None,
-                    created_at=_utcnow(), created_by=self.actor,
-                )
-                session.add_all([run, row])
-                session.flush()
-                row.run_id = run.id
-                if base_row is not None:
-                    session.add(PromptSetParentRow(set_id=row.id, parent_id=base_row.id, role="base", position=0))
-                for pos, src in enumerate(source_rows):
-                    session.add(PromptSetParentRow(set_id=row.id, parent_id=src.id, role="source", position=pos))
-                self._insert_rows(session, row.id, [known[u] for u in user_ids], digests)
-                self._check_bytes_present(store_key)
-                for tag_name, tag_value in self._tag_items(tags):
-                    session.add(TagRow(set_id=row.id, name=tag_name, value=tag_value, created_at=_utcnow(), created_by=self.actor))
-                self._audit(session, "import_prompts", "prompt_set", row.id, {
-                    "model": model, "task": task, "version": row.version, "n_rows": len(user_ids),
-                    "base": row.base_id, "store_key": store_key, "sha256": row.sha256,
-                }, reason)
-                if alias is not None:
-                    self._move_alias(session, alias, row, reason)
-                if run_id is None:
-                    run.finished_at = _utcnow()
-                    run.wall_seconds = time.perf_counter() - started
-                session.flush()
-                return self._set_entities(session, [row])[0]
+            return self._commit_set(spec, user_ids=user_ids, known=known, store_key=store_key, digests=digests,
+                                    shape=(int(array.shape[1]), int(array.shape[2])), dtype=str(array.dtype),
+                                    source=source, started=started, started_at=started_at)
         except BaseException:
             self._store.delete(store_key)  # best effort; after a crash gc removes them
             raise
+
+    def write_prompts(
+        self, model: str, task: str, users: Sequence[str], produce: Callable[[int, int], Any], *, prompt_len: int,
+        dtype: str = "float32", key: str | None = None, progress: bool = False, run_id: int | None = None,
+        head: int | None = None, adapter: int | None = None, sources: Sequence[int | str | PromptSet] = (),
+        alias: str | None = None, tags: Mapping[str, str | None] | Iterable[str] | None = None, note: str | None = None,
+        reason: str | None = None, create_users: bool = False, base: int | str | PromptSet | None = None,
+    ) -> PromptSet:
+        """Stream a new version chunk by chunk: ``produce(start, stop)`` returns the rows of
+        ``users[start:stop]`` (array or tensor, ``(stop - start, prompt_len, width)``).
+
+        With an idempotency ``key`` (hex, e.g. a hash of the inputs that determine the rows), a
+        rerun returns the version already committed under that key without writing anything, and a
+        rerun after a crash continues after the last durable chunk (each chunk's row digests are
+        recorded once its bytes are fsynced). The commit is the same single transaction as
+        ``import_prompts``.
+        """
+        from tqdm.auto import tqdm
+
+        started, started_at = time.perf_counter(), _utcnow()
+        user_ids = self._check_user_ids(users, what="users to write")
+        if key is not None and not re.fullmatch(r"[0-9a-f]{16,64}", key):
+            raise ConflictError(f"idempotency key {key!r} must be 16-64 lowercase hex characters")
+        with read_session(self._engine) as session:
+            model_row = self._model_row(session, model)
+            self._task_row(session, task)
+            if key is not None:
+                done = session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+                if done is not None:
+                    return self._set_entities(session, [done])[0]
+            known = self._user_ids(session, user_ids, active_only=True)
+            width = model_row.hidden_size
+        if not create_users and len(known) < len(user_ids):
+            missing = [u for u in user_ids if u not in known]
+            raise UnknownUserError(f"{len(missing)} user(s) are not registered: {_preview(missing)}; pass create_users=True")
+        store_key = f"set-{key}" if key is not None else f"set-{uuid.uuid4().hex}"
+        shape = (len(user_ids), prompt_len, width)
+        journal = _ChunkJournal(self.scratch_dir() / "writes" / store_key)
+        if self._store.exists(store_key) and self._store.array_info(store_key).shape != shape:
+            self._store.delete(store_key)
+        if not self._store.exists(store_key):
+            journal.clear()
+            self._store.create_array(store_key, shape, dtype, DEFAULT_CHUNK_ROWS)
+        digests: list[bytes] = []
+        bar = tqdm(total=len(user_ids), disable=not progress, desc=f"write {model}/{task}", unit="user")
+        try:
+            for start in range(0, len(user_ids), WRITE_BATCH_ROWS):
+                stop = min(start + WRITE_BATCH_ROWS, len(user_ids))
+                saved = journal.load(start, stop)
+                if saved is not None and saved == row_digests(self._store.read_rows(store_key, slice(start, stop))):
+                    digests += saved  # written and fsynced before the interruption
+                else:
+                    rows = self._check_prompt_array(self._to_numpy(produce(start, stop), "produced rows"),
+                                                    user_ids[start:stop], model_row, prompt_len, dtype)
+                    self._store.write_rows(store_key, start, rows)
+                    batch_digests = row_digests(rows)
+                    journal.save(start, stop, batch_digests)
+                    digests += batch_digests
+                bar.update(stop - start)
+        except InvalidPromptError:
+            self._store.delete(store_key)  # bad rows: nothing worth resuming
+            journal.clear()
+            raise
+        finally:
+            bar.close()
+        spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
+                       alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
+        result = self._commit_set(spec, user_ids=user_ids, known=known, store_key=store_key, digests=digests,
+                                  shape=(prompt_len, width), dtype=dtype, source="stream", started=started,
+                                  started_at=started_at, idempotency_key=key)
+        journal.clear()
+        return result
+
+    def _commit_set(self, spec: _NewSet, *, user_ids: Sequence[str], known: dict[str, int], store_key: str,
+                    digests: Sequence[bytes], shape: tuple[int, int], dtype: str, source: str, started: float,
+                    started_at: dt.datetime, idempotency_key: str | None = None) -> PromptSet:
+        """The one transaction that makes written (and fsynced) bytes a visible version."""
+        prompt_len, width = shape
+        with write_session(self._engine) as session:
+            model_row = self._model_row(session, spec.model, lock=True)  # serialises versions on Postgres
+            task_row = self._task_row(session, spec.task)
+            base_row = self._resolve_set(session, spec.base, model=spec.model, task=spec.task) if spec.base is not None else None
+            content = hashlib.sha256((base_row.sha256 if base_row else "").encode())
+            for user, digest in zip(user_ids, digests):
+                content.update(user.encode() + b"\0" + digest)
+            if spec.create_users and len(known) < len(user_ids):
+                self._insert_users(session, [u for u in user_ids if u not in known])
+                known = self._user_ids(session, user_ids, active_only=True)
+                deleted = [u for u in user_ids if u not in known]
+                if deleted:
+                    raise UnknownUserError(f"user(s) {_preview(deleted)} were deleted; deleted users cannot receive prompts again")
+            # Users known before the bytes were written stay valid: prompt_rows.user_id is a
+            # foreign key, so a user removed concurrently fails this transaction.
+            n_users = len(user_ids)
+            if base_row is not None:
+                overlap = self._locate(session, base_row, user_ids)
+                n_users = base_row.n_users + len(user_ids) - len(overlap)
+            if spec.run_id is None:
+                run = RunRow(
+                    kind="import", status="succeeded", model_id=model_row.id, task_id=task_row.id,
+                    config={"source": source, "n_rows": len(user_ids), "base": base_row.id if base_row else None,
+                            "dtype": dtype, "prompt_len": prompt_len},
+                    seeds={}, started_at=started_at, actor=self.actor,
+                    cost={"bytes_written": len(user_ids) * prompt_len * width * np.dtype(dtype).itemsize},
+                )
+            else:
+                run = self._run_row(session, spec.run_id)
+            source_rows = [self._resolve_set(session, src) for src in spec.sources]
+            head_row = self._artifact_for(session, spec.head, "head", model_row) if spec.head is not None else None
+            adapter_row = self._artifact_for(session, spec.adapter, "adapter", model_row) if spec.adapter is not None else None
+            row = PromptSetRow(
+                model_id=model_row.id, task_id=task_row.id, version=self._next_version(session, model_row.id, task_row.id),
+                base_id=base_row.id if base_row else None, prompt_len=prompt_len, width=width, dtype=dtype,
+                n_users=n_users, n_rows=len(user_ids), store_key=store_key, sha256=content.hexdigest(),
+                status="committed", note=spec.note, idempotency_key=idempotency_key, head_id=head_row.id if head_row else None,
+                adapter_id=adapter_row.id if adapter_row else None, created_at=_utcnow(), created_by=self.actor,
+            )
+            session.add_all([run, row])
+            session.flush()
+            row.run_id = run.id
+            if base_row is not None:
+                session.add(PromptSetParentRow(set_id=row.id, parent_id=base_row.id, role="base", position=0))
+            for pos, src in enumerate(source_rows):
+                session.add(PromptSetParentRow(set_id=row.id, parent_id=src.id, role="source", position=pos))
+            self._insert_rows(session, row.id, [known[u] for u in user_ids], digests)
+            self._check_bytes_present(store_key)
+            for tag_name, tag_value in self._tag_items(spec.tags):
+                session.add(TagRow(set_id=row.id, name=tag_name, value=tag_value, created_at=_utcnow(), created_by=self.actor))
+            self._audit(session, "import_prompts", "prompt_set", row.id, {
+                "model": spec.model, "task": spec.task, "version": row.version, "n_rows": len(user_ids),
+                "base": row.base_id, "store_key": store_key, "sha256": row.sha256,
+                "sources": [r.id for r in source_rows], "adapter": row.adapter_id,
+            }, spec.reason)
+            if spec.alias is not None:
+                self._move_alias(session, spec.alias, row, spec.reason)
+            if spec.run_id is None:
+                run.finished_at = _utcnow()
+                run.wall_seconds = time.perf_counter() - started
+            session.flush()
+            return self._set_entities(session, [row])[0]
 
     @staticmethod
     def _next_version(session: Session, model_id: int, task_id: int) -> int:
@@ -927,6 +1080,23 @@ class Registry:
             self._check_fingerprint(session, row, fingerprint)
             _, data = self._read_users(session, row, users, verify)
         return torch.from_numpy(data)
+
+    def migrate(self, sources: Sequence[str | int], target: str, task: str, data: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Migrate the prompts of ``sources`` (model names or set references) to ``target`` with PUMA.
+
+        Keyword arguments: ``config`` (``MigrationConfig``: epochs, lrs, selection, refine, ...),
+        ``device``, ``alias``, ``gate`` (max allowed metric loss vs the reference before the alias
+        is refused), ``evaluate``, ``resume``, ``progress``. Returns a ``MigrationResult``.
+        """
+        from .migration.migrate import migrate
+
+        return migrate(self, sources, target, task, data, **kwargs)
+
+    def apply_adapter(self, adapter_id: int, **kwargs: Any) -> PromptSet:
+        """Map prompts through a stored adapter without training (``sources``, ``users``, ``alias``)."""
+        from .migration.migrate import apply_adapter
+
+        return apply_adapter(self, adapter_id, **kwargs)
 
     def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
         """Every user with a prompt in this version (through its incremental bases), sorted."""
@@ -1192,7 +1362,7 @@ class Registry:
             row = self._resolve_set(session, ref)
             if run_id is not None:
                 self._run_row(session, run_id)
-            ids = self._user_ids(session, list(per_user))
+            ids = self._user_ids(session, list(per_user), active_only=True)
             unknown = [u for u in per_user if u not in ids]
             if unknown:
                 raise UnknownUserError(f"per-user metrics name unregistered user(s): {_preview(unknown)}")
@@ -1372,6 +1542,7 @@ class Registry:
     def _check_set(self, session: Session, row: PromptSetRow, checksums: bool, problems: list[Problem]) -> int:
         what = f"set {row.id}"
         n_rows = session.scalar(select(func.count()).select_from(PromptRowRow).where(PromptRowRow.set_id == row.id)) or 0
+        n_rows += deletion.purged_count(session, row.id)  # purged rows stay in the array, as zeros
         if n_rows != row.n_rows:
             problems.append(Problem("catalogue", what, f"has {n_rows} prompt rows, expected {row.n_rows}", "restore the catalogue from backup"))
         if row.store_key is None:
@@ -1388,7 +1559,7 @@ class Registry:
         if not checksums:
             return 0
         users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id).where(PromptRowRow.set_id == row.id)).all())
-        digests = dict(session.execute(select(PromptRowRow.row_index, PromptRowRow.sha256).where(PromptRowRow.set_id == row.id)).all())
+        digests = deletion.expected_digests(session, row.id, info.row_nbytes)  # purged rows: the digest of zeros
         bad: list[str] = []
         for start in range(0, row.n_rows, WRITE_BATCH_ROWS):
             stop = min(start + WRITE_BATCH_ROWS, row.n_rows)
@@ -1407,12 +1578,36 @@ class Registry:
             ))
         return row.n_rows
 
-    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS) -> GcReport:
-        """Remove store objects no catalogue row refers to (bytes of interrupted writes).
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS,
+           keep_last: int | None = None, older_than_days: float | None = None) -> GcReport:
+        """Remove the prompt sets retention no longer needs (with ``keep_last``/``older_than_days``),
+        then store objects no catalogue row refers to (bytes of interrupted writes).
 
-        Objects younger than ``grace_seconds`` are kept: they may belong to a write in flight.
+        Retention, per model and task, keeps the newest ``keep_last`` versions (at least 1; 1 if
+        only ``older_than_days`` is given), sets younger than ``older_than_days``, sets an alias
+        points at, and every set a kept one needs through lineage (bases and sources). The others
+        are marked ``deleted`` (their history stays; reads fail) and their bytes removed; their
+        ids are ``removed_sets``. Orphans younger than ``grace_seconds`` are kept: they may belong
+        to a write in flight. ``dry_run`` lists what would go. ``ConflictError`` for ``keep_last < 1``.
         """
         now = _utcnow()
+        policy = retention.RetentionPolicy.from_options(keep_last, older_than_days)
+        sets: list[retention.DoomedSet] = []
+        if policy is not None and dry_run:
+            with read_session(self._engine) as session:
+                sets = retention.plan(session, policy, now)
+        elif policy is not None:
+            with write_session(self._engine) as session:
+                sets = retention.apply(session, policy, now)
+                for d in sets:
+                    self._audit(session, "retention_delete", "prompt_set", d.set_id, {
+                        "version": d.version, "store_key": d.store_key, "keep_last": policy.keep_last, "older_than_days": policy.older_than_days})
+            self._forget_cached_reads()
+        objects = {o.key: o for o in self._store.list_objects()}
+        set_bytes = [objects[d.store_key] for d in sets if d.store_key in objects]
+        if not dry_run:
+            for obj in set_bytes:  # unreferenced since the commit; not subject to the grace period
+                self._store.delete(obj.key)
         with read_session(self._engine) as session:
             referenced = self._referenced_keys(session)
         orphans = [o for o in self._store.list_objects() if o.key not in referenced]
@@ -1426,4 +1621,5 @@ class Registry:
                 for obj in doomed:
                     self._store.delete(obj.key)
                 self._audit(session, "gc", "store", self._store.location, {"removed": [o.key for o in doomed], "nbytes": sum(o.nbytes for o in doomed)})
-        return GcReport(dry_run, tuple(o.key for o in doomed), sum(o.nbytes for o in doomed), young)
+        removed = set_bytes + doomed
+        return GcReport(dry_run, tuple(o.key for o in removed), sum(o.nbytes for o in removed), young, tuple(d.set_id for d in sets))

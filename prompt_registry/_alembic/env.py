@@ -29,17 +29,32 @@ def _engine() -> Engine:
 
 def run_migrations_online() -> None:
     engine = _engine()
+    sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=engine.dialect.name == "sqlite",  # SQLite needs batch ALTERs
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-        if connection.in_transaction():
-            connection.commit()
+        raw = connection.connection.driver_connection
+        if sqlite:
+            # Batch ALTERs on SQLite copy and drop tables; with foreign keys enforced that would
+            # fail (or cascade). The pragma only works outside a transaction, so set it on the
+            # driver connection before SQLAlchemy begins one, and restore it afterwards.
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=sqlite,  # SQLite needs batch ALTERs
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+            if connection.in_transaction():
+                connection.commit()
+            if sqlite:
+                problems = raw.execute("PRAGMA foreign_key_check").fetchall()
+                if problems:
+                    raise RuntimeError(f"migration left foreign-key violations: {problems[:5]}")
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

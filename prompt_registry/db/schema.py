@@ -139,6 +139,8 @@ class PromptSetRow(Base):
     n_rows: Mapped[int] = mapped_column(BigInteger)  # rows this version wrote itself
     store_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     sha256: Mapped[str] = mapped_column(String(64))
+    # hash of the inputs that determine the rows (e.g. adapter + source sets): reruns are no-ops
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(20), default="committed")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), index=True)
@@ -173,6 +175,21 @@ class PromptRowRow(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     row_index: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[bytes] = mapped_column(Digest)
+
+
+class PurgedRowRow(Base):
+    """A row of a set's array whose user was purged: zeroed in the store, no ``prompt_rows`` entry.
+
+    Arrays keep their shape after a purge, so ``prompt_sets.n_rows`` still counts every physical
+    row; ``doctor`` expects each row to be either a catalogue row with a matching sha256 or a
+    purged row of zeros.
+    """
+
+    __tablename__ = "purged_rows"
+
+    set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id"), primary_key=True)
+    row_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    purged_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class AliasRow(Base):

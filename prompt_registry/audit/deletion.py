@@ -1,0 +1,106 @@
+"""Per-user purge: remove a user's prompts from every set and erase their bytes from the store.
+
+How a purged row is represented: a set's array keeps its shape (versions are immutable byte
+layouts, and other users' row indices must not move), so ``prompt_sets.n_rows`` keeps counting
+every physical row. The user's row is overwritten with zeros in the store, its ``prompt_rows``
+entry is deleted and a ``purged_rows`` entry (set, row index, when) takes its place. ``doctor``
+therefore expects ``prompt_rows + purged_rows == n_rows`` and checks that every purged row reads
+back as zeros, while every other row must still match its sha256. ``n_users`` (users visible
+through a version) drops by one in every version that served the user, inherited rows included.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from ..db.schema import BaseModelRow, PromptRowRow, PromptSetRow, PurgedRowRow, UserMetricRow, UserRow
+from ..errors import IntegrityError, MissingDataError
+from ..store.base import TensorStore
+from .entities import PurgeReport
+from .queries import aware, visible_sets
+
+
+def lock_catalogue(session: Session) -> None:
+    """Serialise with imports: they lock their model row (Postgres) before reading their base.
+    All model rows, in id order, so two lockers never deadlock. SQLite: ``BEGIN IMMEDIATE``
+    already holds the write lock."""
+    session.execute(select(BaseModelRow.id).order_by(BaseModelRow.id).with_for_update()).all()
+
+
+def purge_user(session: Session, store: TensorStore, user: UserRow, *, dry_run: bool, now: dt.datetime) -> PurgeReport:
+    """Inside a write transaction: zero and verify the user's rows in the store, then delete their
+    catalogue rows and per-user metrics, fix ``n_users`` and mark the user deleted.
+
+    The bytes are overwritten before the transaction commits: if it then fails, the user's reads
+    fail their checksum (the data is gone either way) and running the purge again completes it.
+    """
+    if not dry_run:
+        lock_catalogue(session)
+    held = session.execute(
+        select(PromptRowRow.set_id, PromptRowRow.row_index, PromptSetRow.store_key)
+        .join(PromptSetRow, PromptSetRow.id == PromptRowRow.set_id)
+        .where(PromptRowRow.user_id == user.id)
+        .order_by(PromptRowRow.set_id)
+    ).all()
+    visible = sorted({set_id for set_id, _, _ in visible_sets(session, user.id)})
+    n_metrics = session.scalar(select(func.count()).select_from(UserMetricRow).where(UserMetricRow.user_id == user.id)) or 0
+    if not dry_run:
+        by_key: dict[str, list[int]] = collections.defaultdict(list)
+        for _, row_index, store_key in held:
+            if store_key is not None:
+                by_key[store_key].append(row_index)
+        for store_key, rows in by_key.items():
+            zero_rows(store, store_key, rows)
+        if held:
+            session.execute(insert(PurgedRowRow), [{"set_id": s, "row_index": r, "purged_at": now} for s, r, _ in held])
+        session.execute(delete(PromptRowRow).where(PromptRowRow.user_id == user.id))
+        session.execute(delete(UserMetricRow).where(UserMetricRow.user_id == user.id))
+        if visible:
+            session.execute(update(PromptSetRow).where(PromptSetRow.id.in_(visible)).values(n_users=PromptSetRow.n_users - 1))
+        if user.deleted_at is None:
+            user.deleted_at = now
+    return PurgeReport(
+        user.external_id, dry_run, tuple(s for s, _, _ in held), len(held), tuple(visible), int(n_metrics),
+        aware(user.deleted_at),
+    )
+
+
+def zero_rows(store: TensorStore, store_key: str, rows: Sequence[int]) -> None:
+    """Overwrite rows with zeros, read them back and check that no byte of the old data is left."""
+    try:
+        info = store.array_info(store_key)
+    except MissingDataError:
+        return  # the bytes are gone already (`doctor` reports the missing array)
+    index = np.asarray(sorted(rows), dtype=np.int64)
+    store.overwrite_rows(store_key, index, np.zeros((len(index), *info.shape[1:]), dtype=info.dtype))
+    back = store.read_rows(store_key, index)
+    if np.ascontiguousarray(back).view(np.uint8).any():
+        raise IntegrityError(
+            f"rows {index.tolist()} of array {store_key!r} in {store.location} still hold data after being "
+            "overwritten with zeros; nothing was committed: check the store's storage and run the purge again"
+        )
+
+
+def zero_digest(row_nbytes: int) -> bytes:
+    """The sha256 every purged row must have."""
+    return hashlib.sha256(bytes(row_nbytes)).digest()
+
+
+def expected_digests(session: Session, set_id: int, row_nbytes: int) -> dict[int, bytes]:
+    """row index -> the sha256 the row must have: its catalogue digest, or zeros if purged."""
+    digests = dict(session.execute(select(PromptRowRow.row_index, PromptRowRow.sha256).where(PromptRowRow.set_id == set_id)).all())
+    zero = zero_digest(row_nbytes)
+    for row_index in session.scalars(select(PurgedRowRow.row_index).where(PurgedRowRow.set_id == set_id)):
+        digests[row_index] = zero
+    return digests
+
+
+def purged_count(session: Session, set_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(PurgedRowRow).where(PurgedRowRow.set_id == set_id)) or 0
