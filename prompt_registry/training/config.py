@@ -33,6 +33,7 @@ class TrainConfig:
     init: str = "token-norm"  # random direction scaled to the mean token-embedding norm
     checkpoint_every: int = 200  # steps
     eval_batch_size: int = 128
+    freeze_prompts: bool = False  # train the head only: the "random-init prompts" baseline
 
     def __post_init__(self) -> None:
         checks = [

@@ -164,7 +164,8 @@ class TrainingLoop:
         tokens = int(batch["attention_mask"].sum())
         self.state.examples_seen += len(positions)
         self.state.forward_tokens += tokens
-        self.state.backward_tokens += tokens
+        if any(p.requires_grad for p in self.provider.parameters()):
+            self.state.backward_tokens += tokens  # gradients flowed back through the backbone
         return float(loss.detach())
 
     def validate(self) -> dict[str, float]:

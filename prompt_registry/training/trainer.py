@@ -70,6 +70,15 @@ def prepare_examples(dataset: Dataset, split: Split, users: Sequence[str], encod
             build_examples(dataset, split.valid, index, encoder, template, histories))
 
 
+def _optimizers(table: PromptTable, head: TaskHead, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    optimizers: dict[str, torch.optim.Optimizer] = {"head": torch.optim.AdamW(head.parameters(), lr=config.head_lr)}
+    if config.freeze_prompts:
+        table.rows.weight.requires_grad_(False)  # no backward pass through the backbone at all
+    else:
+        optimizers["prompts"] = torch.optim.SparseAdam(table.parameters(), lr=config.lr)
+    return optimizers
+
+
 def loop_config(config: TrainConfig, epochs: int | None = None) -> LoopConfig:
     return LoopConfig(epochs=epochs or config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                       seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience)
@@ -105,8 +114,7 @@ def train_prompts(registry: Any, model: str, task: str, data: str | Path | Datas
     head = TaskHead(task_info.kind, backbone.decoder, encoder.feature_size, float(train.labels.mean())).to(backbone.device)
     loop = TrainingLoop(
         encoder=encoder, head=head, provider=table, train=train, valid=valid, config=loop_config(config),
-        optimizers={"prompts": torch.optim.SparseAdam(table.parameters(), lr=config.lr),
-                    "head": torch.optim.AdamW(head.parameters(), lr=config.head_lr)},
+        optimizers=_optimizers(table, head, config),
         schedulers={}, task_kind=task_info.kind, checkpoint=checkpoint, steps_hint=f"train {model}/{task}",
     )
     resumed = loop.restore() if resume else False

@@ -1,0 +1,110 @@
+"""The PUMA adapter Phi: maps source-model prompts into the target model's embedding space.
+
+Architecture (as in the PUMA reference code), for source widths ``w_1..w_k`` (several sources are
+concatenated at the input: aggregated migration) and target width ``W``::
+
+    x   = concat(p_1, ..., p_k)                      (prompt_len, sum w_i)
+    x   = x + FF_src(LN(x))                          pre-LN residual block, source width
+    y   = FF_up(LN(x))                               up/down projection to the target width
+    y   = y + FF_tgt(LN(y))                          pre-LN residual block, target width
+    out = FF_out(LN(y))                              final LayerNorm + feed-forward
+
+FF = Linear -> SiLU -> Dropout -> Linear, hidden width ``hidden``. Beyond the paper,
+``norm_match`` rescales every output vector to the target's mean token-embedding norm: mapped
+prompts otherwise come out 10-100x larger than the target's tokens, which pre-norm decoders do not
+tolerate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConflictError
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    source_widths: tuple[int, ...]
+    target_width: int
+    hidden: int | None = None  # default: 2 x the widest of inputs and target, within [256, 4096]
+    dropout: float = 0.1
+    norm_match: bool = False
+    target_norm: float | None = None  # needed with norm_match
+
+    def __post_init__(self) -> None:
+        if not self.source_widths or any(w < 1 for w in self.source_widths) or self.target_width < 1:
+            raise ConflictError("adapter widths must be positive and there must be at least one source")
+        if not 0 <= self.dropout < 1:
+            raise ConflictError("adapter dropout must be in [0, 1)")
+        if self.hidden is not None and self.hidden < 1:
+            raise ConflictError("adapter hidden width must be >= 1")
+        if self.norm_match and not (self.target_norm and self.target_norm > 0):
+            raise ConflictError("norm_match needs the target's token-embedding norm (target_norm > 0)")
+
+    @property
+    def input_width(self) -> int:
+        return sum(self.source_widths)
+
+    @property
+    def hidden_width(self) -> int:
+        if self.hidden is not None:
+            return self.hidden
+        return int(min(4096, max(256, 2 * max(self.input_width, self.target_width))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "source_widths": list(self.source_widths), "hidden": self.hidden_width}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        return cls(**{**data, "source_widths": tuple(data["source_widths"])})
+
+
+class _FeedForward(nn.Sequential):
+    def __init__(self, width_in: int, hidden: int, width_out: int, dropout: float) -> None:
+        super().__init__(nn.Linear(width_in, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, width_out))
+
+
+class Phi(nn.Module):
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_in, d_out, h, p = config.input_width, config.target_width, config.hidden_width, config.dropout
+        self.norm_src = nn.LayerNorm(d_in)
+        self.ff_src = _FeedForward(d_in, h, d_in, p)
+        self.norm_up = nn.LayerNorm(d_in)
+        self.ff_up = _FeedForward(d_in, h, d_out, p)
+        self.norm_tgt = nn.LayerNorm(d_out)
+        self.ff_tgt = _FeedForward(d_out, h, d_out, p)
+        self.norm_out = nn.LayerNorm(d_out)
+        self.ff_out = _FeedForward(d_out, h, d_out, p)
+
+    def forward(self, *sources: torch.Tensor) -> torch.Tensor:
+        """``sources``: one (batch, prompt_len, w_i) tensor per source -> (batch, prompt_len, W)."""
+        if len(sources) != len(self.config.source_widths):
+            raise ConflictError(f"adapter expects {len(self.config.source_widths)} source prompt(s), got {len(sources)}")
+        x = torch.cat(sources, dim=-1) if len(sources) > 1 else sources[0]
+        x = x + self.ff_src(self.norm_src(x))
+        y = self.ff_up(self.norm_up(x))
+        y = y + self.ff_tgt(self.norm_tgt(y))
+        out = self.ff_out(self.norm_out(y))
+        if self.config.norm_match:
+            out = out / out.norm(dim=-1, keepdim=True).clamp(min=1e-6) * self.config.target_norm
+        return out
+
+
+class MappedPrompts(nn.Module):
+    """A prompt provider for the training loop: frozen source prompts of the selected users through Phi."""
+
+    def __init__(self, phi: Phi, sources: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.phi = phi
+        for i, table in enumerate(sources):
+            self.register_buffer(f"source_{i}", table, persistent=False)
+        self.n_sources = len(sources)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.phi(*[getattr(self, f"source_{i}")[index] for i in range(self.n_sources)])

@@ -1,0 +1,276 @@
+"""PUMA migrations with tiny random backbones and synthetic users with real structure."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import prompt_registry as pr
+from prompt_registry import Registry
+from prompt_registry.data.synthetic import make_synthetic
+from prompt_registry.migration.adapter import AdapterConfig, Phi
+from prompt_registry.migration.config import MigrationConfig
+from prompt_registry.migration.selection import SelectionConfig, largest_remainder, reference_allocation, select_users
+from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
+from prompt_registry.training.config import TrainConfig
+from prompt_registry_cli.main import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+SELECTION = SelectionConfig(method="group", budget=40, n_clusters=5, min_per_cluster=3)
+FAST = MigrationConfig(epochs=8, lr=1e-3, selection=SELECTION)
+
+
+# ------------------------------------------------------------------------------ adapter and selection
+
+
+def test_phi_maps_widths_and_aggregates_sources():
+    phi = Phi(AdapterConfig((16, 24, 8), 32, hidden=64)).eval()
+    out = phi(torch.randn(5, 2, 16), torch.randn(5, 2, 24), torch.randn(5, 2, 8))
+    assert out.shape == (5, 2, 32)
+    with pytest.raises(pr.ConflictError, match="expects 3"):
+        phi(torch.randn(5, 2, 16))
+    assert AdapterConfig((384,), 768).hidden_width == 1536 and AdapterConfig((16,), 8).hidden_width == 256
+    assert AdapterConfig((9000,), 8).hidden_width == 4096
+    matched = Phi(AdapterConfig((16,), 32, norm_match=True, target_norm=3.0)).eval()(torch.randn(7, 1, 16) * 50)
+    torch.testing.assert_close(matched.norm(dim=-1), torch.full((7, 1), 3.0))
+    for bad in (dict(source_widths=()), dict(source_widths=(4,), dropout=1.0), dict(source_widths=(4,), norm_match=True)):
+        with pytest.raises(pr.ConflictError):
+            AdapterConfig(target_width=8, **bad)
+
+
+def test_group_selection_covers_every_cluster_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 10, size=(6, 8))
+    prompts = np.concatenate([c + rng.normal(size=(50, 8)) for c in centers])
+    users = [f"u{i}" for i in range(300)]
+    variance = rng.gamma(2, 0.5, size=300)
+    config = SelectionConfig(budget=60, n_clusters=6, min_per_cluster=5, seed=3)
+    a, b = select_users(users, prompts, variance, config), select_users(users, prompts, variance, config)
+    assert a.users == b.users and len(a.users) == 60 and len(set(a.users)) == 60
+    assert sorted(a.summary()["per_cluster"]) == list(range(6)) and min(a.summary()["per_cluster"].values()) >= 5
+    assert select_users(users, prompts, variance, SelectionConfig(budget=0.1)).budget == 30
+    assert len(select_users(users, prompts, variance, SelectionConfig(method="all")).users) == 300
+    rand = select_users(users, prompts, variance, SelectionConfig(method="random", budget=60, seed=3))
+    assert len(rand.users) == 60 and rand.users != a.users
+
+
+def test_reference_allocation_skews_to_high_variance_and_largest_remainder_does_not():
+    weights = np.exp(-np.linspace(-2, 2, 5) ** 2 / 2) + 0.1
+    assert reference_allocation(4, weights).tolist() == [0, 0, 1, 0, 3]  # 3 of 4 picks in the top bin
+    assert largest_remainder(4, weights).tolist() == [0, 1, 2, 1, 0]
+    assert largest_remainder(17, weights).sum() == 17
+    rng = np.random.default_rng(1)
+    users = [f"u{i}" for i in range(600)]
+    prompts, variance = rng.normal(size=(600, 4)), rng.gamma(2, 0.5, size=600)
+    share = lambda alloc: select_users(users, prompts, variance, SelectionConfig(  # noqa: E731
+        budget=45, n_clusters=15, min_per_cluster=3, allocation=alloc)).summary()["variance_quintile_share"][4]
+    assert share("reference") > 0.4 > 0.2 > share("largest-remainder")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("migration")
+    data = make_synthetic(root / "data", n_users=100, n_items=80, per_user=25, seed=4)
+    reg = Registry.init(root / "reg", actor="migrator")
+    reg.register_model("src", build_tiny_bert(root / "src", hidden_size=48, seed=1))
+    reg.register_model("dst", build_tiny_bert(root / "dst", hidden_size=64, seed=2))
+    reg.register_model("llama", build_tiny_llama(root / "llama", hidden_size=32, seed=5))
+    source = reg.train_prompts("src", "rate", data, config=TrainConfig(epochs=15, lr=5e-3), progress=False, alias="production")
+    yield {"reg": reg, "data": data, "source": source, "root": root}
+    reg.close()
+
+
+def test_migrated_prompts_beat_random_init_and_approach_retrain(world):
+    reg, data = world["reg"], world["data"]
+    rand = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=15, lr=5e-3, freeze_prompts=True), progress=False, evaluate_split="test")
+    assert rand.run.backward_tokens == 0  # head only: no backward pass through the backbone
+    retrain = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=15, lr=5e-3), progress=False, evaluate_split="test")
+    result = reg.migrate(["src"], "dst", "rate", data, config=FAST, progress=False)
+    rows = {r["name"]: r["rmse"] for r in result.report.rows}
+    assert set(rows) == {"migrated", "source (src)", "retrain"} and result.report.reference == "retrain"
+    migrated, random_init, scratch = rows["migrated"], rand.evaluation.metrics["rmse"], retrain.evaluation.metrics["rmse"]
+    assert migrated < random_init - 0.1, (migrated, random_init)
+    assert migrated < scratch + 0.12, (migrated, scratch)
+    cost_ratio = (result.run.forward_tokens + result.run.backward_tokens) / (retrain.run.forward_tokens + retrain.run.backward_tokens)
+    assert cost_ratio < 0.5, cost_ratio
+    assert 0 <= result.report.share_worse <= 1 and len(result.report.worst_users) == 5
+
+
+def test_migration_lineage_run_and_idempotent_apply(world):
+    reg, data = world["reg"], world["data"]
+    result = reg.migrate(["src"], "dst", "rate", data, config=FAST, progress=False, evaluate=False)
+    mapped, adapter = result.set, result.adapter
+    source_set = world["source"].set
+    assert (mapped.parents, mapped.adapter_id, mapped.head_id, mapped.n_users) == ((source_set.id,), adapter.id, result.head_id, 100)
+    assert (adapter.source_models, adapter.target_model, adapter.source_fingerprints) == (("src",), "dst", (reg.get_model("src").fingerprint,))
+    run = reg.get_run(result.run.id)
+    assert run.kind == "migrate" and len(run.config["selected_users"]) == 40 and run.config["selection_summary"]["method"] == "group"
+    assert run.cost["selected_users"] == 40 and run.cost["mapped_users"] == 100
+    # mapping again with the same adapter and inputs is a no-op: same set, no new bytes
+    objects = {o.key for o in reg.store.list_objects()}
+    again = reg.apply_adapter(adapter.id, progress=False)
+    assert again.id == mapped.id and {o.key for o in reg.store.list_objects()} == objects
+    # the stored prompts are exactly Phi(source)
+    from prompt_registry.migration.adapter import MappedPrompts  # noqa: F401 - documents what Phi is wrapped in
+
+    _, tensors = reg.load_artifact(adapter.id)
+    phi = Phi(AdapterConfig.from_dict(adapter.config["adapter"]))
+    phi.load_state_dict(tensors)
+    phi.eval()
+    users = ["user0001", "user0050"]
+    with torch.no_grad():
+        expected = phi(reg.get_prompts(users, set=source_set.id))
+    torch.testing.assert_close(reg.get_prompts(users, set=mapped.id), expected)
+
+
+def test_adapter_reuse_maps_new_users_without_training(world):
+    reg = world["reg"]
+    adapter = reg.migrate(["src"], "dst", "rate", world["data"], config=FAST, progress=False, evaluate=False).adapter
+    newcomers = {f"new{i}": np.random.default_rng(i).normal(size=(1, 48)).astype(np.float32) for i in range(3)}
+    reg.import_prompts("src", "rate", newcomers, base="src/rate@production", create_users=True, alias="production")
+    migrations_before = len(reg.list_runs(kind="migrate"))
+    mapped = reg.apply_adapter(adapter.id, users=list(newcomers), progress=False)
+    assert len(reg.list_runs(kind="migrate")) == migrations_before  # no training
+    assert mapped.n_rows == 3 and mapped.n_users == 103 and mapped.base_id is not None
+    assert reg.get_prompts(["new0", "user0003"], set=mapped.id).shape == (2, 1, 64)
+    with pytest.raises(pr.ModelMismatchError):
+        reg.load_artifact(adapter.id, fingerprint=reg.get_model("src").fingerprint)
+
+
+def test_aggregated_migration_from_three_sources(world):
+    reg, data = world["reg"], world["data"]
+    for name, width in (("agg1", 40), ("agg2", 56), ("agg3", 32)):
+        reg.register_model(name, build_tiny_bert(world["root"] / name, hidden_size=width, seed=width))
+        reg.train_prompts(name, "rate", data, config=TrainConfig(epochs=3, lr=5e-3), progress=False)
+    result = reg.migrate(["agg1", "agg2", "agg3"], "dst", "rate", data, config=FAST, progress=False)
+    assert result.adapter.source_models == ("agg1", "agg2", "agg3")
+    assert result.adapter.config["adapter"]["source_widths"] == [40, 56, 32] and len(result.set.parents) == 3
+    rows = {r["name"]: r["rmse"] for r in result.report.rows}
+    assert {"source (agg1)", "source (agg2)", "source (agg3)"} <= set(rows)
+    assert rows["migrated"] < result.report.rows[0]["baselines"]["global_mean"]["rmse"]
+
+
+def test_gate_refuses_to_move_the_alias_when_worse_than_reference(world):
+    reg, data = world["reg"], world["data"]
+    refused = reg.migrate(["src"], "dst", "rate", data, config=FAST, progress=False, alias="production", gate=-10.0)
+    assert refused.alias["moved"] is False and "gate" in refused.alias["why"]
+    with pytest.raises(pr.UnknownAliasError):
+        reg.get_alias("production", "dst", "rate")
+    passed = reg.migrate(["src"], "dst", "rate", data, config=FAST, progress=False, alias="production", gate=10.0)
+    assert passed.alias["moved"] and reg.get_alias("production", "dst", "rate").set_id == passed.set.id
+
+
+def test_decoder_target_with_norm_match_and_refinement(world):
+    reg, data = world["reg"], world["data"]
+    config = MigrationConfig(epochs=6, lr=1e-3, norm_match=True, refine_epochs=3, refine_lr=5e-3, selection=SELECTION)
+    result = reg.migrate(["src"], "llama", "rate", data, config=config, progress=False)
+    mapped = reg.get_prompts(["user0001", "user0002"], set=result.set.id)
+    from prompt_registry.backbones.loader import load_backbone
+
+    token_norm = load_backbone(reg.get_model("llama")).token_norm
+    torch.testing.assert_close(mapped.norm(dim=-1), torch.full((2, 1), token_norm), rtol=1e-4, atol=1e-4)
+    refined = result.refined
+    assert refined is not None and refined.base_id == result.set.id and result.set.id in refined.parents
+    assert result.run.cost["refine"]["token_passes"] > 0
+    assert result.report.rows[0]["set_id"] == refined.id
+
+
+def test_cli_migrate_apply_and_adapters(world):
+    reg = world["reg"]
+    base = ["--registry", str(world["root"] / "reg")]
+    runner = CliRunner()
+    res = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
+                               "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "2", "--lr", "1e-3", "--json"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["selection"]["selected"] == 30 and out["report"]["rows"][0]["name"] == "migrated"
+    adapter_id = out["adapter"]["id"]
+    listed = json.loads(runner.invoke(main, [*base, "adapter", "list", "--json"]).stdout)
+    assert adapter_id in [a["id"] for a in listed]
+    shown = json.loads(runner.invoke(main, [*base, "adapter", "show", str(adapter_id), "--json"]).stdout)
+    assert shown["source_models"] == ["src"] and shown["target_model"] == "dst"
+    assert "SOURCE_MODELS" in runner.invoke(main, [*base, "adapter", "list"]).stdout
+    applied = runner.invoke(main, [*base, "migrate", "apply", "--adapter", str(adapter_id)])
+    assert applied.exit_code == 0 and f"mapped set {out['set']['id']}" in applied.stdout  # idempotent
+    text = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
+                                "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "1", "--gate", "-5", "--alias", "canary"])
+    assert text.exit_code == 0 and "did NOT move alias canary" in text.stdout and "token-passes" in text.stdout
+    bad = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "src", "--task", "rate", "--data", str(world["data"])])
+    assert bad.exit_code == 1 and "same model" in bad.stderr
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import prompt_registry.registry as registry_module
+    from prompt_registry import Registry
+    from prompt_registry.store.zarr_store import ZarrStore
+
+    location, adapter_id, source, ready = sys.argv[1:5]
+    registry_module.WRITE_BATCH_ROWS = 256  # several durable batches
+    original, calls = ZarrStore.write_rows, []
+    def write_rows(self, key, start, data):
+        original(self, key, start, data)
+        calls.append(start)
+        if len(calls) == 2:
+            open(ready, "w").close()
+            time.sleep(120)
+    ZarrStore.write_rows = write_rows
+    with Registry.open(location) as reg:
+        reg.apply_adapter(int(adapter_id), sources=[source], progress=False)
+    """
+)
+
+
+def test_sigkill_during_apply_then_rerun_gives_a_complete_valid_set(world, tmp_path, monkeypatch):
+    reg = world["reg"]
+    adapter = reg.migrate(["src"], "dst", "rate", world["data"], config=FAST, progress=False, evaluate=False).adapter
+    many = {f"bulk{i:04d}": row for i, row in enumerate(np.random.default_rng(9).normal(size=(900, 1, 48)).astype(np.float32))}
+    bigger = reg.import_prompts("src", "rate", many, base="src/rate@production", create_users=True)
+    script, ready = tmp_path / "child.py", tmp_path / "ready"
+    script.write_text(CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(world["root"] / "reg"), str(adapter.id), str(bigger.id), str(ready)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    adapter_sets = lambda: [s for s in reg.list_sets(model="dst") if s.adapter_id == adapter.id]  # noqa: E731
+    before = adapter_sets()
+    assert all(s.n_users != bigger.n_users for s in before)  # no half-visible version
+
+    import prompt_registry.registry as registry_module
+    from prompt_registry.store.zarr_store import ZarrStore
+
+    monkeypatch.setattr(registry_module, "WRITE_BATCH_ROWS", 256)
+    starts: list[int] = []
+    original = ZarrStore.write_rows
+    monkeypatch.setattr(ZarrStore, "write_rows", lambda self, key, start, data: (starts.append(start), original(self, key, start, data))[1])
+    result = reg.apply_adapter(adapter.id, sources=[bigger.id], progress=False)
+    # killed after the second batch's bytes but before its journal entry: only the first batch
+    # counts as durable, so the rerun writes from the second batch on
+    assert starts == [256, 512, 768]
+    assert result.n_users == bigger.n_users
+    everyone = reg.list_set_users(result.id)
+    assert len(everyone) == bigger.n_users
+    reg.get_prompts(everyone, set=result.id, verify=True)  # every row checksum-valid
+    assert reg.doctor().ok
+    assert reg.apply_adapter(adapter.id, sources=[bigger.id], progress=False).id == result.id  # idempotent
