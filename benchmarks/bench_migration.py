@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
 
+from bench_store import machine_info  # same machine record as every benchmark
 from prompt_registry.demo import run_demo
 
 HERE = Path(__file__).resolve().parent
@@ -44,9 +44,7 @@ def main() -> None:
                       seed=args.seed, train_epochs=args.train_epochs, adapter_epochs=args.adapter_epochs)
     report = {
         "what": "migration story: quality and cost of source, random-init, retrain, PUMA group/random, PUMA + refine",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**machine_info(), "load_before": load_before, "load_after": os.getloadavg()},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         **result,
     }

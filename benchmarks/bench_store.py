@@ -180,7 +180,7 @@ def package_state() -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     versions = {}
-    for dist in ("numpy", "zarr", "sqlalchemy", "torch", "psycopg", "safetensors", "alembic", "prompt-registry"):
+    for dist in ("numpy", "zarr", "sqlalchemy", "torch", "transformers", "psycopg", "safetensors", "alembic", "prompt-registry"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

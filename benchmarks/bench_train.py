@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 import torch
-import transformers
 
+from bench_store import machine_info  # same machine record as every benchmark
 from prompt_registry import Registry
 from prompt_registry.assets import AssetMissingError, minilm_path
 from prompt_registry.data import make_synthetic
@@ -77,9 +76,7 @@ def main() -> None:
     best = {name: max(rows, key=lambda r: r["examples_per_s"]) for name, rows in results.items()}
     report = {
         "what": "prompt-training throughput by batch size (one epoch of train_prompts; ledger figures)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**machine_info(), "load_before": load_before, "load_after": os.getloadavg()},
         "config": {"examples": args.examples, "batch_sizes": sizes, "repeats": args.repeats, "statistic": "fastest repeat", "template": TrainConfig().template, "prompt_len": 1},
         "results": results, "best_batch_size": {name: row["batch_size"] for name, row in best.items()},
     }

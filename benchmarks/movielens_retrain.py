@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from bench_store import machine_info  # same machine record as every benchmark
 from prompt_registry import Registry
 from prompt_registry.assets import minilm_path, movielens_100k, mpnet_path
 from prompt_registry.data import subsample
@@ -60,9 +60,7 @@ def main() -> None:
     run = result.run
     report = {
         "what": "prompt training from scratch on MovieLens-100k (subsample), test RMSE vs baselines",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**machine_info(), "load_before": load_before, "load_after": os.getloadavg()},
         "data": {"source": str(full), "subsample": str(data), "users": args.users, "per_user": args.per_user,
                  "split": "per-user chronological 80/20, validation tail 10% of train"},
         "model": args.model, "config": config.to_dict(), "best_epoch": result.best_epoch, "history": result.history,
