@@ -265,11 +265,27 @@ class ZarrStore(TensorStore):
     def overwrite_rows(self, key, rows, data):
         info = self._layout(key).info
         idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
-        data = np.asarray(data, dtype=info.dtype).reshape((len(idx), *info.shape[1:]))
-        arr = self._open_zarr(key, mode="r+")
-        arr.set_orthogonal_selection((idx,), data)
+        data = np.ascontiguousarray(np.asarray(data, dtype=info.dtype).reshape((len(idx), *info.shape[1:])))
         chunks = sorted(set((idx // info.chunk_rows).tolist()))
-        list(_io_pool().map(fsync_path, [self._chunk_path(key, c, len(info.shape)) for c in chunks]))
+        if not self._layout(key).direct:
+            # keep all-zero chunks as files (zarr would otherwise delete them: purges zero rows)
+            arr = zarr.open_array(store=self._zarr_store, path=key, mode="r+", zarr_format=3, config={"write_empty_chunks": True})
+            arr.set_orthogonal_selection((idx,), data)
+            list(_io_pool().map(fsync_path, [self._chunk_path(key, c, len(info.shape)) for c in chunks]))
+            return
+        flat = data.reshape(len(idx), -1).view(np.uint8)
+        for chunk in chunks:
+            path = self._chunk_path(key, chunk, len(info.shape))
+            try:
+                fd = os.open(path, os.O_WRONLY)
+            except FileNotFoundError:
+                raise MissingDataError(f"chunk file {path} is missing from the store; cannot overwrite its rows") from None
+            try:
+                for i in np.flatnonzero(idx // info.chunk_rows == chunk).tolist():
+                    os.pwrite(fd, flat[i].tobytes(), (int(idx[i]) - chunk * info.chunk_rows) * info.row_nbytes)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
     # -- blobs --------------------------------------------------------------------------------
     def put_blob(self, key, data):

@@ -119,6 +119,13 @@ class TensorStoreContract:
         keep = [i for i in range(10) if i not in (2, 7)]
         np.testing.assert_array_equal(out[keep], data[keep])
 
+    def test_overwriting_every_row_with_zeros_keeps_the_array_readable(self, store):
+        self._filled(store, n=6)  # two chunks, the last one partial
+        store.overwrite_rows("a", np.arange(6), np.zeros((6, 2, 6), np.float32))
+        out = self.reopen(store).read_rows("a", slice(None))
+        assert out.shape == (6, 2, 6) and not out.any()
+        assert store.array_info("a").shape == (6, 2, 6)
+
     def test_blobs_round_trip_and_are_write_once(self, store):
         store.put_blob("b.safetensors", b"\x00payload")
         assert self.reopen(store).get_blob("b.safetensors") == b"\x00payload"
