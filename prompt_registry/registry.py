@@ -450,10 +450,12 @@ class Registry(AuditMixin):
                 )
             return row
         if version:
-            row = session.scalars(base.where(PromptSetRow.version == int(version.group(1)))).one_or_none()
+            row = session.scalars(select(PromptSetRow).where(
+                PromptSetRow.model_id == model_row.id, PromptSetRow.task_id == task_row.id,
+                PromptSetRow.version == int(version.group(1)))).one_or_none()
             if row is None:
                 raise UnknownSetError(f"{model}/{task} has no version {version.group(1)}; see `prompt-registry prompt list --model {model}`")
-            return row
+            return row  # a deleted version is reported as such by the caller
         alias = session.scalars(
             select(AliasRow).where(AliasRow.name == selector, AliasRow.model_id == model_row.id, AliasRow.task_id == task_row.id)
         ).one_or_none()

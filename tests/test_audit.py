@@ -360,8 +360,8 @@ def test_retention_keeps_last_aliases_and_lineage(populated):
     assert not reg.store.exists(v[3].store_key)
     with pytest.raises(pr.UnknownSetError, match="deleted"):
         reg.get_prompt("u000", set=v[3].id)
-    with pytest.raises(pr.UnknownSetError):
-        reg.get_set("a/rate@v4")
+    with pytest.raises(pr.UnknownSetError, match="is deleted"):
+        reg.get_set("a/rate@v4")  # by version it says deleted too, not "no such version"
     assert reg.get_set("a/rate@latest").id == v5.id
     assert reg.doctor().ok
     # history stays: lineage and audit still see the deleted set
@@ -485,3 +485,15 @@ def test_purged_user_cannot_come_back_through_an_import(populated):
         populated.import_prompts("a", "rate", np.ones((1, 1, 16), np.float32), ["u000"])
     with pytest.raises(pr.UnknownUserError, match="deleted"):
         populated.import_prompts("a", "rate", np.ones((1, 1, 16), np.float32), ["u000"], create_users=True)
+
+
+def test_purging_every_user_of_a_chunk_keeps_the_set_readable(populated):
+    """The last chunk of this set holds one user only: zeroing it must not lose the chunk file."""
+    data = prompts(257)
+    users = [f"c{i:03d}" for i in range(257)]
+    s = populated.import_prompts("a", "rate", data, users, create_users=True)
+    populated.purge_user("c256")
+    assert populated.doctor().ok
+    np.testing.assert_array_equal(populated.get_prompts(users[:256], set=s.id).numpy(), data[:256])
+    with pytest.raises(pr.UnknownUserError):
+        populated.get_prompt("c256", set=s.id)
