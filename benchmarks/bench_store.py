@@ -72,6 +72,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 import prompt_registry
 from prompt_registry import Registry
+from prompt_registry.store.zarr_store import fsync_path
 
 MODEL = "bench-model"
 TASK = "rating-task"
@@ -122,14 +123,6 @@ def summary(values: list[float], *, best: str = "min") -> dict[str, Any]:
     """Best (min for times, max for throughputs), median and every repeat."""
     pick = min if best == "min" else max
     return {"best": pick(values), "median": statistics.median(values), "all": values}
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def warm_page_cache(scratch: Path, nbytes: int) -> None:
@@ -224,7 +217,7 @@ def bench_raw_numpy(array: np.ndarray, scratch: Path, repeats: int) -> dict[str,
     times = []
     for _ in range(repeats):
         path.unlink(missing_ok=True)  # fresh blocks each time, like a new prompt set
-        seconds, _ = timed(lambda: (write_fsynced(path, lambda fh: np.save(fh, array)), fsync_dir(scratch)))
+        seconds, _ = timed(lambda: (write_fsynced(path, lambda fh: np.save(fh, array)), fsync_path(scratch)))
         times.append(seconds)
     path.unlink()
     return {"seconds": summary(times), "nbytes": int(array.nbytes)}
@@ -235,7 +228,7 @@ def write_file_per_user(folder: Path, array: np.ndarray, users: list[str]) -> No
     for user, row in zip(users, array):
         data = safetensors_bytes({"prompt_embeddings": row})
         write_fsynced(folder / f"{user}.safetensors", lambda fh: fh.write(data))
-    fsync_dir(folder)
+    fsync_path(folder)
 
 
 def bench_file_per_user(array: np.ndarray, users: list[str], scratch: Path, limit: int, repeats: int) -> dict[str, Any]:

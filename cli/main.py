@@ -7,7 +7,6 @@ verbs print a table by default and JSON with ``--json``. Errors print one line a
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable, Sequence

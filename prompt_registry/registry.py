@@ -36,7 +36,7 @@ from . import fileio
 from .audit import deletion, retention
 from .audit.api import AuditMixin
 from .db import migrations
-from .db.engine import is_sqlite, make_engine, read_session, write_session
+from .db.engine import make_engine, read_session, write_session
 from .db.schema import (
     AliasEventRow,
     AliasRow,
@@ -83,7 +83,6 @@ from .errors import (
     ModelMismatchError,
     NonFiniteError,
     NotFoundError,
-    PromptRegistryError,
     RegistryNotFoundError,
     SchemaError,
     ShapeError,

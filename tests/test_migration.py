@@ -125,8 +125,6 @@ def test_migration_lineage_run_and_idempotent_apply(world):
     again = reg.apply_adapter(adapter.id, progress=False)
     assert again.id == mapped.id and {o.key for o in reg.store.list_objects()} == objects
     # the stored prompts are exactly Phi(source)
-    from prompt_registry.migration.adapter import MappedPrompts  # noqa: F401 - documents what Phi is wrapped in
-
     _, tensors = reg.load_artifact(adapter.id)
     phi = Phi(AdapterConfig.from_dict(adapter.config["adapter"]))
     phi.load_state_dict(tensors)
@@ -190,7 +188,6 @@ def test_decoder_target_with_norm_match_and_refinement(world):
 
 
 def test_cli_migrate_apply_and_adapters(world):
-    reg = world["reg"]
     base = ["--registry", str(world["root"] / "reg")]
     runner = CliRunner()
     res = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),

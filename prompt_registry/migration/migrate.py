@@ -32,7 +32,7 @@ from ..errors import ConflictError, UnknownAliasError, UnknownSetError
 from ..training import metrics
 from ..training.config import TrainConfig
 from ..training.loop import LoopConfig, PromptTable, TrainingLoop
-from ..training.trainer import checkpoint_key, prepare_examples
+from ..training.trainer import checkpoint_key, prepare_examples, save_head
 from .adapter import AdapterConfig, MappedPrompts, Phi
 from .config import MigrationConfig
 from .selection import label_variance, select_users
@@ -190,11 +190,7 @@ def migrate(registry: Any, sources: Sequence[str | int], target: str, task: str,
     try:
         loop.fit(progress)
         loop.use_best()
-        head_artifact = registry.put_artifact(
-            "head", f"{task}-head", loop.best_head, task=task, target_model=target, run_id=run.id,
-            config={**head.config(), "template": template.text, "history_len": 0,
-                    "prompt_len": source_sets[0].prompt_len, "max_length": config.max_length},
-        )
+        head_artifact = save_head(registry, loop.best_head, head, encoder, task=task, model=target, run_id=run.id)
         adapter = registry.put_artifact(
             "adapter", f"{'+'.join(s.model for s in source_sets)}->{target}/{task}",
             {k[len("phi."):]: v for k, v in loop.best_provider.items() if k.startswith("phi.")},
@@ -249,11 +245,7 @@ def _refine(registry: Any, mapped: PromptSet, head: TaskHead, encoder: PromptEnc
                         checkpoint=None, steps_hint=f"refine {target}")
     loop.fit(progress)
     loop.use_best()
-    head_artifact = registry.put_artifact(
-        "head", f"{task}-head", loop.best_head, task=task, target_model=target, run_id=run_id,
-        config={**head.config(), "template": encoder.template.text, "history_len": 0,
-                "prompt_len": mapped.prompt_len, "max_length": encoder.max_length},
-    )
+    head_artifact = save_head(registry, loop.best_head, head, encoder, task=task, model=target, run_id=run_id)
     prompts = loop.best_provider["rows.weight"].reshape(len(candidates), mapped.prompt_len, -1).numpy()
     # an incremental version of the mapped set: users without training data keep their mapped prompt
     refined = registry.import_prompts(target, task, prompts, candidates, base=mapped.id, run_id=run_id, head=head_artifact.id,

@@ -24,7 +24,7 @@ from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone, load_backbone
 from ..backbones.prompting import PromptEncoder
 from ..data.dataset import Dataset, Split
-from ..entities import PromptSet, Run
+from ..entities import Artifact, PromptSet, Run
 from ..errors import ConflictError
 from .config import TrainConfig
 from .examples import Examples, build_examples, user_histories
@@ -79,8 +79,8 @@ def _optimizers(table: PromptTable, head: TaskHead, config: TrainConfig) -> dict
     return optimizers
 
 
-def loop_config(config: TrainConfig, epochs: int | None = None) -> LoopConfig:
-    return LoopConfig(epochs=epochs or config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+def loop_config(config: TrainConfig) -> LoopConfig:
+    return LoopConfig(epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                       seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience)
 
 
@@ -126,10 +126,7 @@ def train_prompts(registry: Any, model: str, task: str, data: str | Path | Datas
     try:
         loop.fit(progress, on_step)
         loop.use_best()
-        head_artifact = registry.put_artifact(
-            "head", f"{task}-head", loop.best_head, task=task, target_model=model, run_id=run.id,
-            config=head_config(head, config),
-        )
+        head_artifact = save_head(registry, loop.best_head, head, encoder, task=task, model=model, run_id=run.id)
         prompts = loop.best_provider["rows.weight"].reshape(len(train_users), config.prompt_len, -1)
         prompt_set = registry.import_prompts(model, task, prompts.numpy(), train_users, create_users=True,
                                              run_id=run.id, head=head_artifact.id, alias=alias, note=f"trained by run {run.id}")
@@ -147,7 +144,11 @@ def train_prompts(registry: Any, model: str, task: str, data: str | Path | Datas
     return TrainResult(prompt_set, head_artifact.id, finished, loop.state.best_epoch, loop.state.history, evaluation)
 
 
-def head_config(head: TaskHead, config: TrainConfig) -> dict[str, Any]:
-    """What a head artifact records so evaluation and migration can rebuild its inputs exactly."""
-    return {**head.config(), "template": config.template_obj().text, "history_len": config.history_len,
-            "prompt_len": config.prompt_len, "max_length": config.max_length}
+def save_head(registry: Any, state: dict[str, torch.Tensor], head: TaskHead, encoder: PromptEncoder, *,
+              task: str, model: str, run_id: int) -> Artifact:
+    """Store a trained head as an artifact whose config rebuilds it and its inputs exactly
+    (template, history length, prompt length, max length): evaluation and migration read it."""
+    template = encoder.template
+    config = {**head.config(), "template": template.text, "history_len": template.history_len,
+              "prompt_len": encoder.prompt_len, "max_length": encoder.max_length}
+    return registry.put_artifact("head", f"{task}-head", state, task=task, target_model=model, run_id=run_id, config=config)
