@@ -17,8 +17,8 @@ at the end; SQLite: a fresh registry directory), with the real schema (Alembic h
   ``--alias-moves`` moves of a ``staging`` alias over them.
 
 Only catalogue rows are written: **no tensor bytes** (the audit queries never read them; sets
-have no store key). Prompt rows go in through the registry's own bulk path
-(``Registry._insert_rows``: COPY on Postgres, one executemany on SQLite), users through
+have no store key). Prompt rows go in by internal user id through a bulk path of this script
+(``insert_rows``: COPY on Postgres, one driver executemany on SQLite), users through
 ``add_users``; per-user metrics by COPY/executemany. Baseline in the same run: 100,000 prompt rows
 inserted three ways (ORM ``add_all``, Core ``executemany``, COPY/driver executemany), rolled back.
 
@@ -52,6 +52,7 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import json
 import os
 import re
@@ -82,6 +83,20 @@ TARGET_P99_MS = 50.0
 BASELINE_ROWS = 100_000
 BIG_TABLES = ("prompt_rows", "users", "user_metrics")  # rows grow with the users; the others are small here
 SEQ_SCAN = re.compile(r"(?:Seq Scan on|^SCAN) (\w+)")
+
+
+def insert_rows(session: Session, set_id: int, user_ids: list[int], digests: list[bytes]) -> None:
+    """Bulk-insert one set's prompt rows by internal user id: COPY on Postgres, one driver
+    executemany on SQLite (the audit catalogue has no external ids to resolve)."""
+    rows = zip(itertools.repeat(set_id), user_ids, range(len(user_ids)), digests)
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        with conn.connection.driver_connection.cursor() as cur:  # same transaction
+            with cur.copy("COPY prompt_rows (set_id, user_id, row_index, sha256) FROM STDIN") as copy:
+                for record in rows:
+                    copy.write_row(record)
+    else:
+        conn.exec_driver_sql("INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) VALUES (?, ?, ?, ?)", list(rows))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -249,7 +264,7 @@ def build(registry: Registry, scratch: Path, n_users: int, args: argparse.Namesp
             if sets:
                 session.execute(insert(PromptSetParentRow).values(set_id=set_id, parent_id=sets[-1], role="source", position=0))
             digests = _digests(rng, n_users)
-            seconds, _ = timed(lambda: registry._insert_rows(session, set_id, all_ids, digests))
+            seconds, _ = timed(lambda: insert_rows(session, set_id, all_ids, digests))
             rows_s += seconds
         sets.append(set_id)
         log(f"  set {set_id}: {n_users:,} prompt rows in {seconds:.1f} s ({n_users / seconds:,.0f} rows/s), load {loadavg()}")
@@ -258,7 +273,7 @@ def build(registry: Registry, scratch: Path, n_users: int, args: argparse.Namesp
         run = new_run(session, "train", models[-1], task_id, now)
         tip = new_set(session, models[-1], task_id, 2, n_users, len(increment), run, now, base_id=sets[-1])
         session.execute(insert(PromptSetParentRow).values(set_id=tip, parent_id=sets[-1], role="base", position=0))
-        registry._insert_rows(session, tip, user_ids[increment].tolist(), _digests(rng, len(increment)))
+        insert_rows(session, tip, user_ids[increment].tolist(), _digests(rng, len(increment)))
     for i, set_id in enumerate(sets):
         registry.set_alias("production", set_id, reason=f"bench: {i + 1}")
     registry.set_alias("production", tip, reason="bench: increment")
@@ -350,7 +365,7 @@ def insert_baselines(registry: Registry, built: dict[str, Any], user_ids: list[i
         session.execute(insert(PromptRowRow), rows)
 
     ways = {"orm_add_all": orm, "core_executemany": core,
-            "copy_or_driver_executemany": lambda session, set_id: registry._insert_rows(session, set_id, user_ids, digests)}
+            "copy_or_driver_executemany": lambda session, set_id: insert_rows(session, set_id, user_ids, digests)}
     for name, way in ways.items():
         with registry._engine.connect() as conn:
             trans = conn.begin()

@@ -9,12 +9,10 @@ for ``gc``): no row ever points at missing bytes, and nothing is half-visible.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import datetime as dt
 import getpass
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -95,7 +93,8 @@ from .errors import (
     UnknownUserError,
 )
 from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
-from .manifest import Manifest, row_digests
+from .ingest import INSERT_BATCH_ROWS, BackgroundWrite, digest_batches, insert_prompt_rows
+from .manifest import Manifest, content_sha256, row_digests
 from .modelinfo import describe_model
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
 from .store.memory import MemoryStore
@@ -131,6 +130,23 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 def _batched(items: Sequence[Any], size: int = _QUERY_BATCH) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _finite_rows(rows: np.ndarray) -> np.ndarray:
+    """Which rows hold only finite values.
+
+    A row's sum is NaN/Inf if any value is (NaN and Inf propagate; Inf - Inf is NaN), so one
+    BLAS matrix-vector product screens 100,000 x 576 floats in ~12 ms instead of ~43 ms for a
+    full ``isfinite`` mask; only rows it flags (a sum can also overflow) are checked exactly.
+    """
+    if rows.dtype not in (np.float32, np.float64) or not rows.size:
+        return np.isfinite(rows).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(rows @ np.ones(rows.shape[1], dtype=rows.dtype))
+    if not finite.all():
+        flagged = np.flatnonzero(~finite)
+        finite[flagged] = np.isfinite(rows[flagged]).all(axis=1)
+    return finite
 
 
 def _preview(items: Iterable[Any], n: int = 5) -> str:
@@ -630,11 +646,12 @@ class Registry(AuditMixin):
 
     @staticmethod
     def _check_user_ids(users: Iterable[str], *, what: str) -> list[str]:
-        ids = [str(u) for u in users]
+        ids = list(map(str, users))
         if not ids:
             raise UnknownUserError(f"no {what} given")
-        bad = [u for u in ids if not u.strip() or len(u) > 200]
-        if bad:
+        lengths = list(map(len, ids))
+        if min(lengths) < 1 or max(lengths) > 200 or any(map(str.isspace, ids)):  # C loops: 100,000 ids in ms
+            bad = [u for u in ids if not u.strip() or len(u) > 200]
             raise ConflictError(f"invalid user id(s) {_preview(bad)}: ids are 1-200 non-blank characters")
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
@@ -733,14 +750,6 @@ class Registry(AuditMixin):
             model_row = self._model_row(session, model)
             self._task_row(session, task)
             base_row = self._resolve_set(session, base, model=model, task=task) if base is not None else None
-            known = self._user_ids(session, user_ids, active_only=True)
-        if not create_users and len(known) < len(user_ids):
-            missing = [u for u in user_ids if u not in known]
-            raise UnknownUserError(
-                f"{len(missing)} user(s) are not registered: {_preview(missing)}; add them first "
-                "(`prompt-registry user import FILE.csv`) or pass create_users=True (`--create-users`); "
-                "deleted users cannot receive prompts again"
-            )
         if base_row is not None and dtype is not None and dtype != base_row.dtype:
             raise DTypeError(f"base set {base_row.id} stores {base_row.dtype}; an incremental version must use the same dtype")
         array = self._check_prompt_array(
@@ -748,16 +757,19 @@ class Registry(AuditMixin):
             prompt_len if prompt_len is not None else (base_row.prompt_len if base_row else None),
             dtype or (base_row.dtype if base_row else "float32"),
         )
+        # Bytes, digests and catalogue rows overlap (see ingest.py); the transaction commits only
+        # once the writer has fsynced every byte. Unknown or deleted users fail the first batch
+        # that names them, and the bytes written so far are removed.
         store_key = f"set-{uuid.uuid4().hex}"
-        digests = self._write_array(store_key, array)
+        writer = BackgroundWrite(self._store, store_key, array, DEFAULT_CHUNK_ROWS, WRITE_BATCH_ROWS)
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
                        alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
         try:
-            return self._commit_set(spec, user_ids=user_ids, known=known, store_key=store_key, digests=digests,
-                                    shape=(int(array.shape[1]), int(array.shape[2])), dtype=str(array.dtype),
-                                    source=source, started=started, started_at=started_at)
+            return self._commit_set(spec, user_ids=user_ids, batches=digest_batches(array), bytes_ready=writer.wait,
+                                    store_key=store_key, shape=(int(array.shape[1]), int(array.shape[2])),
+                                    dtype=str(array.dtype), source=source, started=started, started_at=started_at)
         except BaseException:
-            self._store.delete(store_key)  # best effort; after a crash gc removes them
+            writer.discard()  # best effort; after a crash gc removes the bytes
             raise
 
     def write_prompts(
@@ -826,32 +838,32 @@ class Registry(AuditMixin):
             bar.close()
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
                        alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
-        result = self._commit_set(spec, user_ids=user_ids, known=known, store_key=store_key, digests=digests,
+        blob = b"".join(digests)
+        batches = ((start, min(start + INSERT_BATCH_ROWS, len(user_ids)), blob[32 * start : 32 * (start + INSERT_BATCH_ROWS)])
+                   for start in range(0, len(user_ids), INSERT_BATCH_ROWS))
+        result = self._commit_set(spec, user_ids=user_ids, batches=batches, bytes_ready=lambda: None, store_key=store_key,
                                   shape=(prompt_len, width), dtype=dtype, source="stream", started=started,
                                   started_at=started_at, idempotency_key=key)
         journal.clear()
         return result
 
-    def _commit_set(self, spec: _NewSet, *, user_ids: Sequence[str], known: dict[str, int], store_key: str,
-                    digests: Sequence[bytes], shape: tuple[int, int], dtype: str, source: str, started: float,
-                    started_at: dt.datetime, idempotency_key: str | None = None) -> PromptSet:
-        """The one transaction that makes written (and fsynced) bytes a visible version."""
+    def _commit_set(self, spec: _NewSet, *, user_ids: Sequence[str], batches: Iterable[tuple[int, int, bytes]],
+                    bytes_ready: Callable[[], None], store_key: str, shape: tuple[int, int], dtype: str, source: str,
+                    started: float, started_at: dt.datetime, idempotency_key: str | None = None) -> PromptSet:
+        """The one transaction that makes written (and fsynced) bytes a visible version.
+
+        ``batches`` yields ``(start, stop, sha256 of rows start..stop concatenated)`` in order
+        (possibly while they are still being hashed); ``bytes_ready`` blocks until every byte of
+        ``store_key`` is durable and is called before anything commits.
+        """
         prompt_len, width = shape
         with write_session(self._engine) as session:
             model_row = self._model_row(session, spec.model, lock=True)  # serialises versions on Postgres
             task_row = self._task_row(session, spec.task)
             base_row = self._resolve_set(session, spec.base, model=spec.model, task=spec.task) if spec.base is not None else None
-            content = hashlib.sha256((base_row.sha256 if base_row else "").encode())
-            for user, digest in zip(user_ids, digests):
-                content.update(user.encode() + b"\0" + digest)
-            if spec.create_users and len(known) < len(user_ids):
-                self._insert_users(session, [u for u in user_ids if u not in known])
-                known = self._user_ids(session, user_ids, active_only=True)
-                deleted = [u for u in user_ids if u not in known]
-                if deleted:
-                    raise UnknownUserError(f"user(s) {_preview(deleted)} were deleted; deleted users cannot receive prompts again")
-            # Users known before the bytes were written stay valid: prompt_rows.user_id is a
-            # foreign key, so a user removed concurrently fails this transaction.
+            if spec.create_users:
+                existing = self._user_ids(session, user_ids)
+                self._insert_users(session, [u for u in user_ids if u not in existing])
             n_users = len(user_ids)
             if base_row is not None:
                 overlap = self._locate(session, base_row, user_ids)
@@ -872,7 +884,7 @@ class Registry(AuditMixin):
             row = PromptSetRow(
                 model_id=model_row.id, task_id=task_row.id, version=self._next_version(session, model_row.id, task_row.id),
                 base_id=base_row.id if base_row else None, prompt_len=prompt_len, width=width, dtype=dtype,
-                n_users=n_users, n_rows=len(user_ids), store_key=store_key, sha256=content.hexdigest(),
+                n_users=n_users, n_rows=len(user_ids), store_key=store_key, sha256="pending",
                 status="committed", note=spec.note, idempotency_key=idempotency_key, head_id=head_row.id if head_row else None,
                 adapter_id=adapter_row.id if adapter_row else None, created_at=_utcnow(), created_by=self.actor,
             )
@@ -883,7 +895,15 @@ class Registry(AuditMixin):
                 session.add(PromptSetParentRow(set_id=row.id, parent_id=base_row.id, role="base", position=0))
             for pos, src in enumerate(source_rows):
                 session.add(PromptSetParentRow(set_id=row.id, parent_id=src.id, role="source", position=pos))
-            self._insert_rows(session, row.id, [known[u] for u in user_ids], digests)
+            conn = session.connection()
+            row_hashes = hashlib.sha256()
+            for start, stop, blob in batches:
+                users = user_ids[start:stop]
+                if insert_prompt_rows(conn, row.id, users, start, blob) != len(users):
+                    self._raise_unusable_users(session, users)
+                row_hashes.update(blob)
+            row.sha256 = content_sha256(base_row.sha256 if base_row else None, user_ids, row_hashes.digest())
+            bytes_ready()
             self._check_bytes_present(store_key)
             for tag_name, tag_value in self._tag_items(spec.tags):
                 session.add(TagRow(set_id=row.id, name=tag_name, value=tag_value, created_at=_utcnow(), created_by=self.actor))
@@ -900,6 +920,20 @@ class Registry(AuditMixin):
             session.flush()
             return self._set_entities(session, [row])[0]
 
+    def _raise_unusable_users(self, session: Session, users: Sequence[str]) -> None:
+        """Name the users of a batch that cannot receive prompts: unknown, or deleted."""
+        active = self._user_ids(session, users, active_only=True)
+        registered = self._user_ids(session, users)
+        deleted = [u for u in users if u in registered and u not in active]
+        if deleted:
+            raise UnknownUserError(f"user(s) {_preview(deleted)} were deleted; deleted users cannot receive prompts again")
+        missing = [u for u in users if u not in registered]
+        raise UnknownUserError(
+            f"{len(missing)} user(s) are not registered: {_preview(missing)}; add them first "
+            "(`prompt-registry user import FILE.csv`) or pass create_users=True (`--create-users`); "
+            "deleted users cannot receive prompts again"
+        )
+
     @staticmethod
     def _next_version(session: Session, model_id: int, task_id: int) -> int:
         latest = session.scalar(select(func.max(PromptSetRow.version)).where(PromptSetRow.model_id == model_id, PromptSetRow.task_id == task_id))
@@ -913,40 +947,11 @@ class Registry(AuditMixin):
             return [(str(k), None if v is None else str(v)) for k, v in tags.items()]
         return [(str(t), None) for t in tags]
 
-    def _insert_rows(self, session: Session, set_id: int, user_ids: Sequence[int], digests: Sequence[bytes]) -> None:
-        """Bulk-insert one set's prompt rows: COPY on Postgres, one executemany on SQLite.
-
-        This is the hot path of an import (100,000 rows); the ORM unit of work is several times
-        slower and Core's parameter processing still doubles the cost.
-        """
-        rows = zip(itertools.repeat(set_id), user_ids, range(len(user_ids)), digests)
-        conn = session.connection()
-        if conn.dialect.name == "postgresql":
-            with conn.connection.driver_connection.cursor() as cur:  # same transaction
-                with cur.copy("COPY prompt_rows (set_id, user_id, row_index, sha256) FROM STDIN") as copy:
-                    for record in rows:
-                        copy.write_row(record)
-        else:
-            conn.exec_driver_sql("INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) VALUES (?, ?, ?, ?)", list(rows))
-
     def _check_bytes_present(self, store_key: str) -> None:
         """Inside the commit transaction: our bytes must still be there (a gc with a too-short
         grace period could have taken them for orphans)."""
         if not self._store.exists(store_key):
             raise IntegrityError(f"bytes {store_key!r} vanished before commit (a concurrent `gc --grace 0`?); retry")
-
-    def _write_array(self, store_key: str, array: np.ndarray) -> list[bytes]:
-        """Write and fsync the array; returns every row's sha256 (hashed while the bytes are written)."""
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            hashing = pool.submit(row_digests, array)  # hashlib releases the GIL on row-sized buffers
-            self._store.create_array(store_key, array.shape, str(array.dtype), DEFAULT_CHUNK_ROWS)
-            try:
-                for start in range(0, len(array), WRITE_BATCH_ROWS):
-                    self._store.write_rows(store_key, start, array[start : start + WRITE_BATCH_ROWS])
-            except BaseException:
-                self._store.delete(store_key)
-                raise
-            return hashing.result()
 
     def _normalize_prompt_input(self, prompts: PromptInput, users: Sequence[str] | str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str], str]:
         if isinstance(users, (str, os.PathLike)):
@@ -1017,7 +1022,7 @@ class Registry(AuditMixin):
             raise ShapeError(f"prompts have length {array.shape[1]}, expected {prompt_len} (the base version's prompt length)")
         with np.errstate(over="ignore"):  # overflow is reported below, per user
             converted = np.ascontiguousarray(array, dtype=store_dtype)
-        finite = np.isfinite(converted.reshape(len(users), -1)).all(axis=1)
+        finite = _finite_rows(converted.reshape(len(users), -1))
         if not finite.all():
             bad = [users[i] for i in np.flatnonzero(~finite)]
             overflow = bool(np.isfinite(array.reshape(len(users), -1)[~finite]).all())
@@ -1075,7 +1080,7 @@ class Registry(AuditMixin):
         """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``."""
         import torch
 
-        users = [str(u) for u in users]
+        users = list(map(str, users))
         with read_session(self._engine) as session:
             row = self._read_target(session, model, task, alias, version, set)
             self._check_fingerprint(session, row, fingerprint)

@@ -48,11 +48,13 @@ CHILD = textwrap.dedent(
             signal_and_hang()
         ZarrStore.write_rows = write_rows
     elif mode == "commit":  # die inside the transaction, rows inserted but not committed
-        original = Registry._insert_rows
-        def insert_rows(self, *args, **kwargs):
-            original(self, *args, **kwargs)
+        import prompt_registry.registry as registry_module
+        original = registry_module.insert_prompt_rows
+        def insert_rows(*args, **kwargs):
+            inserted = original(*args, **kwargs)
             signal_and_hang()
-        Registry._insert_rows = insert_rows
+            return inserted
+        registry_module.insert_prompt_rows = insert_rows
 
     n, width = int(os.environ["N_USERS"]), int(os.environ["WIDTH"])
     data = np.random.default_rng(int(seed)).normal(size=(n, 1, width)).astype(np.float32)

@@ -12,6 +12,8 @@ from safetensors.numpy import save_file
 
 import prompt_registry as pr
 from prompt_registry import Registry
+from prompt_registry import ingest
+from prompt_registry import registry as registry_module
 
 pytestmark = pytest.mark.registry
 
@@ -267,6 +269,28 @@ def test_bad_prompts_are_refused_and_nothing_is_written(populated, make, error, 
     _assert_nothing_written(populated)
 
 
+def test_huge_finite_values_are_not_mistaken_for_overflow(populated):
+    data = np.full((3, 1, 16), 3e38, dtype=np.float32)  # finite, but each row sums to inf
+    data[1] *= -1
+    s = populated.import_prompts("a", "rate", data, user_ids(3))
+    np.testing.assert_array_equal(populated.get_prompts(user_ids(3), set=s.id).numpy(), data)
+
+
+@pytest.mark.parametrize("bad", ["unknown", "deleted"])
+def test_unusable_user_in_a_later_batch_rolls_back_everything(populated, monkeypatch, bad):
+    monkeypatch.setattr(ingest, "INSERT_BATCH_ROWS", 4)  # rows are hashed and inserted 4 at a time
+    users = user_ids(11)
+    if bad == "unknown":
+        users[9] = "ghost"
+    else:
+        populated.purge_user(users[9], reason="test")
+    with pytest.raises(pr.UnknownUserError, match="ghost" if bad == "unknown" else "were deleted") as err:
+        populated.import_prompts("a", "rate", prompts(11), users)
+    assert repr(users[9]) in str(err.value)
+    _assert_nothing_written(populated)
+    assert populated.list_runs(kind="import") == []
+
+
 def test_wrong_prompt_length_and_unknown_names(populated):
     with pytest.raises(pr.ShapeError, match="length 1, expected 4"):
         populated.import_prompts("a", "rate", prompts(2), user_ids(2), prompt_len=4)
@@ -376,7 +400,7 @@ def test_failed_commit_removes_bytes_and_rows(populated, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated failure while inserting rows")
 
-    monkeypatch.setattr(Registry, "_insert_rows", boom)
+    monkeypatch.setattr(registry_module, "insert_prompt_rows", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         populated.import_prompts("a", "rate", prompts(10), user_ids(10), alias="production")
     monkeypatch.undo()

@@ -52,6 +52,22 @@ class TestZarrStore(TensorStoreContract):
         with pytest.raises(MissingDataError, match="truncated"):
             store.read_rows("a", [5])
 
+    def test_cached_chunk_maps_follow_the_file(self, store):
+        data = self._filled(store, n=10)
+        np.testing.assert_array_equal(store.read_rows("a", [5, 1]), data[[5, 1]])  # maps chunks 0 and 1
+        chunk = store.root / "arrays" / "a" / "c.1.0.0"
+        replaced = np.full_like(data[: self.chunk_rows], 7.0)
+        tmp = chunk.with_name("replacement")
+        tmp.write_bytes(replaced.tobytes())
+        tmp.replace(chunk)  # a new file under the old name: read afresh, not through the old map
+        np.testing.assert_array_equal(store.read_rows("a", [5]), replaced[:1])
+        chunk.write_bytes(chunk.read_bytes()[:10])  # truncated in place after being mapped
+        with pytest.raises(MissingDataError, match="truncated"):
+            store.read_rows("a", [5])
+        np.testing.assert_array_equal(store.read_rows("a", [1]), data[[1]])  # other chunks unaffected
+        store.delete("a")
+        assert not store._maps  # deleting an array drops its maps
+
     def test_missing_chunk_is_reported(self, store):
         self._filled(store, n=10)
         (store.root / "arrays" / "a" / "c.2.0.0").unlink()

@@ -1,0 +1,116 @@
+"""The hot path of a prompt import: bytes, digests and catalogue rows, overlapped.
+
+An import of 100,000 prompts has three costs of the same size: writing and fsyncing the bytes
+(I/O), hashing every row (CPU, one sha256 per row), and inserting one catalogue row per user
+(CPU in SQLite, or in the Postgres server process). Done one after the other they cost several
+times the raw write. Here they overlap without weakening the write protocol:
+
+* the bytes are written (and fsynced) by a background thread (:class:`BackgroundWrite`);
+* rows are hashed batch by batch on the hashing threads (:func:`digest_batches`), so the rows of
+  the first batch can be inserted while later batches are still being hashed;
+* the catalogue rows are inserted in the version's still-open transaction, one set-based statement
+  per batch that also resolves external user ids (:func:`insert_prompt_rows`).
+
+The transaction commits only after :meth:`BackgroundWrite.wait` returned, i.e. after every byte
+was fsynced: a crash at any point leaves an uncommitted transaction (invisible) plus, at worst,
+orphan bytes for ``gc``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import Connection
+
+from .manifest import hash_pool
+from .store.base import TensorStore
+
+# Rows per digest batch / catalogue statement: big enough that per-statement costs vanish, small
+# enough that the first insert starts early.
+INSERT_BATCH_ROWS = 16_384
+
+
+def _digest_blob(flat: np.ndarray) -> bytes:
+    sha256 = hashlib.sha256
+    return b"".join([sha256(row).digest() for row in flat])
+
+
+def digest_batches(array: np.ndarray, batch_rows: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+    """``(start, stop, sha256 of rows start..stop concatenated)``, in order, hashed ahead.
+
+    Every batch is submitted at once to the hashing threads (hashlib releases the GIL on
+    row-sized buffers), so the caller consumes batch k while later ones are being hashed.
+    """
+    batch_rows = batch_rows or INSERT_BATCH_ROWS
+    flat = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
+    bounds = [(start, min(start + batch_rows, len(flat))) for start in range(0, len(flat), batch_rows)]
+    pool = hash_pool()
+    futures = [pool.submit(_digest_blob, flat[start:stop]) for start, stop in bounds]
+    try:
+        for (start, stop), future in zip(bounds, futures):
+            yield start, stop, future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+class BackgroundWrite:
+    """Write (and fsync) a whole array into a new store array from a background thread."""
+
+    def __init__(self, store: TensorStore, key: str, array: np.ndarray, chunk_rows: int, batch_rows: int) -> None:
+        self._store, self._key = store, key
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-registry-write")
+        self._future = self._executor.submit(self._run, array, chunk_rows, batch_rows)
+
+    def _run(self, array: np.ndarray, chunk_rows: int, batch_rows: int) -> None:
+        self._store.create_array(self._key, array.shape, str(array.dtype), chunk_rows)
+        for start in range(0, len(array), batch_rows):
+            self._store.write_rows(self._key, start, array[start : start + batch_rows])
+
+    def wait(self) -> None:
+        """Block until every byte is durable; re-raises the writer's error."""
+        try:
+            self._future.result()
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def discard(self) -> None:
+        """After a failure elsewhere: let the writer finish (or fail), then remove its bytes."""
+        try:
+            self.wait()
+        except BaseException:  # noqa: BLE001 - the original error is what the caller reports
+            pass
+        self._store.delete(self._key)
+
+
+_SQLITE_INSERT = (
+    "INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) "
+    "SELECT ?, u.id, ? + j.key, substr(?, j.key * 32 + 1, 32) "
+    "FROM json_each(?) AS j JOIN users AS u ON u.external_id = j.value "
+    "WHERE u.deleted_at IS NULL"
+)
+_POSTGRES_INSERT = (
+    "INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) "
+    "SELECT %s, u.id, %s + t.i - 1, substring(%s::bytea FROM ((t.i - 1) * 32 + 1)::int FOR 32) "
+    "FROM json_array_elements_text(%s::json) WITH ORDINALITY AS t(ext, i) JOIN users AS u ON u.external_id = t.ext "
+    "WHERE u.deleted_at IS NULL"
+)
+
+
+def insert_prompt_rows(conn: Connection, set_id: int, users: Sequence[str], start: int, digests: bytes) -> int:
+    """Insert the catalogue rows of ``users`` (rows ``start...`` of the set's array) in one
+    statement that also maps external ids to user ids; returns how many rows it inserted.
+
+    Users that are unknown or deleted get no row: the caller compares the count with
+    ``len(users)`` and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each).
+    """
+    if len(digests) != 32 * len(users):
+        raise ValueError(f"{len(digests)} digest bytes for {len(users)} users")
+    # the ids travel as one JSON text: the driver's per-element array quoting costs more than the query
+    sql = _POSTGRES_INSERT if conn.dialect.name == "postgresql" else _SQLITE_INSERT
+    result = conn.exec_driver_sql(sql, (set_id, start, digests, json.dumps(list(users), ensure_ascii=False)))
+    return result.rowcount
