@@ -236,6 +236,8 @@ class Registry(AuditMixin):
         self.where = where
         self.actor = actor or _default_actor()
         self._chains: dict[int, tuple[tuple[int, str | None], ...]] = {}
+        # (model name, task name) -> (model id, task id): rows that are never renamed or deleted
+        self._pair_ids: dict[tuple[str, str], tuple[int, int]] = {}
         self._manifests: collections.OrderedDict[int, Manifest] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -448,11 +450,18 @@ class Registry(AuditMixin):
             self._check_set_matches(session, row, model, task)
         return row
 
+    def _pair(self, session: Session, model: str, task: str) -> tuple[int, int]:
+        """Ids of a model and a task by name (cached: a read resolves them on every call)."""
+        ids = self._pair_ids.get((model, task))
+        if ids is None:
+            ids = self._model_row(session, model).id, self._task_row(session, task).id
+            self._pair_ids[(model, task)] = ids
+        return ids
+
     def _select_set(self, session: Session, model: str, task: str, selector: str | int) -> PromptSetRow:
-        model_row = self._model_row(session, model)
-        task_row = self._task_row(session, task)
+        model_id, task_id = self._pair(session, model, task)
         base = select(PromptSetRow).where(
-            PromptSetRow.model_id == model_row.id, PromptSetRow.task_id == task_row.id, PromptSetRow.status == "committed"
+            PromptSetRow.model_id == model_id, PromptSetRow.task_id == task_id, PromptSetRow.status == "committed"
         )
         selector = str(selector)
         version = _VERSION_RE.match(selector)
@@ -466,13 +475,13 @@ class Registry(AuditMixin):
             return row
         if version:
             row = session.scalars(select(PromptSetRow).where(
-                PromptSetRow.model_id == model_row.id, PromptSetRow.task_id == task_row.id,
+                PromptSetRow.model_id == model_id, PromptSetRow.task_id == task_id,
                 PromptSetRow.version == int(version.group(1)))).one_or_none()
             if row is None:
                 raise UnknownSetError(f"{model}/{task} has no version {version.group(1)}; see `prompt-registry prompt list --model {model}`")
             return row  # a deleted version is reported as such by the caller
         alias = session.scalars(
-            select(AliasRow).where(AliasRow.name == selector, AliasRow.model_id == model_row.id, AliasRow.task_id == task_row.id)
+            select(AliasRow).where(AliasRow.name == selector, AliasRow.model_id == model_id, AliasRow.task_id == task_id)
         ).one_or_none()
         if alias is None:
             raise UnknownAliasError(
