@@ -749,7 +749,8 @@ class Registry(AuditMixin):
 
         Raises ``ShapeError``/``DTypeError``/``NonFiniteError`` for bad tensors,
         ``DuplicateUserError``/``UnknownUserError`` for bad user lists, ``UnknownModelError``/
-        ``UnknownTaskError``, ``InvalidFileError`` for unreadable files. Nothing is written then.
+        ``UnknownTaskError``, ``InvalidFileError`` for unreadable files. Nothing stays written then
+        (unknown or deleted users are found while the bytes are in flight; those bytes are removed).
         """
         started = time.perf_counter()
         started_at = _utcnow()
