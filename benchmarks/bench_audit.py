@@ -525,7 +525,7 @@ def markdown(report: dict[str, Any]) -> str:
     row("table rows: users / prompt_rows / user_metrics", lambda b: f"{b['table_rows']['users']:,} / {b['table_rows']['prompt_rows']:,} / {b['table_rows']['user_metrics']:,}")
     row("build, total s", lambda b: f"{b['build_s']:.1f}")
     row("add_users, s (rows/s)", lambda b: f"{b['load']['add_users_s']:.1f} ({b['users'] / b['load']['add_users_s']:,.0f})")
-    row("prompt rows (registry bulk path), s (rows/s)", lambda b: f"{b['load']['prompt_rows_load_s']:.1f} ({b['load']['prompt_rows_per_s']:,.0f})")
+    row("prompt rows (COPY / driver executemany by user id), s (rows/s)", lambda b: f"{b['load']['prompt_rows_load_s']:.1f} ({b['load']['prompt_rows_per_s']:,.0f})")
     row("user_metrics (COPY / executemany), s", lambda b: f"{b['load']['user_metrics_load_s']:.1f}")
     row("ANALYZE, s", lambda b: f"{b['load']['analyze_s']:.1f}")
     for way in ("orm_add_all", "core_executemany", "copy_or_driver_executemany"):

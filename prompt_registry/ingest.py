@@ -19,14 +19,13 @@ orphan bytes for ``gc``.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import Connection
 
-from .manifest import hash_pool
+from .manifest import row_digests
 from .store.base import TensorStore
 
 # Rows per digest batch / catalogue statement: big enough that per-statement costs vanish, small
@@ -34,20 +33,39 @@ from .store.base import TensorStore
 INSERT_BATCH_ROWS = 16_384
 
 
-def _digest_blob(flat: np.ndarray) -> bytes:
-    sha256 = hashlib.sha256
-    return b"".join([sha256(row).digest() for row in flat])
+_hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def digest_batches(array: np.ndarray, batch_rows: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+def hash_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread that hashes rows beside the caller (an import hashes while it inserts rows).
+
+    One, not more: hashlib releases the GIL for each row (buffers over 2 KiB) but takes it back
+    between rows, so a second hashing thread spends its time waiting for the GIL. Measured on 2
+    cores: 10,000 rows of 2,304 bytes in 20 ms on one thread, 24 ms on two; 100,000 rows in
+    0.23 s vs 0.29-0.34 s.
+    """
+    global _hash_pool
+    if _hash_pool is None:
+        _hash_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompt-registry-hash")
+    return _hash_pool
+
+
+def _digest_blob(rows: np.ndarray) -> bytes:
+    return b"".join(row_digests(rows))
+
+
+def _bounds(n_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + INSERT_BATCH_ROWS, n_rows)) for start in range(0, n_rows, INSERT_BATCH_ROWS)]
+
+
+def digest_batches(array: np.ndarray) -> Iterator[tuple[int, int, bytes]]:
     """``(start, stop, sha256 of rows start..stop concatenated)``, in order, hashed ahead.
 
-    Every batch is submitted at once to the hashing threads (hashlib releases the GIL on
-    row-sized buffers), so the caller consumes batch k while later ones are being hashed.
+    Every batch is queued at once on the hashing thread, so the caller inserts batch k while
+    later ones are being hashed.
     """
-    batch_rows = batch_rows or INSERT_BATCH_ROWS
     flat = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
-    bounds = [(start, min(start + batch_rows, len(flat))) for start in range(0, len(flat), batch_rows)]
+    bounds = _bounds(len(flat))
     pool = hash_pool()
     futures = [pool.submit(_digest_blob, flat[start:stop]) for start, stop in bounds]
     try:
@@ -56,6 +74,14 @@ def digest_batches(array: np.ndarray, batch_rows: int | None = None) -> Iterator
     finally:
         for future in futures:
             future.cancel()
+
+
+def digests_in_batches(digests: Sequence[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """Row digests already computed (e.g. journaled by a streaming write), batched like
+    :func:`digest_batches`."""
+    blob = b"".join(digests)
+    for start, stop in _bounds(len(digests)):
+        yield start, stop, blob[32 * start : 32 * stop]
 
 
 class BackgroundWrite:

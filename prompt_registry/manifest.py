@@ -8,7 +8,6 @@ them (bounded by rows) for batch reads.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -20,23 +19,6 @@ from .errors import ChecksumError, UnknownUserError
 from .store.base import TensorStore
 
 DIGEST_BYTES = 32
-
-
-_hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def hash_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """One thread that hashes rows beside the caller (imports hash while they insert rows).
-
-    One, not more: hashlib releases the GIL for each row (buffers over 2 KiB) but takes it back
-    between rows, so a second hashing thread spends its time waiting for the GIL. Measured on 2
-    cores: 10,000 rows of 2,304 bytes in 20 ms on one thread, 24 ms on two; 100,000 rows in
-    0.23 s vs 0.29-0.34 s.
-    """
-    global _hash_pool
-    if _hash_pool is None:
-        _hash_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompt-registry-hash")
-    return _hash_pool
 
 
 def row_digests(array: np.ndarray) -> list[bytes]:

@@ -93,7 +93,7 @@ from .errors import (
     UnknownUserError,
 )
 from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
-from .ingest import INSERT_BATCH_ROWS, BackgroundWrite, digest_batches, insert_prompt_rows
+from .ingest import BackgroundWrite, digest_batches, digests_in_batches, insert_prompt_rows
 from .manifest import Manifest, content_sha256, row_digests
 from .modelinfo import describe_model
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
@@ -848,10 +848,7 @@ class Registry(AuditMixin):
             bar.close()
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
                        alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
-        blob = b"".join(digests)
-        batches = ((start, min(start + INSERT_BATCH_ROWS, len(user_ids)), blob[32 * start : 32 * (start + INSERT_BATCH_ROWS)])
-                   for start in range(0, len(user_ids), INSERT_BATCH_ROWS))
-        result = self._commit_set(spec, user_ids=user_ids, batches=batches, bytes_ready=lambda: None, store_key=store_key,
+        result = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(digests), bytes_ready=lambda: None, store_key=store_key,
                                   shape=(prompt_len, width), dtype=dtype, source="stream", started=started,
                                   started_at=started_at, idempotency_key=key)
         journal.clear()

@@ -115,8 +115,13 @@ class ZarrStore(TensorStore):
     def _blob_path(self, key: str) -> Path:
         return self.root / _BLOBS / key
 
+    @staticmethod
+    def _chunk_name(chunk: int, ndim: int) -> str:
+        """Chunk ``chunk``'s file name (``.`` separator; one chunk along every other axis)."""
+        return f"c.{chunk}" + ".0" * (ndim - 1)
+
     def _chunk_path(self, key: str, chunk: int, ndim: int) -> Path:
-        return self._array_dir(key) / ("c." + ".".join([str(chunk)] + ["0"] * (ndim - 1)))
+        return self._array_dir(key) / self._chunk_name(chunk, ndim)
 
     def _layout(self, key: str) -> _Layout:
         layout = self._layouts.get(key)
@@ -253,7 +258,7 @@ class ZarrStore(TensorStore):
         size, mtime), so a chunk replaced or truncated on disk is mapped afresh or reported,
         never read through a stale or short map.
         """
-        path = f"{self.root}/{_ARRAYS}/{key}/c.{chunk}" + ".0" * (len(info.shape) - 1)
+        path = f"{self.root}/{_ARRAYS}/{key}/{self._chunk_name(chunk, len(info.shape))}"  # str: pathlib costs ~30 us
         try:
             st = os.stat(path)
         except FileNotFoundError:
