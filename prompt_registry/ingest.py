@@ -87,15 +87,15 @@ def digests_in_batches(digests: Sequence[bytes]) -> Iterator[tuple[int, int, byt
 class BackgroundWrite:
     """Write (and fsync) a whole array into a new store array from a background thread."""
 
-    def __init__(self, store: TensorStore, key: str, array: np.ndarray, chunk_rows: int, batch_rows: int) -> None:
+    def __init__(self, store: TensorStore, key: str, array: np.ndarray, chunk_rows: int) -> None:
         self._store, self._key = store, key
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-registry-write")
-        self._future = self._executor.submit(self._run, array, chunk_rows, batch_rows)
+        self._future = self._executor.submit(self._run, array, chunk_rows)
 
-    def _run(self, array: np.ndarray, chunk_rows: int, batch_rows: int) -> None:
+    def _run(self, array: np.ndarray, chunk_rows: int) -> None:
+        # one call: the store writes (and fsyncs) all its files at once, the flushes overlap
         self._store.create_array(self._key, array.shape, str(array.dtype), chunk_rows)
-        for start in range(0, len(array), batch_rows):
-            self._store.write_rows(self._key, start, array[start : start + batch_rows])
+        self._store.write_rows(self._key, 0, array)
 
     def wait(self) -> None:
         """Block until every byte is durable; re-raises the writer's error."""

@@ -771,7 +771,7 @@ class Registry(AuditMixin):
         # once the writer has fsynced every byte. Unknown or deleted users fail the first batch
         # that names them, and the bytes written so far are removed.
         store_key = f"set-{uuid.uuid4().hex}"
-        writer = BackgroundWrite(self._store, store_key, array, DEFAULT_CHUNK_ROWS, WRITE_BATCH_ROWS)
+        writer = BackgroundWrite(self._store, store_key, array, DEFAULT_CHUNK_ROWS)
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
                        alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
         try:

@@ -10,7 +10,7 @@ import zarr
 
 from prompt_registry.errors import MissingDataError
 from prompt_registry.store.memory import MemoryStore
-from prompt_registry.store.zarr_store import ZarrStore
+from prompt_registry.store.zarr_store import SHARD_CHUNKS, ZarrStore
 from prompt_registry.testing.store_contract import TensorStoreContract
 
 
@@ -21,22 +21,41 @@ class TestMemoryStore(TensorStoreContract):
 
 
 class TestZarrStore(TensorStoreContract):
+    """The default layout: with 4-row chunks, one 256-row shard file holds every test array."""
+
+    shard_chunks = SHARD_CHUNKS
+
     @pytest.fixture
     def store(self, tmp_path):
-        return ZarrStore(tmp_path / "store", create=True)
+        return ZarrStore(tmp_path / "store", create=True, shard_chunks=self.shard_chunks)
 
     def reopen(self, store):
         return ZarrStore(store.root)
 
-    def test_arrays_are_plain_uncompressed_zarr_v3(self, store):
+    def _file(self, store, row):
+        return store.root / "arrays" / "a" / f"c.{row // (self.chunk_rows * self.shard_chunks)}.0.0"
+
+    def test_arrays_are_uncompressed_sharded_zarr_v3(self, store):
         data = self._filled(store, n=10)
         meta = json.loads((store.root / "arrays" / "a" / "zarr.json").read_text())
         assert meta["zarr_format"] == 3
-        assert [c["name"] for c in meta["codecs"]] == ["bytes"]  # no compressor
-        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [self.chunk_rows, 2, 6]
+        [codec] = meta["codecs"]
+        assert codec["name"] == "sharding_indexed"
+        assert [c["name"] for c in codec["configuration"]["codecs"]] == ["bytes"]  # no compressor
+        assert codec["configuration"]["chunk_shape"] == [self.chunk_rows, 2, 6]
+        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [self.chunk_rows * self.shard_chunks, 2, 6]
         # any Zarr client reads what we wrote
         arr = zarr.open_array(store=str(store.root / "arrays"), path="a", mode="r")
         np.testing.assert_array_equal(arr[:], data)
+
+    def test_zarr_reads_an_array_written_piece_by_piece(self, store):
+        data = np.random.default_rng(2).normal(size=(37, 2, 6)).astype(np.float32)
+        store.create_array("a", data.shape, "float32", self.chunk_rows)
+        for start in (8, 36, 0, 32, 20, 4, 12, 24, 16, 28):  # chunk-aligned pieces in any order, the last partial
+            store.write_rows("a", start, data[start : start + 4])
+        arr = zarr.open_array(store=str(store.root / "arrays"), path="a", mode="r")
+        np.testing.assert_array_equal(arr[:], data)
+        np.testing.assert_array_equal(store.read_rows("a", slice(None)), data)
 
     def test_direct_reads_match_zarr_reads(self, store):
         data = self._filled(store, n=37)
@@ -47,33 +66,72 @@ class TestZarrStore(TensorStoreContract):
 
     def test_truncated_chunk_is_reported_with_its_path(self, store):
         self._filled(store, n=10)
-        chunk = store.root / "arrays" / "a" / "c.1.0.0"
+        chunk = self._file(store, 5)
         chunk.write_bytes(chunk.read_bytes()[:10])
         with pytest.raises(MissingDataError, match="truncated"):
             store.read_rows("a", [5])
 
+    def test_corrupted_shard_index_is_reported(self, store):
+        self._filled(store, n=10)
+        chunk = self._file(store, 5)
+        raw = bytearray(chunk.read_bytes())
+        raw[-10] ^= 0xFF  # inside the index, not the rows
+        chunk.write_bytes(bytes(raw))
+        with pytest.raises(MissingDataError, match="shard index"):
+            store.read_rows("a", [5])
+
     def test_cached_chunk_maps_follow_the_file(self, store):
         data = self._filled(store, n=10)
-        np.testing.assert_array_equal(store.read_rows("a", [5, 1]), data[[5, 1]])  # maps chunks 0 and 1
-        chunk = store.root / "arrays" / "a" / "c.1.0.0"
-        replaced = np.full_like(data[: self.chunk_rows], 7.0)
+        np.testing.assert_array_equal(store.read_rows("a", [5, 9, 1]), data[[5, 9, 1]])  # maps their files
+        chunk = self._file(store, 5)
+        raw = bytearray(chunk.read_bytes())
+        first = (5 // (self.chunk_rows * self.shard_chunks)) * self.chunk_rows * self.shard_chunks
+        offset = (5 - first) * data[0].nbytes
+        raw[offset : offset + data[0].nbytes] = np.full_like(data[5], 7.0).tobytes()
         tmp = chunk.with_name("replacement")
-        tmp.write_bytes(replaced.tobytes())
+        tmp.write_bytes(bytes(raw))
         tmp.replace(chunk)  # a new file under the old name: read afresh, not through the old map
-        np.testing.assert_array_equal(store.read_rows("a", [5]), replaced[:1])
+        np.testing.assert_array_equal(store.read_rows("a", [5]), np.full_like(data[5:6], 7.0))
         chunk.write_bytes(chunk.read_bytes()[:10])  # truncated in place after being mapped
         with pytest.raises(MissingDataError, match="truncated"):
             store.read_rows("a", [5])
-        np.testing.assert_array_equal(store.read_rows("a", [1]), data[[1]])  # other chunks unaffected
+        if self._file(store, 9) != chunk:
+            np.testing.assert_array_equal(store.read_rows("a", [9]), data[[9]])  # other files unaffected
         store.delete("a")
         assert not store._maps  # deleting an array drops its maps
 
     def test_missing_chunk_is_reported(self, store):
         self._filled(store, n=10)
-        (store.root / "arrays" / "a" / "c.2.0.0").unlink()
-        with pytest.raises(MissingDataError, match="c.2.0.0"):
+        name = self._file(store, 9).name
+        self._file(store, 9).unlink()
+        with pytest.raises(MissingDataError, match=name):
             store.read_rows("a", [9])
 
-    def test_opening_a_missing_store_explains(self, tmp_path):
-        with pytest.raises(MissingDataError, match="prompt-registry init"):
-            ZarrStore(tmp_path / "nothing-here")
+    def test_arrays_written_before_sharding_are_still_read_directly(self, store):
+        """Registries created before sharding hold one file per chunk; they stay readable and
+        purgeable, through the direct path."""
+        data = np.random.default_rng(3).normal(size=(10, 2, 6)).astype(np.float32)
+        arr = zarr.create_array(
+            store=str(store.root / "arrays"), name="old", shape=data.shape, chunks=(self.chunk_rows, 2, 6),
+            dtype="float32", compressors=None, filters=None, fill_value=0.0,
+            chunk_key_encoding={"name": "default", "separator": "."}, config={"write_empty_chunks": True}, zarr_format=3,
+        )
+        arr[:] = data
+        layout = store._layout("old")
+        assert (layout.direct, layout.sharded, layout.info.chunk_rows) == (True, False, self.chunk_rows)
+        np.testing.assert_array_equal(store.read_rows("old", [9, 0, 5]), data[[9, 0, 5]])
+        store.overwrite_rows("old", [5], np.zeros((1, 2, 6), np.float32))
+        data[5] = 0
+        np.testing.assert_array_equal(store.read_rows("old", slice(None)), data)
+        np.testing.assert_array_equal(zarr.open_array(store=str(store.root / "arrays"), path="old", mode="r")[:], data)
+
+
+class TestZarrStoreSmallShards(TestZarrStore):
+    """Two chunks per shard: test arrays span several shard files, the edge one partial."""
+
+    shard_chunks = 2
+
+
+def test_opening_a_missing_zarr_store_explains(tmp_path):
+    with pytest.raises(MissingDataError, match="prompt-registry init"):
+        ZarrStore(tmp_path / "nothing-here")
