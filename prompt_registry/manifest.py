@@ -16,15 +16,15 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import ChecksumError, UnknownUserError
-from .store.base import TensorStore
+from .store.base import (
+    DIGEST_BYTES,
+    RowChecksumError,
+    TensorStore,
+    digest_matrix,
+    row_digests,
+)
 
-DIGEST_BYTES = 32
-
-
-def row_digests(array: np.ndarray) -> list[bytes]:
-    """sha256 of every row's raw bytes (the row = one user's prompt)."""
-    sha256 = hashlib.sha256
-    return [sha256(row).digest() for row in np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)]
+__all__ = ["DIGEST_BYTES", "Manifest", "content_sha256", "digest_matrix", "row_digests"]
 
 
 def content_sha256(base_sha256: str | None, users: Sequence[str], row_hashes: bytes) -> str:
@@ -35,10 +35,6 @@ def content_sha256(base_sha256: str | None, users: Sequence[str], row_hashes: by
     content.update(hashlib.sha256(json.dumps(list(users), ensure_ascii=False).encode()).digest())
     content.update(row_hashes)
     return content.hexdigest()
-
-
-def digest_matrix(digests: Sequence[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), DIGEST_BYTES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,21 +117,25 @@ class Manifest:
         holders = self.holder[positions]
         distinct = np.unique(holders).tolist()
         if len(distinct) == 1:  # one array holds them all (any full version): no second copy
-            out = store.read_rows(self._key(store_keys, distinct[0]), self.rows[positions])
-        else:
-            out = np.empty((len(positions), *shape), dtype=dtype)
-            for holder in distinct:
-                mask = holders == holder
-                out[mask] = store.read_rows(self._key(store_keys, holder), self.rows[positions[mask]])
-        if verify and len(positions):
-            mismatch = np.flatnonzero((digest_matrix(row_digests(out)) != self.digests[positions]).any(axis=1))
-            if len(mismatch):
-                first = int(positions[mismatch[0]])
-                holder = int(self.holder[first])
-                bad_users = ", ".join(repr(self.users[int(positions[i])]) for i in mismatch[:5])
-                raise ChecksumError(
-                    f"the stored prompt(s) of user(s) {bad_users} in set {holder} (array {store_keys[holder]!r} "
-                    f"in {store.location}) fail their sha256 check: the bytes were modified or corrupted. "
-                    "Restore the store from backup or re-import the set, then run `prompt-registry doctor`"
-                )
+            return self._read_holder(store, store_keys, distinct[0], positions, verify)
+        out = np.empty((len(positions), *shape), dtype=dtype)
+        for holder in distinct:
+            mask = holders == holder
+            out[mask] = self._read_holder(store, store_keys, holder, positions[mask], verify)
         return out
+
+    def _read_holder(self, store: TensorStore, store_keys: Mapping[int, str | None], holder: int,
+                     positions: np.ndarray, verify: bool) -> np.ndarray:
+        key = self._key(store_keys, holder)
+        if not verify:
+            return store.read_rows(key, self.rows[positions])
+        try:
+            return store.read_verified(key, self.rows[positions], self.digests[positions])
+        except RowChecksumError as exc:
+            bad_users = ", ".join(repr(self.users[int(positions[i])]) for i in exc.positions[:5])
+            more = f" and {len(exc.positions) - 5} more" if len(exc.positions) > 5 else ""
+            raise ChecksumError(
+                f"the stored prompt(s) of user(s) {bad_users}{more} in set {holder} (array {key!r} "
+                f"in {store.location}) fail their sha256 check: the bytes were modified or corrupted. "
+                "Restore the store from backup or re-import the set, then run `prompt-registry doctor`"
+            ) from None

@@ -9,6 +9,8 @@ import pytest
 import zarr
 
 from prompt_registry.errors import MissingDataError
+from prompt_registry.store import zarr_store
+from prompt_registry.store.base import RowChecksumError, digest_matrix, row_digests
 from prompt_registry.store.memory import MemoryStore
 from prompt_registry.store.zarr_store import SHARD_CHUNKS, ZarrStore
 from prompt_registry.testing.store_contract import TensorStoreContract
@@ -99,6 +101,60 @@ class TestZarrStore(TensorStoreContract):
             np.testing.assert_array_equal(store.read_rows("a", [9]), data[[9]])  # other files unaffected
         store.delete("a")
         assert not store._maps  # deleting an array drops its maps
+
+    def _count_hashed(self, monkeypatch):
+        hashed = []
+        real = zarr_store.row_digests
+        monkeypatch.setattr(zarr_store, "row_digests", lambda rows: hashed.append(len(rows)) or real(rows))
+        return hashed
+
+    def test_verified_rows_are_served_from_the_cache_without_rehashing(self, store, monkeypatch):
+        data = self._filled(store, n=10)
+        digests = digest_matrix(row_digests(data))
+        hashed = self._count_hashed(monkeypatch)
+        store.read_verified("a", [1, 8, 1], digests[[1, 8, 1]])
+        assert sum(hashed) == 3
+        out = store.read_verified("a", [8, 1, 4], digests[[8, 1, 4]])
+        np.testing.assert_array_equal(out, data[[8, 1, 4]])
+        assert sum(hashed) == 4  # only row 4 was new
+        info = store.verified_cache_info()
+        assert info["rows"] == 3 and 0 < info["nbytes"] <= info["capacity"]
+        store.delete("a")
+        assert store.verified_cache_info()["rows"] == 0
+
+    def test_verified_cache_drops_rows_of_a_file_changed_on_disk(self, store):
+        """A copy verified earlier is not served once the file changed: the change is detected."""
+        data = self._filled(store, n=10)
+        digests = digest_matrix(row_digests(data))
+        store.read_verified("a", [5], digests[[5]])
+        chunk = self._file(store, 5)
+        raw = bytearray(chunk.read_bytes())
+        first = (5 // (self.chunk_rows * self.shard_chunks)) * self.chunk_rows * self.shard_chunks
+        raw[(5 - first) * data[0].nbytes] ^= 0x01  # bit rot in row 5, same size, new mtime
+        tmp = chunk.with_name("replacement")
+        tmp.write_bytes(bytes(raw))
+        tmp.replace(chunk)
+        with pytest.raises(RowChecksumError):
+            store.read_verified("a", [5], digests[[5]])
+
+    def test_verified_cache_is_bounded_and_can_be_turned_off(self, tmp_path, monkeypatch):
+        data = np.random.default_rng(4).normal(size=(64, 1, 1024)).astype(np.float32)  # 4 KiB rows
+        digests = digest_matrix(row_digests(data))
+        small = ZarrStore(tmp_path / "small", create=True, shard_chunks=1, verified_cache_bytes=32 * 4096)
+        small.create_array("a", data.shape, "float32", self.chunk_rows)
+        small.write_rows("a", 0, data)
+        for start in range(0, 64, 8):  # 8 rows per read: a quarter of the capacity, cached
+            small.read_verified("a", range(start, start + 8), digests[start : start + 8])
+            assert small.verified_cache_info()["nbytes"] <= small.verified_cache_bytes
+        assert 0 < small.verified_cache_info()["rows"] <= 32  # the oldest files were evicted
+        hashed = self._count_hashed(monkeypatch)
+        small.read_verified("a", range(64), digests)  # bigger than a quarter: verified, not cached
+        assert sum(hashed) == 64 - small.verified_cache_info()["rows"]
+        monkeypatch.setenv(zarr_store.VERIFIED_CACHE_ENV, "0")
+        off = ZarrStore(small.root)
+        assert off.verified_cache_bytes == 0
+        np.testing.assert_array_equal(off.read_verified("a", [3, 2], digests[[3, 2]]), data[[3, 2]])
+        assert off.verified_cache_info()["rows"] == 0
 
     def test_missing_chunk_is_reported(self, store):
         self._filled(store, n=10)

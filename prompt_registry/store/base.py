@@ -7,6 +7,11 @@ kinds of objects live in a store, each under a key chosen by the registry:
   ``chunk_rows`` users, then never changed (except ``overwrite_rows`` for a purge);
 * **blobs** (adapters and task heads): opaque safetensors bytes.
 
+Reads come in two kinds: ``read_rows`` returns the bytes as stored, ``read_verified`` also checks
+every row against the sha256 the catalogue recorded for it (``RowChecksumError`` naming the rows
+that fail). A backend may keep rows it verified in a private cache (see ``ZarrStore``) as long as
+what it returns always matched the expected digest when it was read from storage.
+
 Every write is durable when the method returns (data and directory entries fsynced), so the
 registry may commit catalogue rows that point at it. Every backend must pass
 ``prompt_registry.testing.store_contract.TensorStoreContract``.
@@ -17,13 +22,16 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import hashlib
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import MissingDataError
+from ..errors import ChecksumError, MissingDataError
 
 DEFAULT_CHUNK_ROWS = 256
+DIGEST_BYTES = 32
 SUPPORTED_DTYPES = ("float32", "float16")
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -45,6 +53,39 @@ class StoredObject:
     kind: str  # "array" | "blob"
     nbytes: int
     modified_at: dt.datetime
+
+
+def row_digests(array: np.ndarray) -> list[bytes]:
+    """sha256 of every row's raw bytes (the row = one user's prompt)."""
+    sha256 = hashlib.sha256
+    return [sha256(row).digest() for row in np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)]
+
+
+def digest_matrix(digests: Sequence[bytes]) -> np.ndarray:
+    """Digests as an ``(n, 32)`` uint8 matrix (compared row-wise in one vectorised operation)."""
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), DIGEST_BYTES)
+
+
+def mismatched_rows(data: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``data`` whose sha256 is not the matching row of ``expected``."""
+    if not len(data):
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero((digest_matrix(row_digests(data)) != expected).any(axis=1))
+
+
+class RowChecksumError(ChecksumError):
+    """Rows of a verified read whose bytes do not match their expected sha256.
+
+    ``positions`` index the rows *as requested* (the caller maps them back to users).
+    """
+
+    def __init__(self, key: str, location: str, positions: Sequence[int]) -> None:
+        self.key, self.positions = key, list(positions)
+        super().__init__(
+            f"{len(self.positions)} row(s) of array {key!r} in {location} fail their sha256 check: the "
+            "bytes were modified or corrupted. Restore the store from backup or re-import the set, then "
+            "run `prompt-registry doctor`"
+        )
 
 
 def check_key(key: str) -> str:
@@ -96,6 +137,15 @@ class TensorStore(abc.ABC):
     @abc.abstractmethod
     def read_rows(self, key: str, rows: np.ndarray | slice | range) -> np.ndarray:
         """Rows in the order asked (duplicates allowed); ``MissingDataError`` if bytes are gone."""
+
+    def read_verified(self, key: str, rows: np.ndarray | slice | range, digests: np.ndarray) -> np.ndarray:
+        """``read_rows``, every row checked against ``digests`` (``(len(rows), 32)`` uint8, the
+        expected sha256 of each requested row); ``RowChecksumError`` names the rows that fail."""
+        out = self.read_rows(key, rows)
+        bad = mismatched_rows(out, np.asarray(digests, dtype=np.uint8).reshape(len(out), DIGEST_BYTES))
+        if len(bad):
+            raise RowChecksumError(key, self.location, bad.tolist())
+        return out
 
     @abc.abstractmethod
     def array_info(self, key: str) -> ArrayInfo:

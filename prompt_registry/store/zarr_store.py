@@ -22,7 +22,15 @@ Zarr client reads (a test checks this). File I/O takes a direct path: with a pla
 file of the final size, the index written with its crc32c; zarr does not fsync, we must), and read
 rows through memory maps of the files (kept open, re-validated by ``stat`` on each use; the shard
 index is checked once per map), gathered by numpy. A single prompt read is a page-cache copy
-instead of a decode through zarr's event loop. Arrays written before sharding (one file per chunk)
+instead of a decode through zarr's event loop.
+
+Verified reads (``read_verified``) keep the rows that passed their sha256 check in a bounded
+private cache (:class:`_VerifiedFile`, LRU over files, ``verified_cache_bytes``), the way a
+database block cache keeps blocks whose checksum it checked when it read them from disk: a warm
+verified read copies those rows instead of hashing them again. What is served from the cache
+matched the digest the caller expects when it came off storage; the cache is private memory, so
+later changes on disk cannot alter it, and an entry is dropped as soon as its file changes
+(inode, size or mtime differ), is overwritten by this store (a purge) or deleted. Arrays written before sharding (one file per chunk)
 are read the same way; arrays whose metadata differs (written by another tool) go through zarr.
 """
 
@@ -36,6 +44,7 @@ import mmap
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import google_crc32c
@@ -46,13 +55,17 @@ from zarr.storage import LocalStore
 from ..errors import MissingDataError
 from .base import (
     DEFAULT_CHUNK_ROWS,
+    DIGEST_BYTES,
     SUPPORTED_DTYPES,
     ArrayInfo,
+    RowChecksumError,
     StoredObject,
     TensorStore,
     check_chunk_aligned,
     check_key,
+    digest_matrix,
     normalize_rows,
+    row_digests,
 )
 
 _ARRAYS = "arrays"
@@ -95,6 +108,34 @@ def _mtime(path: Path) -> dt.datetime:
 
 
 _EMPTY = 2**64 - 1  # shard index entry of a chunk that is not stored
+
+# Verified-row cache: default capacity, and the environment variable that overrides it (MiB; 0 = off).
+DEFAULT_VERIFIED_CACHE_BYTES = 256 * 2**20
+VERIFIED_CACHE_ENV = "PROMPT_REGISTRY_VERIFIED_CACHE_MB"
+
+
+def _anonymous(nbytes: int, dtype: str | np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed array in its own anonymous memory map: pages are allocated when first written and
+    returned to the system when the array is dropped."""
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+class _VerifiedFile:
+    """Private copies of rows of one store file that passed their sha256 check.
+
+    ``digests[r]`` is the digest row ``r`` was checked against; a row is served from here only to
+    a caller that expects that same digest. Memory is allocated lazily per page as rows arrive.
+    """
+
+    __slots__ = ("charged", "digests", "ident", "known", "rows")
+
+    def __init__(self, ident: tuple[int, int, int], n_rows: int, row_shape: tuple[int, ...], dtype: str) -> None:
+        row_nbytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+        self.ident = ident
+        self.rows = _anonymous(n_rows * row_nbytes, dtype, (n_rows, *row_shape))
+        self.digests = _anonymous(n_rows * DIGEST_BYTES, np.uint8, (n_rows, DIGEST_BYTES))
+        self.known = np.zeros(n_rows, dtype=bool)
+        self.charged = 0
 
 
 class _Layout:
@@ -164,11 +205,18 @@ def _parse_layout(meta: dict) -> _Layout:
 
 
 class ZarrStore(TensorStore):
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = False, shard_chunks: int = SHARD_CHUNKS) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False, shard_chunks: int = SHARD_CHUNKS,
+                 verified_cache_bytes: int | None = None) -> None:
         """``shard_chunks``: chunks per shard file for arrays this store creates (existing arrays
-        keep the layout their metadata records)."""
+        keep the layout their metadata records). ``verified_cache_bytes``: capacity of the
+        verified-row cache (default ``$PROMPT_REGISTRY_VERIFIED_CACHE_MB`` MiB, else 256 MiB; 0
+        turns it off and every verified read hashes every row)."""
         self.root = Path(root).absolute()
         self.shard_chunks = shard_chunks
+        if verified_cache_bytes is None:
+            env = os.environ.get(VERIFIED_CACHE_ENV)
+            verified_cache_bytes = int(float(env) * 2**20) if env else DEFAULT_VERIFIED_CACHE_BYTES
+        self.verified_cache_bytes = max(int(verified_cache_bytes), 0)
         self.location = f"zarr:{self.root}"
         if create:
             for sub in (self.root, self.root / _ARRAYS, self.root / _BLOBS):
@@ -184,6 +232,8 @@ class ZarrStore(TensorStore):
         self._zarr_store = LocalStore(self.root / _ARRAYS)
         self._layouts: dict[str, _Layout] = {}
         self._maps: collections.OrderedDict[tuple[str, int], tuple[tuple[int, int, int], np.ndarray]] = collections.OrderedDict()
+        self._verified: collections.OrderedDict[tuple[str, int], _VerifiedFile] = collections.OrderedDict()
+        self._verified_nbytes = 0
         self._lock = threading.Lock()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -301,21 +351,104 @@ class ZarrStore(TensorStore):
         if not layout.direct:
             return np.asarray(self._open_zarr(key).get_orthogonal_selection((idx,)))
         out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
+        for f, places, local in self._by_file(layout, idx):
+            out[places] = self._file_view(key, layout, f)[1][local]
+        return out
+
+    @staticmethod
+    def _by_file(layout: _Layout, idx: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The asked rows grouped by file: ``(file, places in the request, rows in the file)``,
+        each file's rows in the order asked."""
         if not len(idx):
-            return out
-        # group the asked rows by file (stable: each file's rows keep their order), then gather
-        # each group from the file's memory map straight into its places in ``out``
+            return
         file_of = layout.file_of(idx)
         order = np.argsort(file_of, kind="stable")
         files = file_of[order]
         local = idx[order] - files * layout.file_rows
         bounds = (np.flatnonzero(np.diff(files)) + 1).tolist()
         for lo, hi in zip([0, *bounds], [*bounds, len(idx)]):
-            out[order[lo:hi]] = self._file_view(key, layout, int(files[lo]))[local[lo:hi]]
+            yield int(files[lo]), order[lo:hi], local[lo:hi]
+
+    def read_verified(self, key, rows, digests):
+        layout = self._layout(key)
+        info = layout.info
+        if not layout.direct or not self.verified_cache_bytes:
+            return super().read_verified(key, rows, digests)
+        idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
+        expected = np.asarray(digests, dtype=np.uint8).reshape(len(idx), DIGEST_BYTES)
+        out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
+        # a read bigger than a quarter of the cache (an export, a scan) is verified but not cached
+        fill = len(idx) * max(info.row_nbytes, mmap.PAGESIZE) <= self.verified_cache_bytes // 4
+        bad: list[int] = []
+        for f, places, local in self._by_file(layout, idx):
+            ident, view = self._file_view(key, layout, f)
+            entry = self._verified_entry(key, f, ident, layout, create=fill)
+            if entry is None:
+                fresh_at = np.arange(len(local))
+            else:
+                hit = entry.known[local] & (entry.digests[local] == expected[places]).all(axis=1)
+                fresh_at = np.flatnonzero(~hit)
+                if len(fresh_at) < len(local):
+                    cached = np.flatnonzero(hit)
+                    out[places[cached]] = entry.rows[local[cached]]
+            if not len(fresh_at):
+                continue
+            fresh_places, fresh_local = places[fresh_at], local[fresh_at]
+            fresh = view[fresh_local]
+            ok = (digest_matrix(row_digests(fresh)) == expected[fresh_places]).all(axis=1)
+            out[fresh_places] = fresh
+            if not ok.all():
+                bad.extend(fresh_places[~ok].tolist())
+            if entry is not None and ok.any():
+                self._remember(entry, fresh_local[ok], fresh[ok], expected[fresh_places[ok]], info.row_nbytes)
+        if bad:
+            raise RowChecksumError(key, self.location, sorted(bad))
         return out
 
-    def _file_view(self, key: str, layout: _Layout, f: int) -> np.ndarray:
-        """File ``f`` of an array as a read-only array of its rows over its memory map, cached.
+    def _verified_entry(self, key: str, f: int, ident: tuple[int, int, int], layout: _Layout, *, create: bool) -> _VerifiedFile | None:
+        """The verified rows of file ``f`` as it is now (``ident``); a stale entry is dropped."""
+        with self._lock:
+            entry = self._verified.get((key, f))
+            if entry is not None and entry.ident == ident:
+                self._verified.move_to_end((key, f))
+                return entry
+            if entry is not None:
+                self._forget_verified((key, f))
+            if not create:
+                return None
+            entry = _VerifiedFile(ident, layout.stored_rows(f), layout.info.shape[1:], layout.info.dtype)
+            self._verified[(key, f)] = entry
+            return entry
+
+    def _remember(self, entry: _VerifiedFile, local: np.ndarray, rows: np.ndarray, digests: np.ndarray, row_nbytes: int) -> None:
+        """Keep rows that passed their check (charged at least a page each: random rows touch
+        whole pages) and evict least recently used files beyond the capacity."""
+        new = np.unique(local[~entry.known[local]])
+        entry.rows[local] = rows
+        entry.digests[local] = digests
+        entry.known[local] = True  # only after the bytes and digests are in place
+        charge = len(new) * max(row_nbytes, mmap.PAGESIZE)
+        with self._lock:
+            entry.charged += charge
+            self._verified_nbytes += charge
+            while self._verified_nbytes > self.verified_cache_bytes and len(self._verified) > 1:
+                self._forget_verified(next(iter(self._verified)))
+
+    def _forget_verified(self, cached: tuple[str, int]) -> None:
+        """Drop one file's verified rows (caller holds ``_lock``)."""
+        entry = self._verified.pop(cached, None)
+        if entry is not None:
+            self._verified_nbytes -= entry.charged
+
+    def verified_cache_info(self) -> dict[str, int]:
+        """How much the verified-row cache holds: files, rows and bytes charged, capacity."""
+        with self._lock:
+            return {"files": len(self._verified), "rows": int(sum(int(e.known.sum()) for e in self._verified.values())),
+                    "nbytes": self._verified_nbytes, "capacity": self.verified_cache_bytes}
+
+    def _file_view(self, key: str, layout: _Layout, f: int) -> tuple[tuple[int, int, int], np.ndarray]:
+        """File ``f`` of an array as a read-only array of its rows over its memory map, cached,
+        with the file's identity ``(inode, size, mtime)`` when it was checked.
 
         Each use re-stats the file: a map is reused only while the file is the same (inode,
         size, mtime), so a file replaced or truncated on disk is mapped afresh or reported, never
@@ -335,7 +468,7 @@ class ZarrStore(TensorStore):
             hit = self._maps.get((key, f))
             if hit is not None and hit[0] == ident:
                 self._maps.move_to_end((key, f))
-                return hit[1]
+                return hit
         expected = layout.file_nbytes(f)
         if st.st_size != expected:
             raise MissingDataError(
@@ -358,7 +491,7 @@ class ZarrStore(TensorStore):
             self._maps[(key, f)] = (ident, view)
             while len(self._maps) > _MAPS_CACHED:
                 self._maps.popitem(last=False)  # the map closes when no reader holds its view
-        return view
+        return ident, view
 
     def overwrite_rows(self, key, rows, data):
         layout = self._layout(key)
@@ -366,6 +499,9 @@ class ZarrStore(TensorStore):
         idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
         data = np.ascontiguousarray(np.asarray(data, dtype=info.dtype).reshape((len(idx), *info.shape[1:])))
         files = sorted(set(layout.file_of(idx).tolist()))
+        with self._lock:  # the rows change: verified copies of these files are stale
+            for f in files:
+                self._forget_verified((key, f))
         if not layout.direct:
             # keep all-zero chunks as files (zarr would otherwise delete them: purges zero rows)
             arr = zarr.open_array(store=self._zarr_store, path=key, mode="r+", zarr_format=3, config={"write_empty_chunks": True})
@@ -416,6 +552,8 @@ class ZarrStore(TensorStore):
             self._layouts.pop(key, None)
             for cached in [k for k in self._maps if k[0] == key]:
                 del self._maps[cached]
+            for cached in [k for k in self._verified if k[0] == key]:
+                self._forget_verified(cached)
         array_dir = self._array_dir(key)
         if array_dir.exists():
             shutil.rmtree(array_dir, ignore_errors=True)
@@ -424,6 +562,12 @@ class ZarrStore(TensorStore):
         if blob.exists():
             blob.unlink(missing_ok=True)
             fsync_path(blob.parent)
+
+    def close(self):
+        with self._lock:
+            self._maps.clear()
+            self._verified.clear()
+            self._verified_nbytes = 0
 
     def list_objects(self):
         out: list[StoredObject] = []

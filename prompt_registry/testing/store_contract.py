@@ -17,8 +17,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from ..errors import MissingDataError
-from ..store.base import TensorStore
+from ..errors import ChecksumError, MissingDataError
+from ..store.base import RowChecksumError, TensorStore, digest_matrix, row_digests
 
 
 def _rows(n: int, width: int = 6, length: int = 2, seed: int = 0, dtype: str = "float32") -> np.ndarray:
@@ -110,6 +110,30 @@ class TensorStoreContract:
     def test_empty_selection(self, store):
         self._filled(store)
         assert store.read_rows("a", []).shape == (0, 2, 6)
+
+    def test_verified_reads_return_the_rows_asked_and_name_the_bad_ones(self, store):
+        data = self._filled(store, n=10)
+        order = np.array([9, 0, 5, 5, 3])
+        digests = digest_matrix(row_digests(data))
+        np.testing.assert_array_equal(store.read_verified("a", order, digests[order]), data[order])
+        np.testing.assert_array_equal(store.read_verified("a", order, digests[order]), data[order])  # again (warm)
+        wrong = digests[order].copy()
+        wrong[[1, 4], 0] ^= 0xFF  # the caller expects other bytes for rows 0 and 3
+        with pytest.raises(RowChecksumError) as err:
+            store.read_verified("a", order, wrong)
+        assert err.value.positions == [1, 4] and isinstance(err.value, ChecksumError)
+        assert store.read_verified("a", [], digests[:0]).shape == (0, 2, 6)
+
+    def test_verified_reads_see_overwritten_rows(self, store):
+        data = self._filled(store, n=10)
+        digests = digest_matrix(row_digests(data))
+        store.read_verified("a", [2, 7], digests[[2, 7]])
+        store.overwrite_rows("a", np.array([2]), np.zeros((1, 2, 6), np.float32))
+        with pytest.raises(RowChecksumError) as err:  # the old bytes are not served any more
+            store.read_verified("a", [2, 7], digests[[2, 7]])
+        assert err.value.positions == [0]
+        zeros = digest_matrix(row_digests(np.zeros((1, 2, 6), np.float32)))
+        assert not store.read_verified("a", [2], zeros).any()
 
     def test_overwrite_rows_changes_only_those_rows(self, store):
         data = self._filled(store)
