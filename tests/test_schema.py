@@ -31,6 +31,10 @@ def _engine(backend):
     return make_engine(resolve_location(location, store).db_url)
 
 
+# Revision 0005: on Postgres these are checked per statement by triggers instead of per row.
+STATEMENT_CHECKED_ON_POSTGRES = {"fk_prompt_rows_set_id_prompt_sets", "fk_prompt_rows_user_id_users"}
+
+
 def test_orm_metadata_matches_head_revision(backend):
     location, store = backend
     Registry.init(location, store=store).close()
@@ -38,8 +42,38 @@ def test_orm_metadata_matches_head_revision(backend):
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(ctx, Base.metadata)
+    if engine.dialect.name == "postgresql":
+        replaced = [d for d in diff if d[0] == "add_fk" and d[1].name in STATEMENT_CHECKED_ON_POSTGRES]
+        assert {d[1].name for d in replaced} == STATEMENT_CHECKED_ON_POSTGRES
+        diff = [d for d in diff if d not in replaced]
     engine.dispose()
     assert diff == [], f"ORM and migrations disagree; add an Alembic revision: {diff}"
+
+
+def test_prompt_rows_references_are_enforced(registry, tmp_path):
+    """Foreign keys on SQLite, statement-level triggers on Postgres (revision 0005): same rules."""
+    from conftest import make_fake_model
+
+    registry.register_model("m", make_fake_model(tmp_path / "m", 8))
+    registry.add_task("t", "rating")
+    registry.add_users(["a", "b", "spare"])
+    made = registry.import_prompts("m", "t", {"a": np.ones((1, 8), np.float32), "b": np.zeros((1, 8), np.float32)})
+    engine = registry._engine
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.text("SELECT external_id, id FROM users")).all())
+    refused = [
+        ("INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) VALUES (:s, 999999, 9, :d)", {"s": made.id, "d": b"x" * 32}),
+        ("INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) VALUES (999999, :u, 9, :d)", {"u": ids["spare"], "d": b"x" * 32}),
+        ("UPDATE prompt_rows SET user_id = 999999 WHERE user_id = :u", {"u": ids["a"]}),
+        ("DELETE FROM users WHERE id = :u", {"u": ids["a"]}),
+        ("DELETE FROM prompt_sets WHERE id = :s", {"s": made.id}),
+    ]
+    for sql, params in refused:
+        with pytest.raises(sa.exc.IntegrityError, match="prompt_rows|FOREIGN KEY"), engine.begin() as conn:
+            conn.execute(sa.text(sql), params)
+    with engine.begin() as conn:  # an unreferenced user may go; a valid row may come
+        conn.execute(sa.text("DELETE FROM users WHERE id = :u"), {"u": ids["spare"]})
+    assert registry.get_prompts(["a", "b"], "m", "t").shape == (2, 1, 8)
 
 
 def test_migrations_ship_inside_the_package():
