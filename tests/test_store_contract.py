@@ -31,6 +31,11 @@ class TestZarrStore(TensorStoreContract):
     def store(self, tmp_path):
         return ZarrStore(tmp_path / "store", create=True, shard_chunks=self.shard_chunks)
 
+    @pytest.fixture(autouse=True)
+    def _cache_even_tiny_reads(self, monkeypatch):
+        """Test arrays are tiny: let every verified read go through the verified-row cache."""
+        monkeypatch.setattr(zarr_store, "VERIFIED_CACHE_MIN_ROWS", 1)
+
     def reopen(self, store):
         return ZarrStore(store.root)
 
@@ -121,6 +126,15 @@ class TestZarrStore(TensorStoreContract):
         assert info["rows"] == 3 and 0 < info["nbytes"] <= info["capacity"]
         store.delete("a")
         assert store.verified_cache_info()["rows"] == 0
+
+    def test_small_verified_reads_just_hash(self, store, monkeypatch):
+        data = self._filled(store, n=10)
+        monkeypatch.setattr(zarr_store, "VERIFIED_CACHE_MIN_ROWS", 4)
+        digests = digest_matrix(row_digests(data))
+        np.testing.assert_array_equal(store.read_verified("a", [3, 1, 2], digests[[3, 1, 2]]), data[[3, 1, 2]])
+        assert store.verified_cache_info()["rows"] == 0
+        store.read_verified("a", [3, 1, 2, 0], digests[[3, 1, 2, 0]])
+        assert store.verified_cache_info()["rows"] == 4
 
     def test_verified_cache_drops_rows_of_a_file_changed_on_disk(self, store):
         """A copy verified earlier is not served once the file changed: the change is detected."""
