@@ -127,16 +127,22 @@ _POSTGRES_INSERT = (
 )
 
 
-def insert_prompt_rows(conn: Connection, set_id: int, users: Sequence[str], start: int, digests: bytes) -> int:
-    """Insert the catalogue rows of ``users`` (rows ``start...`` of the set's array) in one
-    statement that also maps external ids to user ids; returns how many rows it inserted.
+def users_json(users: Sequence[str]) -> str:
+    """The JSON list a catalogue statement takes the users of one batch as."""
+    return json.dumps(list(users), ensure_ascii=False)
 
-    Users that are unknown or deleted get no row: the caller compares the count with
-    ``len(users)`` and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each).
+
+def insert_prompt_rows(conn: Connection, set_id: int, users: str, start: int, digests: bytes) -> int:
+    """Insert the catalogue rows of the users in ``users`` (a JSON list, :func:`users_json`; rows
+    ``start...`` of the set's array) in one statement that also maps external ids to user ids;
+    returns how many rows it inserted.
+
+    Users that are unknown or deleted get no row: the caller compares the count with the number
+    of users and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each).
     """
-    if len(digests) != 32 * len(users):
-        raise ValueError(f"{len(digests)} digest bytes for {len(users)} users")
+    if len(digests) % 32:
+        raise ValueError(f"{len(digests)} digest bytes is not a whole number of sha256 digests")
     # the ids travel as one JSON text: the driver's per-element array quoting costs more than the query
     sql = _POSTGRES_INSERT if conn.dialect.name == "postgresql" else _SQLITE_INSERT
-    result = conn.exec_driver_sql(sql, (set_id, start, digests, json.dumps(list(users), ensure_ascii=False)))
+    result = conn.exec_driver_sql(sql, (set_id, start, digests, users))
     return result.rowcount

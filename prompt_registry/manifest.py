@@ -24,17 +24,43 @@ from .store.base import (
     row_digests,
 )
 
-__all__ = ["DIGEST_BYTES", "Manifest", "content_sha256", "digest_matrix", "row_digests"]
+__all__ = ["DIGEST_BYTES", "ContentHash", "Manifest", "content_sha256", "digest_matrix", "row_digests"]
 
 
 def content_sha256(base_sha256: str | None, users: Sequence[str], row_hashes: bytes) -> str:
     """A version's content hash: its base's content hash, its users in row order and the sha256 of
     its rows' sha256s in that order (``row_hashes``), hashed together. Equal for two versions with
     the same base, the same users in the same order and the same bytes."""
-    content = hashlib.sha256((base_sha256 or "").encode() + b"\n")
-    content.update(hashlib.sha256(json.dumps(list(users), ensure_ascii=False).encode()).digest())
-    content.update(row_hashes)
+    content = ContentHash(base_sha256)
+    content.update(json.dumps(list(users), ensure_ascii=False), row_hashes)
     return content.hexdigest()
+
+
+class ContentHash:
+    """:func:`content_sha256` fed batch by batch: ``update(json.dumps(batch_users), batch_row_hashes)``
+    for consecutive batches gives the same value as one call over all users (the users' JSON list
+    is hashed as if dumped whole, so no second JSON encoding of every user is needed)."""
+
+    def __init__(self, base_sha256: str | None) -> None:
+        self._base = (base_sha256 or "").encode() + b"\n"
+        self._users = hashlib.sha256(b"[")
+        self._rows = hashlib.sha256()
+        self._first = True
+
+    def update(self, users_json: str, row_hashes: bytes) -> None:
+        inner = users_json[1:-1]  # the batch's list without its brackets
+        if inner:
+            self._users.update((inner if self._first else ", " + inner).encode())
+            self._first = False
+        self._rows.update(row_hashes)
+
+    def hexdigest(self) -> str:
+        users = self._users.copy()
+        users.update(b"]")
+        content = hashlib.sha256(self._base)
+        content.update(users.digest())
+        content.update(self._rows.digest())
+        return content.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,8 +93,8 @@ from .errors import (
     UnknownUserError,
 )
 from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
-from .ingest import BackgroundWrite, digest_batches, digests_in_batches, insert_prompt_rows
-from .manifest import Manifest, content_sha256, row_digests
+from .ingest import BackgroundWrite, digest_batches, digests_in_batches, insert_prompt_rows, users_json
+from .manifest import ContentHash, Manifest, row_digests
 from .modelinfo import describe_model
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
 from .store.memory import MemoryStore
@@ -911,13 +911,14 @@ class Registry(AuditMixin):
             for pos, src in enumerate(source_rows):
                 session.add(PromptSetParentRow(set_id=row.id, parent_id=src.id, role="source", position=pos))
             conn = session.connection()
-            row_hashes = hashlib.sha256()
+            content = ContentHash(base_row.sha256 if base_row else None)
             for start, stop, blob in batches:
                 users = user_ids[start:stop]
-                if insert_prompt_rows(conn, row.id, users, start, blob) != len(users):
+                batch_json = users_json(users)  # once: for the statement and for the content hash
+                if insert_prompt_rows(conn, row.id, batch_json, start, blob) != len(users):
                     self._raise_unusable_users(session, users)
-                row_hashes.update(blob)
-            row.sha256 = content_sha256(base_row.sha256 if base_row else None, user_ids, row_hashes.digest())
+                content.update(batch_json, blob)
+            row.sha256 = content.hexdigest()
             bytes_ready()
             self._check_bytes_present(store_key)
             for tag_name, tag_value in self._tag_items(spec.tags):

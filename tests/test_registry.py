@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -530,3 +531,19 @@ def test_evaluations_store_overall_and_per_user_metrics(populated):
     assert populated.list_evaluations(s.id, split="valid") == []
     with pytest.raises(pr.UnknownUserError):
         populated.record_evaluation(s.id, dataset="d", split="test", metrics={}, per_user={"ghost": {"rmse": 1.0}})
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 100])
+def test_content_hash_fed_in_batches_equals_the_whole(batch):
+    """Imports hash the users' JSON batch by batch; the value is the one over all users at once."""
+    from prompt_registry.ingest import users_json
+    from prompt_registry.manifest import ContentHash, content_sha256
+
+    users = [f"user-{i}" for i in range(10)] + ["ünï \"quoted\"", "中文"]
+    rows = os.urandom(32 * len(users))
+    for base in (None, "ab" * 32):
+        fed = ContentHash(base)
+        for start in range(0, len(users), batch):
+            fed.update(users_json(users[start : start + batch]), rows[32 * start : 32 * (start + batch)])
+        assert fed.hexdigest() == content_sha256(base, users, rows)
+    assert content_sha256(None, users, rows) != content_sha256(None, users[::-1], rows)
