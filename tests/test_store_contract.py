@@ -164,11 +164,64 @@ class TestZarrStore(TensorStoreContract):
         hashed = self._count_hashed(monkeypatch)
         small.read_verified("a", range(64), digests)  # bigger than a quarter: verified, not cached
         assert sum(hashed) == 64 - small.verified_cache_info()["rows"]
+        bigger = len(small._verified)
+        small.read_verified("a", [0], digests[[0]])  # a small read may add to the cache again...
+        before = small.verified_cache_info()["rows"]
+        small.read_verified("a", range(64), digests)  # ...a big one still does not
+        assert small.verified_cache_info()["rows"] == before and len(small._verified) <= bigger + 1
+        monkeypatch.setattr(zarr_store, "_VERIFIED_FILES_CACHED", 2)
+        few = ZarrStore(small.root, verified_cache_bytes=small.verified_cache_bytes)
+        few.read_verified("a", [0, 4, 8], digests[[0, 4, 8]])  # rows of 3 files: only 2 files kept
+        assert len(few._verified) == 2
         monkeypatch.setenv(zarr_store.VERIFIED_CACHE_ENV, "0")
         off = ZarrStore(small.root)
         assert off.verified_cache_bytes == 0
         np.testing.assert_array_equal(off.read_verified("a", [3, 2], digests[[3, 2]]), data[[3, 2]])
         assert off.verified_cache_info()["rows"] == 0
+
+    def test_one_file_cannot_outgrow_the_verified_cache(self, tmp_path):
+        data = np.random.default_rng(5).normal(size=(256, 1, 1024)).astype(np.float32)  # one file of 4 KiB rows
+        digests = digest_matrix(row_digests(data))
+        store = ZarrStore(tmp_path / "one", create=True, verified_cache_bytes=32 * 4096)
+        store.create_array("a", data.shape, "float32", 8)
+        store.write_rows("a", 0, data)
+        for start in range(0, 256, 8):
+            np.testing.assert_array_equal(store.read_verified("a", range(start, start + 8), digests[start : start + 8]), data[start : start + 8])
+            assert store.verified_cache_info()["nbytes"] <= store.verified_cache_bytes
+
+    def test_verified_cache_accounting_holds_under_concurrent_readers(self, tmp_path):
+        """Readers racing each other, evictions and purges: the bytes charged are exactly those the
+        cached files hold, and every read returns the right rows."""
+        import threading
+
+        data = np.random.default_rng(6).normal(size=(512, 1, 64)).astype(np.float16)
+        digests = digest_matrix(row_digests(data))
+        store = ZarrStore(tmp_path / "race", create=True, shard_chunks=1, verified_cache_bytes=64 * 4096)
+        store.create_array("a", data.shape, "float16", 4)
+        store.write_rows("a", 0, data)
+        errors = []
+
+        def reader(seed):
+            rng = np.random.default_rng(seed)
+            for _ in range(60):
+                idx = rng.choice(512, 16, replace=False)
+                try:
+                    np.testing.assert_array_equal(store.read_verified("a", idx, digests[idx]), data[idx])
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+                if seed == 0:
+                    row = int(rng.integers(512))
+                    store.overwrite_rows("a", [row], data[[row]])  # same bytes, new mtime: entry dropped
+
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        info = store.verified_cache_info()
+        assert info["nbytes"] == sum(e.charged for e in store._verified.values()) <= info["capacity"]
+        assert info["rows"] * 4096 == info["nbytes"]  # a page per row at this width
 
     def test_missing_chunk_is_reported(self, store):
         self._filled(store, n=10)

@@ -114,6 +114,9 @@ DEFAULT_VERIFIED_CACHE_BYTES = 256 * 2**20
 VERIFIED_CACHE_ENV = "PROMPT_REGISTRY_VERIFIED_CACHE_MB"
 # Reads of fewer rows hash them directly: a row hashes in ~2 us, a cache lookup costs tens of us.
 VERIFIED_CACHE_MIN_ROWS = 64
+# Files with cached rows: each holds two anonymous maps, and a process may have ~65,000 maps
+# (``vm.max_map_count``), shared with the file maps above.
+_VERIFIED_FILES_CACHED = 1024
 
 
 def _anonymous(nbytes: int, dtype: str | np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -386,15 +389,15 @@ class ZarrStore(TensorStore):
         bad: list[int] = []
         for f, places, local in self._by_file(layout, idx):
             ident, view = self._file_view(key, layout, f)
-            entry = self._verified_entry(key, f, ident, layout, create=fill)
-            if entry is None:
-                fresh_at = np.arange(len(local))
-            else:
-                hit = entry.known[local] & (entry.digests[local] == expected[places]).all(axis=1)
-                fresh_at = np.flatnonzero(~hit)
-                if len(fresh_at) < len(local):
+            with self._lock:  # lookups and copies out of an entry never interleave with its updates
+                entry = self._verified_entry(key, f, ident, layout, create=fill)
+                if entry is None:
+                    fresh_at = np.arange(len(local))
+                else:
+                    hit = entry.known[local] & (entry.digests[local] == expected[places]).all(axis=1)
                     cached = np.flatnonzero(hit)
                     out[places[cached]] = entry.rows[local[cached]]
+                    fresh_at = np.flatnonzero(~hit)
             if not len(fresh_at):
                 continue
             fresh_places, fresh_local = places[fresh_at], local[fresh_at]
@@ -403,40 +406,48 @@ class ZarrStore(TensorStore):
             out[fresh_places] = fresh
             if not ok.all():
                 bad.extend(fresh_places[~ok].tolist())
-            if entry is not None and ok.any():
-                self._remember(entry, fresh_local[ok], fresh[ok], expected[fresh_places[ok]], info.row_nbytes)
+            if fill and entry is not None and ok.any():
+                self._remember((key, f), entry, fresh_local[ok], fresh[ok], expected[fresh_places[ok]], info.row_nbytes)
         if bad:
             raise RowChecksumError(key, self.location, sorted(bad))
         return out
 
     def _verified_entry(self, key: str, f: int, ident: tuple[int, int, int], layout: _Layout, *, create: bool) -> _VerifiedFile | None:
-        """The verified rows of file ``f`` as it is now (``ident``); a stale entry is dropped."""
-        with self._lock:
-            entry = self._verified.get((key, f))
-            if entry is not None and entry.ident == ident:
-                self._verified.move_to_end((key, f))
-                return entry
-            if entry is not None:
-                self._forget_verified((key, f))
-            if not create:
-                return None
-            entry = _VerifiedFile(ident, layout.stored_rows(f), layout.info.shape[1:], layout.info.dtype)
-            self._verified[(key, f)] = entry
+        """The verified rows of file ``f`` as it is now (``ident``); a stale entry is dropped.
+        Caller holds ``_lock``."""
+        entry = self._verified.get((key, f))
+        if entry is not None and entry.ident == ident:
+            self._verified.move_to_end((key, f))
             return entry
+        if entry is not None:
+            self._forget_verified((key, f))
+        if not create:
+            return None
+        entry = _VerifiedFile(ident, layout.stored_rows(f), layout.info.shape[1:], layout.info.dtype)
+        self._verified[(key, f)] = entry
+        self._evict_verified()
+        return entry
 
-    def _remember(self, entry: _VerifiedFile, local: np.ndarray, rows: np.ndarray, digests: np.ndarray, row_nbytes: int) -> None:
+    def _remember(self, cached: tuple[str, int], entry: _VerifiedFile, local: np.ndarray, rows: np.ndarray,
+                  digests: np.ndarray, row_nbytes: int) -> None:
         """Keep rows that passed their check (charged at least a page each: random rows touch
-        whole pages) and evict least recently used files beyond the capacity."""
-        new = np.unique(local[~entry.known[local]])
-        entry.rows[local] = rows
-        entry.digests[local] = digests
-        entry.known[local] = True  # only after the bytes and digests are in place
-        charge = len(new) * max(row_nbytes, mmap.PAGESIZE)
+        whole pages), unless the entry was dropped meanwhile, then evict beyond the limits."""
         with self._lock:
+            if self._verified.get(cached) is not entry:
+                return  # evicted, overwritten or deleted while the rows were being hashed
+            new = np.unique(local[~entry.known[local]])
+            entry.rows[local] = rows
+            entry.digests[local] = digests
+            entry.known[local] = True
+            charge = len(new) * max(row_nbytes, mmap.PAGESIZE)
             entry.charged += charge
             self._verified_nbytes += charge
-            while self._verified_nbytes > self.verified_cache_bytes and len(self._verified) > 1:
-                self._forget_verified(next(iter(self._verified)))
+            self._evict_verified()
+
+    def _evict_verified(self) -> None:
+        """Drop least recently used files beyond the capacity or the file count (caller holds ``_lock``)."""
+        while self._verified and (self._verified_nbytes > self.verified_cache_bytes or len(self._verified) > _VERIFIED_FILES_CACHED):
+            self._forget_verified(next(iter(self._verified)))
 
     def _forget_verified(self, cached: tuple[str, int]) -> None:
         """Drop one file's verified rows (caller holds ``_lock``)."""
