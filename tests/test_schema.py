@@ -67,12 +67,28 @@ def test_prompt_rows_references_are_enforced(registry, tmp_path):
         ("UPDATE prompt_rows SET user_id = 999999 WHERE user_id = :u", {"u": ids["a"]}),
         ("DELETE FROM users WHERE id = :u", {"u": ids["a"]}),
         ("DELETE FROM prompt_sets WHERE id = :s", {"s": made.id}),
+        ("UPDATE users SET id = 999999 WHERE id = :u", {"u": ids["b"]}),
+        ("UPDATE prompt_sets SET id = 999999 WHERE id = :s", {"s": made.id}),
     ]
+    if engine.dialect.name == "postgresql":
+        refused.append(("TRUNCATE users CASCADE", {}))
+        # schema-qualified, from a session whose search_path does not name the registry's schema
+        schema = engine.url.query["options"].split("=")[-1]
+        refused.append((f'SET LOCAL search_path TO public;INSERT INTO "{schema}".prompt_rows '
+                        "(set_id, user_id, row_index, sha256) VALUES (:s, 999999, 9, :d)", {"s": made.id, "d": b"x" * 32}))
     for sql, params in refused:
         with pytest.raises(sa.exc.IntegrityError, match="prompt_rows|FOREIGN KEY"), engine.begin() as conn:
-            conn.execute(sa.text(sql), params)
-    with engine.begin() as conn:  # an unreferenced user may go; a valid row may come
-        conn.execute(sa.text("DELETE FROM users WHERE id = :u"), {"u": ids["spare"]})
+            *setup, statement = sql.split(";")
+            for line in setup:
+                conn.execute(sa.text(line))
+            conn.execute(sa.text(statement), params)
+    with engine.begin() as conn:  # an unreferenced user may go or be renumbered; a valid row may come
+        conn.execute(sa.text("UPDATE users SET id = 999998 WHERE id = :u"), {"u": ids["spare"]})
+        conn.execute(sa.text("DELETE FROM users WHERE id = 999998"))
+        if engine.dialect.name == "postgresql":
+            schema = engine.url.query["options"].split("=")[-1]
+            conn.execute(sa.text("SET LOCAL search_path TO public"))
+            conn.execute(sa.text(f'UPDATE "{schema}".prompt_rows SET row_index = row_index WHERE set_id = :s'), {"s": made.id})
     assert registry.get_prompts(["a", "b"], "m", "t").shape == (2, 1, 8)
 
 
