@@ -973,7 +973,7 @@ class Registry(AuditMixin):
         if isinstance(users, (str, os.PathLike)):
             user_list: list[str] | None = fileio.read_users_csv(users)
         else:
-            user_list = None if users is None else [str(u) for u in users]
+            user_list = None if users is None else list(map(str, users))
         if isinstance(prompts, (str, os.PathLike)):
             path = Path(prompts)
             array, file_users = fileio.load_prompt_file(path)

@@ -547,3 +547,25 @@ def test_content_hash_fed_in_batches_equals_the_whole(batch):
             fed.update(users_json(users[start : start + batch]), rows[32 * start : 32 * (start + batch)])
         assert fed.hexdigest() == content_sha256(base, users, rows)
     assert content_sha256(None, users, rows) != content_sha256(None, users[::-1], rows)
+
+
+@pytest.mark.parametrize("pool_busy", [False, True])
+def test_digest_batches_are_the_row_digests_whoever_hashes_them(pool_busy, monkeypatch):
+    """Pieces the hashing thread has not started are hashed by the caller; the result is the same
+    (here with the hashing thread blocked, so the caller hashes every piece itself)."""
+    import threading
+
+    from prompt_registry.manifest import row_digests
+
+    monkeypatch.setattr(ingest, "INSERT_BATCH_ROWS", 10)
+    monkeypatch.setattr(ingest, "HASH_PIECE_ROWS", 3)
+    data = np.random.default_rng(7).normal(size=(47, 2, 5)).astype(np.float32)
+    release = threading.Event()
+    if pool_busy:
+        ingest.hash_pool().submit(release.wait, 10)
+    try:
+        got = list(ingest.digest_batches(data))
+    finally:
+        release.set()
+    assert [(start, stop) for start, stop, _ in got] == [(s, min(s + 10, 47)) for s in range(0, 47, 10)]
+    assert b"".join(blob for _, _, blob in got) == b"".join(row_digests(data))
