@@ -380,17 +380,17 @@ class ZarrStore(TensorStore):
         if not layout.direct or not self.verified_cache_bytes:
             return super().read_verified(key, rows, digests)
         idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
-        if len(idx) < VERIFIED_CACHE_MIN_ROWS:
+        # small reads hash faster than the cache answers; a read bigger than a quarter of the
+        # cache (an export, a scan) would only evict what others use: both just hash
+        if not VERIFIED_CACHE_MIN_ROWS <= len(idx) <= self.verified_cache_bytes // 4 // max(info.row_nbytes, mmap.PAGESIZE):
             return super().read_verified(key, idx, digests)
         expected = np.asarray(digests, dtype=np.uint8).reshape(len(idx), DIGEST_BYTES)
         out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
-        # a read bigger than a quarter of the cache (an export, a scan) is verified but not cached
-        fill = len(idx) * max(info.row_nbytes, mmap.PAGESIZE) <= self.verified_cache_bytes // 4
         bad: list[int] = []
         for f, places, local in self._by_file(layout, idx):
             ident, view = self._file_view(key, layout, f)
             with self._lock:  # lookups and copies out of an entry never interleave with its updates
-                entry = self._verified_entry(key, f, ident, layout, create=fill)
+                entry = self._verified_entry(key, f, ident, layout, create=True)
                 if entry is None:
                     fresh_at = np.arange(len(local))
                 else:
@@ -406,7 +406,7 @@ class ZarrStore(TensorStore):
             out[fresh_places] = fresh
             if not ok.all():
                 bad.extend(fresh_places[~ok].tolist())
-            if fill and entry is not None and ok.any():
+            if entry is not None and ok.any():
                 self._remember((key, f), entry, fresh_local[ok], fresh[ok], expected[fresh_places[ok]], info.row_nbytes)
         if bad:
             raise RowChecksumError(key, self.location, sorted(bad))
