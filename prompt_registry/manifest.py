@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from operator import itemgetter
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -78,6 +79,16 @@ class Manifest:
     @classmethod
     def resolve(cls, set_id: int, chain_ids: Sequence[int], records: Iterable[tuple[str, int, int, bytes]]) -> Manifest:
         """Build from ``(user, holder set id, row index, sha256)`` records; nearest version wins."""
+        if len(chain_ids) == 1:  # a full version: one record per user, nothing to choose
+            rows = sorted(records, key=itemgetter(0))
+            if rows:
+                users, holders, indexes, digests = zip(*rows)
+                return cls(
+                    set_id=set_id, users=users, index=dict(zip(users, range(len(users)))),
+                    holder=np.fromiter(holders, dtype=np.int64, count=len(users)),
+                    rows=np.fromiter(indexes, dtype=np.int64, count=len(users)),
+                    digests=digest_matrix(list(map(bytes, digests))),
+                )
         rank = {sid: i for i, sid in enumerate(chain_ids)}
         best: dict[str, tuple[int, int, bytes]] = {}
         for user, holder, row, digest in records:
