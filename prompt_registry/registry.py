@@ -53,11 +53,11 @@ from .db.schema import (
     UserRow,
 )
 from .entities import (
-    CostLedger,
     Alias,
     AliasEvent,
     Artifact,
     AuditEvent,
+    CostLedger,
     DoctorReport,
     Evaluation,
     ExportResult,
@@ -92,8 +92,14 @@ from .errors import (
     UnknownTaskError,
     UnknownUserError,
 )
+from .ingest import (
+    BackgroundWrite,
+    digest_batches,
+    digests_in_batches,
+    insert_prompt_rows,
+    users_json,
+)
 from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
-from .ingest import BackgroundWrite, digest_batches, digests_in_batches, insert_prompt_rows, users_json
 from .manifest import ContentHash, Manifest, row_digests
 from .modelinfo import describe_model
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
@@ -1289,9 +1295,8 @@ class Registry(AuditMixin):
         source_models: Sequence[str] = (), config: Mapping[str, Any] | None = None, run_id: int | None = None,
     ) -> Artifact:
         """Store an adapter or task head (safetensors) bound to model fingerprints; a new version of ``name``."""
-        from safetensors.torch import save as save_safetensors
-
         import torch
+        from safetensors.torch import save as save_safetensors
 
         if kind not in ("adapter", "head"):
             raise ConflictError(f"unknown artifact kind {kind!r}; use 'adapter' or 'head'")
