@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -36,6 +37,7 @@ HASH_PIECE_ROWS = 2_048
 
 
 _hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_hash_pool_lock = threading.Lock()
 
 
 def hash_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -49,9 +51,10 @@ def hash_pool() -> concurrent.futures.ThreadPoolExecutor:
     310 / 321 ms against 330 / 361 ms without.
     """
     global _hash_pool
-    if _hash_pool is None:
-        _hash_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompt-registry-hash")
-    return _hash_pool
+    with _hash_pool_lock:  # two imports starting together get the same thread
+        if _hash_pool is None:
+            _hash_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompt-registry-hash")
+        return _hash_pool
 
 
 def _digest_blob(rows: np.ndarray) -> bytes:
@@ -144,17 +147,19 @@ def users_json(users: Sequence[str]) -> str:
     return json.dumps(list(users), ensure_ascii=False)
 
 
-def insert_prompt_rows(conn: Connection, set_id: int, users: str, start: int, digests: bytes) -> int:
-    """Insert the catalogue rows of the users in ``users`` (a JSON list, :func:`users_json`; rows
-    ``start...`` of the set's array) in one statement that also maps external ids to user ids;
-    returns how many rows it inserted.
+def insert_prompt_rows(conn: Connection, set_id: int, users: Sequence[str], start: int, digests: bytes,
+                       users_json_text: str | None = None) -> int:
+    """Insert the catalogue rows of ``users`` (rows ``start...`` of the set's array) in one
+    statement that also maps external ids to user ids; returns how many rows it inserted.
 
-    Users that are unknown or deleted get no row: the caller compares the count with the number
-    of users and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each).
+    Users that are unknown or deleted get no row: the caller compares the count with
+    ``len(users)`` and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each);
+    ``users_json_text`` is ``users_json(users)`` if the caller already has it.
     """
-    if len(digests) % 32:
-        raise ValueError(f"{len(digests)} digest bytes is not a whole number of sha256 digests")
+    if len(digests) != 32 * len(users):
+        raise ValueError(f"{len(digests)} digest bytes for {len(users)} users")
     # the ids travel as one JSON text: the driver's per-element array quoting costs more than the query
     sql = _POSTGRES_INSERT if conn.dialect.name == "postgresql" else _SQLITE_INSERT
-    result = conn.exec_driver_sql(sql, (set_id, start, digests, users))
+    text = users_json(users) if users_json_text is None else users_json_text
+    result = conn.exec_driver_sql(sql, (set_id, start, digests, text))
     return result.rowcount

@@ -32,15 +32,18 @@ def content_sha256(base_sha256: str | None, users: Sequence[str], row_hashes: by
     """A version's content hash: its base's content hash, its users in row order and the sha256 of
     its rows' sha256s in that order (``row_hashes``), hashed together. Equal for two versions with
     the same base, the same users in the same order and the same bytes."""
-    content = ContentHash(base_sha256)
-    content.update(json.dumps(list(users), ensure_ascii=False), row_hashes)
+    content = hashlib.sha256((base_sha256 or "").encode() + b"\n")
+    content.update(hashlib.sha256(json.dumps(list(users), ensure_ascii=False).encode()).digest())
+    content.update(row_hashes)
     return content.hexdigest()
 
 
 class ContentHash:
-    """:func:`content_sha256` fed batch by batch: ``update(json.dumps(batch_users), batch_row_hashes)``
-    for consecutive batches gives the same value as one call over all users (the users' JSON list
-    is hashed as if dumped whole, so no second JSON encoding of every user is needed)."""
+    """:func:`content_sha256` fed batch by batch: ``update(users_json(batch), batch_digests)`` for
+    consecutive batches (``batch_digests``: the batch's row sha256s concatenated) gives
+    ``content_sha256(base, all_users, sha256(all row sha256s concatenated))``. The users' JSON list
+    is hashed as if dumped whole (``json.dumps`` default separators), so no second JSON encoding
+    of every user is needed."""
 
     def __init__(self, base_sha256: str | None) -> None:
         self._base = (base_sha256 or "").encode() + b"\n"

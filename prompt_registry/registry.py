@@ -806,13 +806,15 @@ class Registry(AuditMixin):
         # that names them, and the bytes written so far are removed.
         store_key = f"set-{uuid.uuid4().hex}"
         writer = BackgroundWrite(self._store, store_key, array, DEFAULT_CHUNK_ROWS)
+        batches = digest_batches(array)
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
                        alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
         try:
-            return self._commit_set(spec, user_ids=user_ids, batches=digest_batches(array), bytes_ready=writer.wait,
+            return self._commit_set(spec, user_ids=user_ids, batches=batches, bytes_ready=writer.wait,
                                     store_key=store_key, shape=(int(array.shape[1]), int(array.shape[2])),
                                     dtype=str(array.dtype), source=source, started=started, started_at=started_at)
         except BaseException:
+            batches.close()  # the hashing thread drops the pieces not started yet
             writer.discard()  # best effort; after a crash gc removes the bytes
             raise
 
@@ -941,7 +943,7 @@ class Registry(AuditMixin):
             for start, stop, blob in batches:
                 users = user_ids[start:stop]
                 batch_json = users_json(users)  # once: for the statement and for the content hash
-                if insert_prompt_rows(conn, row.id, batch_json, start, blob) != len(users):
+                if insert_prompt_rows(conn, row.id, users, start, blob, batch_json) != len(users):
                     self._raise_unusable_users(session, users)
                 content.update(batch_json, blob)
             row.sha256 = content.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -539,14 +540,45 @@ def test_content_hash_fed_in_batches_equals_the_whole(batch):
     from prompt_registry.ingest import users_json
     from prompt_registry.manifest import ContentHash, content_sha256
 
-    users = [f"user-{i}" for i in range(10)] + ["ünï \"quoted\"", "中文"]
+    users = [f"user-{i}" for i in range(10)] + ["ünï \"quoted\"", "中文", ", ]"]
     rows = os.urandom(32 * len(users))
     for base in (None, "ab" * 32):
         fed = ContentHash(base)
         for start in range(0, len(users), batch):
             fed.update(users_json(users[start : start + batch]), rows[32 * start : 32 * (start + batch)])
-        assert fed.hexdigest() == content_sha256(base, users, rows)
+        # the definition, spelled out with hashlib (docs/design.md)
+        expected = hashlib.sha256((base or "").encode() + b"\n")
+        expected.update(hashlib.sha256(json.dumps(users, ensure_ascii=False).encode()).digest())
+        expected.update(hashlib.sha256(rows).digest())
+        assert fed.hexdigest() == content_sha256(base, users, hashlib.sha256(rows).digest()) == expected.hexdigest()
     assert content_sha256(None, users, rows) != content_sha256(None, users[::-1], rows)
+
+
+def test_imported_set_hash_is_the_content_hash_over_all_batches(populated, monkeypatch):
+    from prompt_registry.manifest import content_sha256, row_digests
+
+    monkeypatch.setattr(ingest, "INSERT_BATCH_ROWS", 3)  # several batches
+    data = prompts(10)
+    made = populated.import_prompts("a", "rate", data, user_ids(10))
+    assert made.sha256 == content_sha256(None, user_ids(10), hashlib.sha256(b"".join(row_digests(data))).digest())
+
+
+def test_insert_prompt_rows_refuses_digests_that_do_not_match_the_users(populated):
+    with populated._engine.begin() as conn, pytest.raises(ValueError, match="digest bytes"):
+        ingest.insert_prompt_rows(conn, 1, ["u0", "u1"], 0, b"x" * 32)
+
+
+def test_manifest_of_a_full_version_equals_the_chain_merge():
+    from prompt_registry.manifest import Manifest
+
+    records = [(f"u{i}", 7, i, os.urandom(32)) for i in range(50)]
+    records = records[25:] + records[:25]  # the order the database returns is not the users' order
+    fast, merged = Manifest.resolve(7, [7], records), Manifest.resolve(7, [7, 3], records)
+    assert fast.users == merged.users == tuple(sorted(u for u, *_ in records))
+    assert fast.index == merged.index
+    for field in ("holder", "rows", "digests"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(merged, field))
+    assert len(Manifest.resolve(7, [7], [])) == 0
 
 
 @pytest.mark.parametrize("pool_busy", [False, True])
