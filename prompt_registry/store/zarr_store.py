@@ -30,8 +30,10 @@ database block cache keeps blocks whose checksum it checked when it read them fr
 verified read copies those rows instead of hashing them again. What is served from the cache
 matched the digest the caller expects when it came off storage; the cache is private memory, so
 later changes on disk cannot alter it, and an entry is dropped as soon as its file changes
-(inode, size or mtime differ), is overwritten by this store (a purge) or deleted. Arrays written before sharding (one file per chunk)
-are read the same way; arrays whose metadata differs (written by another tool) go through zarr.
+(inode, size or mtime differ), is overwritten by this store (a purge) or deleted.
+
+Arrays written before sharding (one file per chunk) are read the same way; arrays whose metadata
+differs (written by another tool) go through zarr.
 """
 
 from __future__ import annotations
@@ -390,14 +392,11 @@ class ZarrStore(TensorStore):
         for f, places, local in self._by_file(layout, idx):
             ident, view = self._file_view(key, layout, f)
             with self._lock:  # lookups and copies out of an entry never interleave with its updates
-                entry = self._verified_entry(key, f, ident, layout, create=True)
-                if entry is None:
-                    fresh_at = np.arange(len(local))
-                else:
-                    hit = entry.known[local] & (entry.digests[local] == expected[places]).all(axis=1)
-                    cached = np.flatnonzero(hit)
-                    out[places[cached]] = entry.rows[local[cached]]
-                    fresh_at = np.flatnonzero(~hit)
+                entry = self._verified_entry(key, f, ident, layout)
+                hit = entry.known[local] & (entry.digests[local] == expected[places]).all(axis=1)
+                cached = np.flatnonzero(hit)
+                out[places[cached]] = entry.rows[local[cached]]
+                fresh_at = np.flatnonzero(~hit)
             if not len(fresh_at):
                 continue
             fresh_places, fresh_local = places[fresh_at], local[fresh_at]
@@ -406,23 +405,21 @@ class ZarrStore(TensorStore):
             out[fresh_places] = fresh
             if not ok.all():
                 bad.extend(fresh_places[~ok].tolist())
-            if entry is not None and ok.any():
+            if ok.any():
                 self._remember((key, f), entry, fresh_local[ok], fresh[ok], expected[fresh_places[ok]], info.row_nbytes)
         if bad:
             raise RowChecksumError(key, self.location, sorted(bad))
         return out
 
-    def _verified_entry(self, key: str, f: int, ident: tuple[int, int, int], layout: _Layout, *, create: bool) -> _VerifiedFile | None:
-        """The verified rows of file ``f`` as it is now (``ident``); a stale entry is dropped.
-        Caller holds ``_lock``."""
+    def _verified_entry(self, key: str, f: int, ident: tuple[int, int, int], layout: _Layout) -> _VerifiedFile:
+        """The verified rows of file ``f`` as it is now (``ident``): a stale entry is replaced by
+        an empty one. Caller holds ``_lock``."""
         entry = self._verified.get((key, f))
         if entry is not None and entry.ident == ident:
             self._verified.move_to_end((key, f))
             return entry
         if entry is not None:
             self._forget_verified((key, f))
-        if not create:
-            return None
         entry = _VerifiedFile(ident, layout.stored_rows(f), layout.info.shape[1:], layout.info.dtype)
         self._verified[(key, f)] = entry
         self._evict_verified()
