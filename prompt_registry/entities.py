@@ -22,6 +22,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def version_ref(model: str, task: str, version: int) -> str:
+    """The stable reference to one version: ``MODEL/TASK@vN`` (what ``Registry.get_set`` accepts)."""
+    return f"{model}/{task}@v{version}"
+
+
 class _Entity:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
@@ -91,7 +96,7 @@ class PromptSet(_Entity):
     @property
     def ref(self) -> str:
         """A stable reference to this exact version: ``MODEL/TASK@vN``."""
-        return f"{self.model}/{self.task}@v{self.version}"
+        return version_ref(self.model, self.task, self.version)
 
 
 @dataclasses.dataclass(frozen=True)

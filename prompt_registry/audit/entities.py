@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from ..entities import _Entity
+from ..entities import _Entity, version_ref
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class LineageNode(_Entity):
 
     @property
     def ref(self) -> str:
-        return f"{self.model}/{self.task}@v{self.version}"
+        return version_ref(self.model, self.task, self.version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ class UserVersion(_Entity):
 
     @property
     def ref(self) -> str:
-        return f"{self.model}/{self.task}@v{self.version}"
+        return version_ref(self.model, self.task, self.version)
 
 
 @dataclasses.dataclass(frozen=True)
