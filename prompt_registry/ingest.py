@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -55,6 +56,18 @@ def hash_pool() -> concurrent.futures.ThreadPoolExecutor:
         if _hash_pool is None:
             _hash_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompt-registry-hash")
         return _hash_pool
+
+
+def _forget_hash_pool_after_fork() -> None:
+    """In a forked child: the parent's hashing thread did not come along, so its pool would
+    accept work that nobody ever runs (the child's import then waits forever while holding the
+    catalogue's write lock). Start afresh; a new thread is made on first use."""
+    global _hash_pool, _hash_pool_lock
+    _hash_pool = None
+    _hash_pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_hash_pool_after_fork)
 
 
 def _digest_blob(rows: np.ndarray) -> bytes:

@@ -14,7 +14,18 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from .._forksafe import reset_in_child
+
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def _forget_connections(engine: Engine) -> None:
+    """In a forked child: a connection must not cross a fork (a SQLite handle shared by two
+    processes can corrupt the database's locks; a Postgres socket shared by two interleaves their
+    protocol messages). Forget the parent's pooled connections without closing them (that would
+    end the parent's sessions too); the child opens its own on first use, as SQLAlchemy
+    recommends for multiprocessing."""
+    engine.dispose(close=False)
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -31,8 +42,10 @@ def make_engine(url: str) -> Engine:
             pool_pre_ping=False,
         )
         _configure_sqlite(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    reset_in_child(engine, _forget_connections)
+    return engine
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 import numpy as np
 
+from .._forksafe import fresh_lock
 from ..errors import MissingDataError
 from .base import (
     DEFAULT_CHUNK_ROWS,
@@ -27,7 +27,7 @@ class MemoryStore(TensorStore):
         self._chunks: dict[str, int] = {}
         self._blobs: dict[str, bytes] = {}
         self._mtimes: dict[str, dt.datetime] = {}
-        self._lock = threading.Lock()
+        self._lock = fresh_lock(self)  # a forked child gets it unheld
 
     def _touch(self, key: str) -> None:
         self._mtimes[key] = dt.datetime.now(dt.timezone.utc)

@@ -45,7 +45,6 @@ import json
 import mmap
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +53,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from .._forksafe import fresh_lock
 from ..errors import MissingDataError
 from .base import (
     DEFAULT_CHUNK_ROWS,
@@ -97,6 +97,16 @@ def _io_pool() -> concurrent.futures.ThreadPoolExecutor:
     if _pool is None:
         _pool = concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="prompt-registry-io")
     return _pool
+
+
+def _forget_io_pool_after_fork() -> None:
+    """In a forked child the pool's threads are gone (see ``_forksafe``): a new pool is made on
+    first use."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_io_pool_after_fork)
 
 
 def _pwrite_all(fd: int, payload: memoryview, offset: int) -> None:
@@ -241,7 +251,7 @@ class ZarrStore(TensorStore):
         self._maps: collections.OrderedDict[tuple[str, int], tuple[tuple[int, int, int], np.ndarray]] = collections.OrderedDict()
         self._verified: collections.OrderedDict[tuple[str, int], _VerifiedFile] = collections.OrderedDict()
         self._verified_nbytes = 0
-        self._lock = threading.Lock()
+        self._lock = fresh_lock(self)  # a forked child gets it unheld
 
     # -- helpers ------------------------------------------------------------------------------
     def _array_dir(self, key: str) -> Path:
