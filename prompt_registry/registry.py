@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import fileio
+from ._forksafe import fresh_lock
 from .audit import deletion, retention
 from .audit.api import AuditMixin
 from .db import migrations
@@ -288,7 +288,7 @@ class Registry(AuditMixin):
         # (model name, task name) -> (model id, task id): rows that are never renamed or deleted
         self._pair_ids: dict[tuple[str, str], tuple[int, int]] = {}
         self._manifests: collections.OrderedDict[int, Manifest] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = fresh_lock(self)  # a forked child gets it unheld
 
     # ------------------------------------------------------------------ open / init / upgrade
     @classmethod
@@ -406,7 +406,11 @@ class Registry(AuditMixin):
     def _model_row(session: Session, name: str, *, lock: bool = False) -> BaseModelRow:
         stmt = select(BaseModelRow).where(BaseModelRow.name == name)
         if lock:
-            stmt = stmt.with_for_update()
+            # FOR NO KEY UPDATE: lockers of a model row queue behind each other, but foreign-key
+            # checks of rows that refer to the model (FOR KEY SHARE) pass. With FOR UPDATE an
+            # import (model lock, then alias lock) and a set_alias (alias lock, then the key check
+            # of its history row on the model) deadlocked.
+            stmt = stmt.with_for_update(key_share=True)
         row = session.scalars(stmt).one_or_none()
         if row is None:
             known = session.scalars(select(BaseModelRow.name).order_by(BaseModelRow.name).limit(10)).all()
@@ -1191,21 +1195,39 @@ class Registry(AuditMixin):
                 f"invalid alias name {name!r}: start with a letter, use letters, digits, . _ -; "
                 "`latest` and `vN` are reserved"
             )
-        alias = session.scalars(
-            select(AliasRow).where(AliasRow.name == name, AliasRow.model_id == row.model_id, AliasRow.task_id == row.task_id).with_for_update()
-        ).one_or_none()
-        old = alias.set_id if alias is not None else None
-        if alias is None:
-            alias = AliasRow(name=name, model_id=row.model_id, task_id=row.task_id, set_id=row.id, updated_at=_utcnow(), updated_by=self.actor)
-            session.add(alias)
-        elif alias.set_id == row.id:
-            return alias
-        else:
+        alias, old = self._lock_or_create_alias(session, name, row)
+        if old == row.id:
+            return alias  # already there: no event
+        if old is not None:
             alias.set_id, alias.updated_at, alias.updated_by = row.id, _utcnow(), self.actor
         session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=old, new_set_id=row.id, at=_utcnow(), actor=self.actor, reason=reason))
         self._audit(session, "set_alias", "alias", name, {"model_id": row.model_id, "task_id": row.task_id, "old_set_id": old, "new_set_id": row.id}, reason)
         session.flush()
         return alias
+
+    def _lock_or_create_alias(self, session: Session, name: str, row: PromptSetRow) -> tuple[AliasRow, int | None]:
+        """The alias row of ``name`` for the set's model and task, locked for this transaction,
+        and the set it pointed at before (``None``: created now, pointing at ``row``).
+
+        Creation is an ``INSERT ... ON CONFLICT DO NOTHING``: of two transactions creating the
+        same new alias, the second waits for the first and then moves the alias it created,
+        instead of failing on the unique key (Postgres; SQLite serialises writers anyway).
+        """
+        values = {"name": name, "model_id": row.model_id, "task_id": row.task_id, "set_id": row.id,
+                  "updated_at": _utcnow(), "updated_by": self.actor}
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        stmt = (insert(AliasRow).values(values).on_conflict_do_nothing(index_elements=["name", "model_id", "task_id"])
+                .returning(AliasRow.id))
+        locked = select(AliasRow).where(AliasRow.name == name, AliasRow.model_id == row.model_id,
+                                        AliasRow.task_id == row.task_id).with_for_update()
+        for _ in range(3):  # the conflicting row can vanish again (a concurrent delete_alias)
+            created = session.execute(stmt).scalar_one_or_none()
+            if created is not None:
+                return session.get_one(AliasRow, created), None
+            alias = session.scalars(locked).one_or_none()
+            if alias is not None:
+                return alias, alias.set_id
+        raise ConflictError(f"alias {name!r} is being created and deleted concurrently; retry")
 
     def _alias_entity(self, session: Session, row: AliasRow) -> Alias:
         return Alias(

@@ -30,8 +30,9 @@ from .queries import aware, visible_sets
 def lock_catalogue(session: Session) -> None:
     """Serialise with imports: they lock their model row (Postgres) before reading their base.
     All model rows, in id order, so two lockers never deadlock. SQLite: ``BEGIN IMMEDIATE``
-    already holds the write lock."""
-    session.execute(select(BaseModelRow.id).order_by(BaseModelRow.id).with_for_update()).all()
+    already holds the write lock. FOR NO KEY UPDATE, like the imports' lock: foreign-key checks
+    of other writers still pass (see ``Registry._model_row``)."""
+    session.execute(select(BaseModelRow.id).order_by(BaseModelRow.id).with_for_update(key_share=True)).all()
 
 
 def purge_user(session: Session, store: TensorStore, user: UserRow, *, dry_run: bool, now: dt.datetime) -> PurgeReport:
