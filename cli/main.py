@@ -417,6 +417,9 @@ def doctor(obj: Context, no_checksums: bool, as_json: bool) -> None:
         click.echo(f"schema {report.schema_revision}; {report.sets_checked} sets, {report.rows_checked} rows, {report.artifacts_checked} artifacts checked")
         for problem in report.problems:
             click.echo(f"PROBLEM [{problem.kind}] {problem.object}: {problem.message}\n  fix: {problem.fix}")
+        if report.foreign:
+            click.echo(f"note: {len(report.foreign)} store object(s) were not written by this catalogue and are left alone "
+                       f"(keys from before store binding, or files put there by hand): {_cell(report.foreign)}")
         click.echo("ok" if report.ok else f"{len(report.problems)} problem(s)")
     if not report.ok:
         sys.exit(1)
@@ -446,6 +449,10 @@ def gc(obj: Context, dry_run: bool, grace_seconds: float, keep_last: int | None,
         click.echo(f"  {key}")
     if report.skipped_young:
         click.echo(f"kept {len(report.skipped_young)} orphan(s) younger than {grace_seconds:g}s (use --grace 0 if no write is running)")
+    if report.foreign:
+        click.echo(f"left {len(report.foreign)} store object(s) this catalogue did not write: {_cell(report.foreign)}")
+    if report.closed_runs:
+        click.echo(f"{'would close' if dry_run else 'closed'} {len(report.closed_runs)} stale run(s) as failed: {_cell(report.closed_runs)}")
 
 
 # ---------------------------------------------------------------------------------------- demo

@@ -236,6 +236,7 @@ class DoctorReport(_Entity):
     rows_checked: int
     artifacts_checked: int
     problems: tuple[Problem, ...]
+    foreign: tuple[str, ...] = ()  # store objects this catalogue did not write (never deleted)
 
     @property
     def ok(self) -> bool:
@@ -249,3 +250,5 @@ class GcReport(_Entity):
     nbytes: int
     skipped_young: tuple[str, ...]
     removed_sets: tuple[int, ...] = ()  # sets removed by retention (now status 'deleted')
+    foreign: tuple[str, ...] = ()  # store objects this catalogue did not write: left alone
+    closed_runs: tuple[int, ...] = ()  # stale runs closed as failed

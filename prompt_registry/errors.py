@@ -18,6 +18,7 @@ derives from the builtin that fits, so callers may catch either::
     |   +-- ModelConflictError               same name, other fingerprint
     |   +-- DuplicateUserError
     |   +-- ModelMismatchError               prompt/artifact made for another model
+    |   +-- StoreBindingError                the tensor store belongs to another catalogue
     +-- InvalidPromptError                   (+ ValueError)         bad tensor values or shape
     |   +-- ShapeError
     |   +-- NonFiniteError
@@ -90,6 +91,10 @@ class DuplicateUserError(ConflictError):
 
 class ModelMismatchError(ConflictError):
     """A prompt set or artifact was requested for a model other than the one it was made for."""
+
+
+class StoreBindingError(ConflictError):
+    """The tensor store belongs to another catalogue: a store serves exactly one."""
 
 
 class InvalidPromptError(PromptRegistryError, ValueError):

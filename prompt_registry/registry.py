@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import errno
 import getpass
 import hashlib
 import json
@@ -19,7 +20,6 @@ import re
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,11 @@ from sqlalchemy import Engine, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import fileio
+from . import fileio, liveness
 from ._forksafe import fresh_lock
 from .audit import deletion, retention
 from .audit.api import AuditMixin
-from .db import migrations
+from .db import info, migrations
 from .db.engine import make_engine, read_session, write_session
 from .db.schema import (
     AliasEventRow,
@@ -77,6 +77,7 @@ from .errors import (
     IntegrityError,
     InvalidFileError,
     InvalidPromptError,
+    MissingDataError,
     ModelConflictError,
     ModelMismatchError,
     NonFiniteError,
@@ -84,6 +85,7 @@ from .errors import (
     RegistryNotFoundError,
     SchemaError,
     ShapeError,
+    StoreBindingError,
     UnknownAliasError,
     UnknownArtifactError,
     UnknownModelError,
@@ -102,7 +104,8 @@ from .ingest import (
 from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
 from .manifest import ContentHash, Manifest, row_digests
 from .modelinfo import describe_model
-from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
+from .store import keys
+from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, StoredObject, TensorStore
 from .store.memory import MemoryStore
 from .store.zarr_store import ZarrStore
 
@@ -261,6 +264,52 @@ class _ChunkJournal:
             self.folder.rmdir()
 
 
+def _binding_message(loc: Location, bound: str, mine: str | None) -> str:
+    this = f"{loc.display} (catalogue {mine[:12]})" if mine else f"the new registry at {loc.display}"
+    return (
+        f"the tensor store {loc.store} belongs to another catalogue (id {bound[:12]}), not to {this}: "
+        "a store serves one catalogue, and two registries sharing one would delete each other's data. "
+        "Give this registry its own store: pass --store DIR (Python: store=...), or, for a directory "
+        "registry, unset PROMPT_REGISTRY_STORE so that it uses the store inside its directory"
+    )
+
+
+def _referenced_keys(session: Session) -> set[str]:
+    keys_ = set(session.scalars(select(PromptSetRow.store_key).where(PromptSetRow.store_key.is_not(None))))
+    keys_ |= set(session.scalars(select(ArtifactRow.store_key)))
+    return keys_  # type: ignore[return-value]
+
+
+def _bind_store(engine: Engine, store: TensorStore, loc: Location) -> str:
+    """Bind ``store`` to the catalogue of ``engine`` (or check that it is); returns the catalogue id.
+
+    A store already bound to another id is refused, except in one case that proves ownership: the
+    catalogue's own objects carry the store's id and none carries the catalogue's (the catalogue was
+    downgraded below revision 0006 and upgraded again, which made it a new id). Then the catalogue
+    takes its old id back.
+    """
+    with read_session(engine) as session:
+        mine = info.catalog_id(session)
+    bound = store.bound_catalog()
+    if bound is None:
+        try:
+            bound = store.bind(mine)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            return mine  # a read-only store: nothing can be written (or deleted) through us either
+    if bound == mine:
+        return mine
+    with write_session(engine) as session:
+        owners = {keys.owner(k) for k in _referenced_keys(session)}
+        if bound in owners and mine not in owners:
+            info.set_catalog_id(session, bound)
+            session.add(AuditEventRow(at=_utcnow(), actor=_default_actor(), action="restore_catalog_id", object_kind="registry",
+                                      object_id=loc.display, reason=None, details={"catalog_id": bound, "replaced": mine}))
+            return bound
+    raise StoreBindingError(_binding_message(loc, bound, mine))
+
+
 def _default_actor() -> str:
     actor = os.environ.get("PROMPT_REGISTRY_ACTOR")
     if actor:
@@ -279,11 +328,13 @@ class Registry(AuditMixin):
     ``store=`` naming the Zarr directory. Use it as a context manager or call ``close()``.
     """
 
-    def __init__(self, engine: Engine, store: TensorStore, *, where: str, actor: str | None = None) -> None:
+    def __init__(self, engine: Engine, store: TensorStore, *, where: str, catalog_id: str, actor: str | None = None) -> None:
         self._engine = engine
         self._store = store
         self.where = where
+        self.catalog_id = catalog_id  # named in the store it is bound to and in every key it writes
         self.actor = actor or _default_actor()
+        self._heartbeat = liveness.Heartbeat(engine, _utcnow)
         self._chains: dict[int, tuple[tuple[int, str | None], ...]] = {}
         # (model name, task name) -> (model id, task id): rows that are never renamed or deleted
         self._pair_ids: dict[tuple[str, str], tuple[int, int]] = {}
@@ -293,21 +344,35 @@ class Registry(AuditMixin):
     # ------------------------------------------------------------------ open / init / upgrade
     @classmethod
     def init(cls, location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None, actor: str | None = None) -> Registry:
-        """Create a registry (or bring an existing one to the current schema) and open it."""
+        """Create a registry (or bring an existing one to the current schema) and open it.
+
+        ``StoreBindingError`` (before anything is created) if the store already belongs to another
+        catalogue: a store serves one catalogue.
+        """
         loc = resolve_location(location, store)
+        bound = cls._existing_binding(loc)
+        if bound is not None and cls._is_new_catalogue(loc):
+            raise StoreBindingError(_binding_message(loc, bound, None))
         if loc.directory is not None:
             loc.directory.mkdir(parents=True, exist_ok=True)
         engine = make_engine(loc.db_url)
-        before, after = migrations.upgrade(engine)
-        registry = cls(engine, cls._make_store(loc, create=True), where=loc.display, actor=actor)
+        try:
+            before, after = migrations.upgrade(engine)
+            tensor_store = cls._make_store(loc, create=True)
+            catalog_id = _bind_store(engine, tensor_store, loc)
+        except BaseException:
+            engine.dispose()
+            raise
+        registry = cls(engine, tensor_store, where=loc.display, catalog_id=catalog_id, actor=actor)
         if before != after:
             with write_session(engine) as session:
-                registry._audit(session, "init", "registry", loc.display, {"schema": after, "store": loc.store})
+                registry._audit(session, "init", "registry", loc.display, {"schema": after, "store": loc.store, "catalog_id": catalog_id})
         return registry
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None, actor: str | None = None) -> Registry:
-        """Open an existing registry; ``SchemaError`` if its schema is not this package's head."""
+        """Open an existing registry; ``SchemaError`` if its schema is not this package's head,
+        ``StoreBindingError`` if the store belongs to another catalogue."""
         loc = resolve_location(location, store)
         cls._require_directory(loc)
         engine = make_engine(loc.db_url)
@@ -319,7 +384,39 @@ class Registry(AuditMixin):
         except Exception as exc:  # connection refused, bad URL, ...
             engine.dispose()
             raise RegistryNotFoundError(f"cannot open the catalogue at {loc.display}: {exc}") from exc
-        return cls(engine, cls._make_store(loc, create=False), where=loc.display, actor=actor)
+        try:
+            tensor_store = cls._make_store(loc, create=False)
+            catalog_id = _bind_store(engine, tensor_store, loc)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, tensor_store, where=loc.display, catalog_id=catalog_id, actor=actor)
+
+    @classmethod
+    def _existing_binding(cls, loc: Location) -> str | None:
+        """The catalogue an existing store is bound to (``None``: no store there yet, or unbound)."""
+        if loc.store == MEMORY_STORE:
+            return None
+        try:
+            existing = cls._make_store(loc, create=False)
+        except MissingDataError:
+            return None
+        try:
+            return existing.bound_catalog()
+        finally:
+            existing.close()
+
+    @staticmethod
+    def _is_new_catalogue(loc: Location) -> bool:
+        if loc.directory is not None:
+            return not (loc.directory / DB_FILE).exists()
+        engine = make_engine(loc.db_url)
+        try:
+            return migrations.current_revision(engine) is None
+        except Exception:  # noqa: BLE001 - unreachable: init reports it when it connects
+            return False
+        finally:
+            engine.dispose()
 
     @staticmethod
     def upgrade(location: str | os.PathLike[str] | None = None, *, store: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
@@ -348,6 +445,7 @@ class Registry(AuditMixin):
 
     def close(self) -> None:
         """Release the database connections and store handles."""
+        self._heartbeat.stop()
         self._store.close()
         self._engine.dispose()
 
@@ -808,7 +906,7 @@ class Registry(AuditMixin):
         # Bytes, digests and catalogue rows overlap (see ingest.py); the transaction commits only
         # once the writer has fsynced every byte. Unknown or deleted users fail the first batch
         # that names them, and the bytes written so far are removed.
-        store_key = f"set-{uuid.uuid4().hex}"
+        store_key = keys.new_key(self.catalog_id, "set")
         writer = BackgroundWrite(self._store, store_key, array, DEFAULT_CHUNK_ROWS)
         batches = digest_batches(array)
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
@@ -856,7 +954,7 @@ class Registry(AuditMixin):
         if not create_users and len(known) < len(user_ids):
             missing = [u for u in user_ids if u not in known]
             raise UnknownUserError(f"{len(missing)} user(s) are not registered: {_preview(missing)}; pass create_users=True")
-        store_key = f"set-{key}" if key is not None else f"set-{uuid.uuid4().hex}"
+        store_key = keys.new_key(self.catalog_id, "set", key)
         shape = (len(user_ids), prompt_len, width)
         journal = _ChunkJournal(self.scratch_dir() / "writes" / store_key)
         if self._store.exists(store_key) and self._store.array_info(store_key).shape != shape:
@@ -1334,7 +1432,7 @@ class Registry(AuditMixin):
                 "source_fingerprints": json.dumps([s.fingerprint for s in sources]), "config": json.dumps(dict(config or {}))}
         payload = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))).detach().cpu().contiguous() for k, v in tensors.items()}
         data = save_safetensors(payload, metadata=meta)
-        store_key = f"artifact-{uuid.uuid4().hex}.safetensors"
+        store_key = keys.new_key(self.catalog_id, "artifact")
         self._store.put_blob(store_key, data)
         try:
             with write_session(self._engine) as session:
@@ -1504,25 +1602,54 @@ class Registry(AuditMixin):
 
     def start_run(self, kind: str, *, model: str | None = None, task: str | None = None,
                   config: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None) -> Run:
-        """Record the start of a run (training, migration, evaluation, ...) with its full config."""
+        """Record the start of a run (training, migration, evaluation, ...) with its full config.
+
+        The run records this process (host, pid) and beats while it is open, so that a run whose
+        process dies is recognised as stale. Starting a run closes, as ``failed``, the stale runs
+        of the same kind, model and task (a rerun after a crash).
+        """
+        me = liveness.current()
         with write_session(self._engine) as session:
+            model_id = self._model_row(session, model).id if model else None
+            task_id = self._task_row(session, task).id if task else None
+            now = _utcnow()
+            earlier = session.scalars(select(RunRow).where(RunRow.status == "running", RunRow.kind == kind,
+                                                           RunRow.model_id == model_id, RunRow.task_id == task_id)).all()
+            self._close_stale_runs(session, earlier, now, me, liveness.STALE_AFTER_SECONDS, reason=f"a new {kind} run started")
             row = RunRow(
-                kind=kind, status="running",
-                model_id=self._model_row(session, model).id if model else None,
-                task_id=self._task_row(session, task).id if task else None,
+                kind=kind, status="running", model_id=model_id, task_id=task_id,
                 config=json.loads(json.dumps(dict(config or {}), default=str)),
-                seeds=dict(seeds or {}), started_at=_utcnow(), actor=self.actor, cost={},
+                seeds=dict(seeds or {}), started_at=now, actor=self.actor, cost={},
+                host=me.host, pid=me.pid, process_token=me.token, heartbeat_at=now,
             )
             session.add(row)
             session.flush()
-            self._audit(session, "start_run", "run", row.id, {"kind": kind})
-            return self._run_entity(session, row)
+            self._audit(session, "start_run", "run", row.id, {"kind": kind, "host": me.host, "pid": me.pid})
+            entity = self._run_entity(session, row)
+        self._heartbeat.add(entity.id)
+        return entity
+
+    def _close_stale_runs(self, session: Session, runs: Sequence[RunRow], now: dt.datetime, me: liveness.ProcessIdentity,
+                          stale_after: float, *, reason: str, dry_run: bool = False) -> list[int]:
+        """Mark the stale ones of ``runs`` (status ``running``) failed; returns their ids."""
+        closed = []
+        for run in runs:
+            why = liveness.stale_reason(run, now, stale_after, me)
+            if why is None:
+                continue
+            closed.append(run.id)
+            if not dry_run:
+                run.status, run.finished_at = "failed", now
+                run.error = f"stale: {why}; closed when {reason}"
+                self._audit(session, "close_stale_run", "run", run.id, {"why": why, "closed_by": reason})
+        return closed
 
     def finish_run(self, run_id: int, *, status: str = "succeeded", ledger: CostLedger | None = None,
                    error: str | None = None, results: Mapping[str, Any] | None = None) -> Run:
         """Close a run with its status, cost ledger, and results (stored in ``cost['results']``)."""
         if status not in ("succeeded", "failed"):
             raise ConflictError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
+        self._heartbeat.discard(int(run_id))
         with write_session(self._engine) as session:
             row = self._run_row(session, run_id)
             if row.status != "running":
@@ -1573,13 +1700,24 @@ class Registry(AuditMixin):
             return [AuditEvent(r.id, _aware(r.at), r.actor, r.action, r.object_kind, r.object_id, r.reason, dict(r.details)) for r in session.scalars(stmt)]  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ doctor and gc
-    def _referenced_keys(self, session: Session) -> set[str]:
-        keys = set(session.scalars(select(PromptSetRow.store_key).where(PromptSetRow.store_key.is_not(None))))
-        keys |= set(session.scalars(select(ArtifactRow.store_key)))
-        return keys  # type: ignore[return-value]
+    def _unreferenced(self, session: Session) -> tuple[list[StoredObject], list[StoredObject]]:
+        """Store objects no catalogue row refers to: (this catalogue's orphans, foreign objects).
 
-    def doctor(self, *, checksums: bool = True) -> DoctorReport:
-        """Check schema, catalogue vs store consistency and (by default) every row checksum."""
+        Only a key that names this catalogue (``store.keys``) is provably an orphan of ours;
+        anything else unreferenced (keys of the format before revision 0006, an operator's files,
+        another registry's objects) is foreign and is never deleted.
+        """
+        referenced = _referenced_keys(session)
+        loose = [o for o in self._store.list_objects() if o.key not in referenced]
+        return [o for o in loose if keys.owner(o.key) == self.catalog_id], [o for o in loose if keys.owner(o.key) != self.catalog_id]
+
+    def _running_runs(self, session: Session) -> Sequence[RunRow]:
+        return session.scalars(select(RunRow).where(RunRow.status == "running").order_by(RunRow.id)).all()
+
+    def doctor(self, *, checksums: bool = True, stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> DoctorReport:
+        """Check schema, catalogue vs store consistency, (by default) every row checksum, and
+        runs left ``running`` by a process that died (see ``liveness``). Objects in the store that
+        this catalogue did not write are listed in ``foreign``, not counted as problems."""
         problems: list[Problem] = []
         revision = migrations.current_revision(self._engine)
         try:
@@ -1591,9 +1729,15 @@ class Registry(AuditMixin):
         with read_session(self._engine) as session:
             sets = session.scalars(select(PromptSetRow).where(PromptSetRow.status == "committed").order_by(PromptSetRow.id)).all()
             artifacts = session.scalars(select(ArtifactRow).order_by(ArtifactRow.id)).all()
-            referenced = self._referenced_keys(session)
+            orphans, foreign = self._unreferenced(session)
             for row in sets:
                 rows_checked += self._check_set(session, row, checksums, problems)
+            now, me = _utcnow(), liveness.current()
+            for run in self._running_runs(session):
+                why = liveness.stale_reason(run, now, stale_after_seconds, me)
+                if why is not None:
+                    problems.append(Problem("stale-run", f"run {run.id} ({run.kind})", f"is still 'running' but {why}",
+                                            "run `prompt-registry gc` to close it as failed (a rerun of the operation closes it too)"))
         for art in artifacts:
             try:
                 data = self._store.get_blob(art.store_key)
@@ -1602,13 +1746,13 @@ class Registry(AuditMixin):
                 continue
             if hashlib.sha256(data).hexdigest() != art.sha256:
                 problems.append(Problem("checksum", f"{art.kind} {art.id}", f"blob {art.store_key} fails its sha256 check", "restore it from backup or retrain it"))
-        orphans = [o.key for o in self._store.list_objects() if o.key not in referenced]
         if orphans:
             problems.append(Problem(
-                "orphan", f"{len(orphans)} store object(s)", f"bytes no catalogue row refers to (e.g. an interrupted write): {_preview(orphans, 3)}",
+                "orphan", f"{len(orphans)} store object(s)",
+                f"bytes this catalogue wrote that no row refers to (e.g. an interrupted write): {_preview([o.key for o in orphans], 3)}",
                 "run `prompt-registry gc --dry-run`, then `prompt-registry gc`",
             ))
-        return DoctorReport(revision, len(sets), rows_checked, len(artifacts), tuple(problems))
+        return DoctorReport(revision, len(sets), rows_checked, len(artifacts), tuple(problems), tuple(o.key for o in foreign))
 
     def _check_set(self, session: Session, row: PromptSetRow, checksums: bool, problems: list[Problem]) -> int:
         what = f"set {row.id}"
@@ -1650,16 +1794,19 @@ class Registry(AuditMixin):
         return row.n_rows
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS,
-           keep_last: int | None = None, older_than_days: float | None = None) -> GcReport:
+           keep_last: int | None = None, older_than_days: float | None = None,
+           stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> GcReport:
         """Remove the prompt sets retention no longer needs (with ``keep_last``/``older_than_days``),
-        then store objects no catalogue row refers to (bytes of interrupted writes).
+        then store objects this catalogue wrote and no row refers to (bytes of interrupted writes),
+        and close stale runs (left ``running`` by a process that died) as ``failed``.
 
         Retention, per model and task, keeps the newest ``keep_last`` versions (at least 1; 1 if
         only ``older_than_days`` is given), sets younger than ``older_than_days``, sets an alias
         points at, and every set a kept one needs through lineage (bases and sources). The others
         are marked ``deleted`` (their history stays; reads fail) and their bytes removed; their
         ids are ``removed_sets``. Orphans younger than ``grace_seconds`` are kept: they may belong
-        to a write in flight. ``dry_run`` lists what would go. ``ConflictError`` for ``keep_last < 1``.
+        to a write in flight. Objects whose key does not name this catalogue are never deleted
+        (``foreign``). ``dry_run`` lists what would go. ``ConflictError`` for ``keep_last < 1``.
         """
         now = _utcnow()
         policy = retention.RetentionPolicy.from_options(keep_last, older_than_days)
@@ -1680,17 +1827,21 @@ class Registry(AuditMixin):
             for obj in set_bytes:  # unreferenced since the commit; not subject to the grace period
                 self._store.delete(obj.key)
         with read_session(self._engine) as session:
-            referenced = self._referenced_keys(session)
-        orphans = [o for o in self._store.list_objects() if o.key not in referenced]
+            orphans, foreign = self._unreferenced(session)
         young = tuple(o.key for o in orphans if (now - o.modified_at).total_seconds() < grace_seconds)
         doomed = [o for o in orphans if o.key not in young]
         if not dry_run and doomed:
             # re-check under a write transaction: a writer may have committed since the listing
             with write_session(self._engine) as session:
-                referenced = self._referenced_keys(session)
+                referenced = _referenced_keys(session)
                 doomed = [o for o in doomed if o.key not in referenced]
                 for obj in doomed:
                     self._store.delete(obj.key)
                 self._audit(session, "gc", "store", self._store.location, {"removed": [o.key for o in doomed], "nbytes": sum(o.nbytes for o in doomed)})
+        session_of = read_session if dry_run else write_session
+        with session_of(self._engine) as session:
+            closed = self._close_stale_runs(session, self._running_runs(session), now, liveness.current(), stale_after_seconds,
+                                            reason="gc ran", dry_run=dry_run)
         removed = set_bytes + doomed
-        return GcReport(dry_run, tuple(o.key for o in removed), sum(o.nbytes for o in removed), young, tuple(d.set_id for d in sets))
+        return GcReport(dry_run, tuple(o.key for o in removed), sum(o.nbytes for o in removed), young, tuple(d.set_id for d in sets),
+                        tuple(o.key for o in foreign), tuple(closed))

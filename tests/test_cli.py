@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_fake_model, prompts, user_ids
-
 from prompt_registry_cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -112,15 +111,20 @@ def test_usage_errors_exit_2(cli):
 
 def test_doctor_fails_and_gc_cleans_orphans(loaded, tmp_path):
     from prompt_registry import Registry
+    from prompt_registry.store import keys
 
     with Registry.open(tmp_path / "reg") as reg:
-        reg.store.create_array("set-orphan", (2, 1, 16), "float32")
+        orphan = keys.new_key(reg.catalog_id, "set")
+        reg.store.create_array(orphan, (2, 1, 16), "float32")
+        reg.store.create_array("set-put-here-by-hand", (2, 1, 16), "float32")
     res = loaded("doctor", code=1)
     assert "PROBLEM [orphan]" in res.stdout and "prompt-registry gc" in res.stdout
+    assert "1 store object(s) were not written by this catalogue" in res.stdout
     assert "kept 1 orphan" in loaded("gc").stdout
-    assert loaded.json("gc", "--dry-run", "--grace", "0")["removed"] == ["set-orphan"]
-    assert "removed 1 orphan" in loaded("gc", "--grace", "0").stdout
-    loaded("doctor")
+    assert loaded.json("gc", "--dry-run", "--grace", "0")["removed"] == [orphan]
+    out = loaded("gc", "--grace", "0").stdout
+    assert "removed 1 orphan" in out and "left 1 store object(s) this catalogue did not write" in out
+    assert "set-put-here-by-hand" in loaded("doctor").stdout
 
 
 def test_open_without_init_explains(cli):

@@ -13,9 +13,9 @@ from conftest import make_fake_model, prompts, user_ids
 from safetensors.numpy import save_file
 
 import prompt_registry as pr
-from prompt_registry import Registry
-from prompt_registry import ingest
+from prompt_registry import Registry, ingest
 from prompt_registry import registry as registry_module
+from prompt_registry.store import keys
 
 pytestmark = pytest.mark.registry
 
@@ -374,7 +374,7 @@ def test_corrupted_chunk_fails_checksum_and_doctor_reports_it(populated):
 def test_doctor_finds_missing_bytes_and_orphans(populated):
     s = populated.import_prompts("a", "rate", prompts(10), user_ids(10))
     assert populated.doctor().ok
-    populated.store.create_array("set-orphan", (4, 1, 16), "float32")
+    populated.store.create_array(keys.new_key(populated.catalog_id, "set"), (4, 1, 16), "float32")
     populated.store.delete(s.store_key)
     kinds = sorted(p.kind for p in populated.doctor().problems)
     assert kinds == ["missing", "orphan"]
@@ -384,15 +384,17 @@ def test_doctor_finds_missing_bytes_and_orphans(populated):
 
 def test_gc_removes_only_orphans_and_respects_grace(populated):
     s = populated.import_prompts("a", "rate", prompts(10), user_ids(10))
-    populated.store.create_array("set-orphan", (4, 1, 16), "float32")
-    populated.store.put_blob("artifact-orphan.safetensors", b"x")
+    orphans = {keys.new_key(populated.catalog_id, "set"), keys.new_key(populated.catalog_id, "artifact")}
+    set_orphan, blob_orphan = sorted(orphans, key=lambda k: not k.startswith("set-"))
+    populated.store.create_array(set_orphan, (4, 1, 16), "float32")
+    populated.store.put_blob(blob_orphan, b"x")
     young = populated.gc()  # default grace keeps fresh orphans (a write may be in flight)
-    assert young.removed == () and set(young.skipped_young) == {"set-orphan", "artifact-orphan.safetensors"}
+    assert young.removed == () and set(young.skipped_young) == orphans
     dry = populated.gc(dry_run=True, grace_seconds=0)
-    assert set(dry.removed) == {"set-orphan", "artifact-orphan.safetensors"}
+    assert set(dry.removed) == orphans
     assert len(populated.store.list_objects()) == 3
     done = populated.gc(grace_seconds=0)
-    assert set(done.removed) == {"set-orphan", "artifact-orphan.safetensors"} and done.nbytes > 0
+    assert set(done.removed) == orphans and done.nbytes > 0
     assert [o.key for o in populated.store.list_objects()] == [s.store_key]
     assert populated.doctor().ok
     assert populated.audit_events(object_kind="store")[0].action == "gc"

@@ -50,6 +50,15 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class RegistryInfoRow(Base):
+    """Facts about the catalogue itself; ``catalog_id`` names it in the store it is bound to."""
+
+    __tablename__ = "registry_info"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class BaseModelRow(Base):
     __tablename__ = "base_models"
 
@@ -111,6 +120,13 @@ class RunRow(Base):
     cost: Mapped[dict[str, Any]] = mapped_column(JSON)
     actor: Mapped[str] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
+    # Who runs it, to tell a live run from one whose process died (``runs.liveness``): the host,
+    # the pid, a token naming that very process (boot id + start time: pids are reused), and the
+    # last heartbeat of a live run.
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_token: Mapped[str | None] = mapped_column(String(100))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class PromptSetRow(Base):

@@ -176,5 +176,16 @@ class TensorStore(abc.ABC):
     def list_objects(self) -> list[StoredObject]:
         """Every array and blob in the store, for consistency checks and garbage collection."""
 
+    # -- ownership ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def bound_catalog(self) -> str | None:
+        """The id of the catalogue this store belongs to, or ``None`` if it was never bound."""
+
+    @abc.abstractmethod
+    def bind(self, catalog_id: str) -> str:
+        """Record ``catalog_id`` as this store's catalogue unless one is recorded already
+        (atomically: of two binders, one wins); returns the id the store is bound to, which the
+        caller compares with its own. Durable on return."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (file handles, caches)."""

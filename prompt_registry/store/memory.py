@@ -18,6 +18,7 @@ from .base import (
     check_key,
     normalize_rows,
 )
+from .keys import check_catalog_id
 
 
 class MemoryStore(TensorStore):
@@ -28,6 +29,7 @@ class MemoryStore(TensorStore):
         self._blobs: dict[str, bytes] = {}
         self._mtimes: dict[str, dt.datetime] = {}
         self._lock = fresh_lock(self)  # a forked child gets it unheld
+        self._catalog: str | None = None
 
     def _touch(self, key: str) -> None:
         self._mtimes[key] = dt.datetime.now(dt.timezone.utc)
@@ -102,3 +104,13 @@ class MemoryStore(TensorStore):
         out = [StoredObject(k, "array", a.nbytes, self._mtimes[k]) for k, a in self._arrays.items()]
         out += [StoredObject(k, "blob", len(b), self._mtimes[k]) for k, b in self._blobs.items()]
         return sorted(out, key=lambda o: o.key)
+
+    def bound_catalog(self):
+        return self._catalog
+
+    def bind(self, catalog_id):
+        check_catalog_id(catalog_id)
+        with self._lock:
+            if self._catalog is None:
+                self._catalog = catalog_id
+            return self._catalog

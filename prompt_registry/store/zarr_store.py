@@ -3,6 +3,7 @@
 Layout::
 
     ROOT/zarr.json                 group
+    ROOT/prompt-registry.json      the id of the one catalogue this store belongs to
     ROOT/arrays/KEY/zarr.json      one Zarr v3 array per prompt set (users x prompt_len x width)
     ROOT/arrays/KEY/c.F.0.0        shard file F: rows F*shard_rows ... in chunks of chunk_rows,
                                    then the shard index (uncompressed, little endian)
@@ -45,6 +46,7 @@ import json
 import mmap
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,9 +71,12 @@ from .base import (
     normalize_rows,
     row_digests,
 )
+from .keys import check_catalog_id
 
 _ARRAYS = "arrays"
 _BLOBS = "blobs"
+# ROOT/BINDING_FILE names the catalogue the store belongs to (see ``TensorStore.bind``).
+BINDING_FILE = "prompt-registry.json"
 
 
 def fsync_path(path: Path) -> None:
@@ -584,6 +589,42 @@ class ZarrStore(TensorStore):
         if blob.exists():
             blob.unlink(missing_ok=True)
             fsync_path(blob.parent)
+
+    # -- ownership ----------------------------------------------------------------------------
+    def bound_catalog(self):
+        try:
+            record = json.loads((self.root / BINDING_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise MissingDataError(
+                f"the store binding {self.root / BINDING_FILE} is unreadable ({exc}); restore it from "
+                "backup (it names the catalogue this store belongs to)"
+            ) from None
+        catalog = record.get("catalog_id") if isinstance(record, dict) else None
+        if not isinstance(catalog, str):
+            raise MissingDataError(f"the store binding {self.root / BINDING_FILE} names no catalogue; restore it from backup")
+        return catalog
+
+    def bind(self, catalog_id):
+        record = {"catalog_id": check_catalog_id(catalog_id), "bound_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                  "note": "this store belongs to one prompt-registry catalogue; do not point another registry at it"}
+        path = self.root / BINDING_FILE
+        tmp = path.with_name(f".{BINDING_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(record, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # create-if-absent, atomically: of two binders one wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_path(self.root)
+        bound = self.bound_catalog()
+        assert bound is not None
+        return bound
 
     def close(self):
         with self._lock:

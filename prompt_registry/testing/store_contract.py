@@ -172,3 +172,14 @@ class TensorStoreContract:
         store.delete("b")
         store.delete("never-existed")  # not an error
         assert store.list_objects() == [] and not store.exists("a")
+
+    def test_a_store_is_bound_to_one_catalogue(self, store):
+        first, second = "a" * 32, "b" * 32
+        assert store.bound_catalog() is None
+        assert store.bind(first) == first
+        assert store.bind(second) == first  # the first binding stays: the caller sees the mismatch
+        assert store.bind(first) == first
+        assert self.reopen(store).bound_catalog() == first
+        assert store.list_objects() == []  # the binding is not an object of the store
+        with pytest.raises(ValueError, match="hex"):
+            store.bind("not-an-id")
