@@ -11,7 +11,7 @@ from test_audit import build_scenario
 from test_cli import Cli, _commands
 
 from prompt_registry import Registry
-from prompt_registry_cli.main import main
+from prompt_registry.cli.main import main
 
 AUDIT_READING = {"audit lineage", "audit user", "audit alias", "audit runs", "audit blast-radius", "audit diff"}
 

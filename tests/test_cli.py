@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_fake_model, prompts, user_ids
-from prompt_registry_cli.main import main
+
+from prompt_registry.cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import prompt_registry as pr
+from prompt_registry.cli.main import main
 from prompt_registry.data import Dataset, convert_movielens, dataset_stats, make_synthetic, write_dataset
 from prompt_registry.data.movielens import normalise_title
-from prompt_registry_cli.main import main
 
 
 def _write(folder, interactions: str, items: str = "item_id,text\ni1,Alpha\ni2,Beta\n"):

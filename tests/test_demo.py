@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from prompt_registry_cli.main import main
+from prompt_registry.cli.main import main
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -17,13 +17,13 @@ from click.testing import CliRunner
 
 import prompt_registry as pr
 from prompt_registry import Registry
+from prompt_registry.cli.main import main
 from prompt_registry.data.synthetic import make_synthetic
 from prompt_registry.migration.adapter import AdapterConfig, Phi
 from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.selection import SelectionConfig, largest_remainder, reference_allocation, select_users
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
 from prompt_registry.training.config import TrainConfig
-from prompt_registry_cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SELECTION = SelectionConfig(method="group", budget=40, n_clusters=5, min_per_cluster=3)

@@ -153,7 +153,7 @@ def test_train_and_eval_through_the_cli(tmp_path, assets):
 
     from click.testing import CliRunner
 
-    from prompt_registry_cli.main import main
+    from prompt_registry.cli.main import main
 
     base = ["--registry", str(tmp_path / "cli-reg")]
     runner = CliRunner()
