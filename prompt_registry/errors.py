@@ -14,6 +14,7 @@ derives from the builtin that fits, so callers may catch either::
     |   +-- UnknownAliasError
     |   +-- UnknownArtifactError
     |   +-- UnknownRunError
+    +-- InvalidArgumentError                 (+ ValueError)         a bad argument: name, kind, number, option
     +-- ConflictError                        (+ ValueError)         would contradict what exists
     |   +-- ModelConflictError               same name, other fingerprint
     |   +-- DuplicateUserError
@@ -26,7 +27,9 @@ derives from the builtin that fits, so callers may catch either::
     +-- InvalidFileError                     (+ ValueError)         not valid safetensors/npy/csv
     +-- IntegrityError                       (+ OSError)            stored bytes missing or corrupt
     |   +-- ChecksumError
+    |   |   +-- RowChecksumError             rows of a verified read fail their sha256
     |   +-- MissingDataError
+    +-- AssetMissingError                    (+ FileNotFoundError)  an offline model/data asset is not installed
     +-- PromptRegistryWarning                (Warning)              warnings we emit
 """
 
@@ -75,6 +78,10 @@ class UnknownArtifactError(NotFoundError):
 
 class UnknownRunError(NotFoundError):
     pass
+
+
+class InvalidArgumentError(PromptRegistryError, ValueError):
+    """An argument that is wrong on its own: a malformed name, an unknown kind, a number out of range."""
 
 
 class ConflictError(PromptRegistryError, ValueError):
@@ -127,6 +134,25 @@ class ChecksumError(IntegrityError):
 
 class MissingDataError(IntegrityError):
     pass
+
+
+class RowChecksumError(ChecksumError):
+    """Rows of a verified read whose bytes do not match their expected sha256.
+
+    ``positions`` index the rows *as requested* (the caller maps them back to users).
+    """
+
+    def __init__(self, key: str, location: str, positions: list[int]) -> None:
+        self.key, self.positions = key, list(positions)
+        super().__init__(
+            f"{len(self.positions)} row(s) of array {key!r} in {location} fail their sha256 check: the "
+            "bytes were modified or corrupted. Restore the store from backup or re-import the set, then "
+            "run `prompt-registry doctor`"
+        )
+
+
+class AssetMissingError(PromptRegistryError, FileNotFoundError):
+    """A real model or data set that is fetched offline through PyPI packages is not installed."""
 
 
 class PromptRegistryWarning(Warning):

@@ -75,6 +75,7 @@ from .errors import (
     DTypeError,
     DuplicateUserError,
     IntegrityError,
+    InvalidArgumentError,
     InvalidFileError,
     InvalidPromptError,
     MissingDataError,
@@ -713,7 +714,7 @@ class Registry(AuditMixin):
         other weights (register the new weights under a new name).
         """
         if not _NAME_RE.match(name):
-            raise ConflictError(f"invalid model name {name!r}: use letters, digits and . _ - / : (max 200)")
+            raise InvalidArgumentError(f"invalid model name {name!r}: use letters, digits and . _ - / : (max 200)")
         desc = describe_model(path)
         with write_session(self._engine) as session:
             existing = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).one_or_none()
@@ -749,9 +750,9 @@ class Registry(AuditMixin):
     def add_task(self, name: str, kind: str) -> Task:
         """Create a task (``rating`` or ``click``); idempotent when it exists with the same kind."""
         if kind not in TASK_KINDS:
-            raise ConflictError(f"unknown task kind {kind!r}; use one of {', '.join(TASK_KINDS)}")
+            raise InvalidArgumentError(f"unknown task kind {kind!r}; use one of {', '.join(TASK_KINDS)}")
         if not _ALIAS_RE.match(name):
-            raise ConflictError(f"invalid task name {name!r}: start with a letter; letters, digits, . _ - (no '/')")
+            raise InvalidArgumentError(f"invalid task name {name!r}: start with a letter; letters, digits, . _ - (no '/')")
         with write_session(self._engine) as session:
             row = session.scalars(select(TaskRow).where(TaskRow.name == name)).one_or_none()
             if row is not None:
@@ -797,7 +798,7 @@ class Registry(AuditMixin):
         lengths = list(map(len, ids))
         if min(lengths) < 1 or max(lengths) > 200 or any(map(str.isspace, ids)):  # C loops: 100,000 ids in ms
             bad = [u for u in ids if not u.strip() or len(u) > 200]
-            raise ConflictError(f"invalid user id(s) {_preview(bad)}: ids are 1-200 non-blank characters")
+            raise InvalidArgumentError(f"invalid user id(s) {_preview(bad)}: ids are 1-200 non-blank characters")
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dupes = sorted({u for u in ids if u in seen or seen.add(u)})  # type: ignore[func-returns-value]
@@ -941,7 +942,7 @@ class Registry(AuditMixin):
         started, started_at = time.perf_counter(), _utcnow()
         user_ids = self._check_user_ids(users, what="users to write")
         if key is not None and not re.fullmatch(r"[0-9a-f]{16,64}", key):
-            raise ConflictError(f"idempotency key {key!r} must be 16-64 lowercase hex characters")
+            raise InvalidArgumentError(f"idempotency key {key!r} must be 16-64 lowercase hex characters")
         with read_session(self._engine) as session:
             model_row = self._model_row(session, model)
             self._task_row(session, task)
@@ -1118,7 +1119,7 @@ class Registry(AuditMixin):
             return array, user_list, str(path.absolute())
         if isinstance(prompts, Mapping):
             if users is not None:
-                raise ConflictError("pass users= only with an array; a mapping already names its users")
+                raise InvalidArgumentError("pass users= only with an array; a mapping already names its users")
             if not prompts:
                 raise UnknownUserError("the prompt mapping is empty")
             user_list = [str(u) for u in prompts]
@@ -1185,12 +1186,12 @@ class Registry(AuditMixin):
     def _read_target(self, session: Session, model: str | None, task: str | None, alias: str | None, version: int | None, set: int | str | PromptSet | None) -> PromptSetRow:
         if set is not None:
             if alias is not None or version is not None:
-                raise ConflictError("give either set= or alias=/version=, not both")
+                raise InvalidArgumentError("give either set= or alias=/version=, not both")
             return self._resolve_set(session, set, model=model, task=task)
         if model is None or task is None:
             raise UnknownSetError("say which prompts: model= and task= (with alias= or version=), or set=")
         if alias is not None and version is not None:
-            raise ConflictError("give either alias= or version=, not both")
+            raise InvalidArgumentError("give either alias= or version=, not both")
         return self._select_set(session, model, task, f"v{version}" if version is not None else (alias or LATEST))
 
     @staticmethod
@@ -1289,7 +1290,7 @@ class Registry(AuditMixin):
     # ------------------------------------------------------------------ aliases and tags
     def _move_alias(self, session: Session, name: str, row: PromptSetRow, reason: str | None) -> AliasRow:
         if not _ALIAS_RE.match(name) or name == LATEST or _VERSION_RE.match(name):
-            raise ConflictError(
+            raise InvalidArgumentError(
                 f"invalid alias name {name!r}: start with a letter, use letters, digits, . _ -; "
                 "`latest` and `vN` are reserved"
             )
@@ -1421,9 +1422,9 @@ class Registry(AuditMixin):
         from safetensors.torch import save as save_safetensors
 
         if kind not in ("adapter", "head"):
-            raise ConflictError(f"unknown artifact kind {kind!r}; use 'adapter' or 'head'")
+            raise InvalidArgumentError(f"unknown artifact kind {kind!r}; use 'adapter' or 'head'")
         if kind == "adapter" and not source_models:
-            raise ConflictError("an adapter needs at least one source model")
+            raise InvalidArgumentError("an adapter needs at least one source model")
         with read_session(self._engine) as session:
             target = self._model_row(session, target_model)
             sources = [self._model_row(session, m) for m in source_models]
@@ -1648,7 +1649,7 @@ class Registry(AuditMixin):
                    error: str | None = None, results: Mapping[str, Any] | None = None) -> Run:
         """Close a run with its status, cost ledger, and results (stored in ``cost['results']``)."""
         if status not in ("succeeded", "failed"):
-            raise ConflictError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
+            raise InvalidArgumentError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
         self._heartbeat.discard(int(run_id))
         with write_session(self._engine) as session:
             row = self._run_row(session, run_id)

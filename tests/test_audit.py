@@ -181,7 +181,7 @@ def test_cost_summary_sums_the_ledger_by_group_and_filters(scenario):
     assert reg.cost_summary(since=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))[0].runs == 6
     reg.finish_run(run.id, status="failed", error="oom")
     assert reg.cost_summary(kind="train")[0].failed == 1
-    with pytest.raises(pr.ConflictError, match="group runs by"):
+    with pytest.raises(pr.InvalidArgumentError, match="group runs by"):
         reg.cost_summary(group_by="week")
 
 
@@ -211,7 +211,7 @@ def test_blast_radius_of_an_adapter_reaches_every_derived_set_and_user(scenario)
     assert sc.reg.blast_radius(set=sc.s5.id).users == ("u005",)
     with pytest.raises(pr.UnknownArtifactError):
         sc.reg.blast_radius(999)
-    with pytest.raises(pr.ConflictError):
+    with pytest.raises(pr.InvalidArgumentError):
         sc.reg.blast_radius()
 
 
@@ -384,9 +384,9 @@ def test_retention_older_than_keeps_young_sets_and_moves_with_aliases(populated)
     reg.set_alias("production", v[1].id)
     assert reg.gc(older_than_days=30).removed_sets == (v[0].id,)
     assert [s.status for s in reg.list_sets(include_deleted=True)] == ["committed", "committed", "committed", "deleted"]
-    with pytest.raises(pr.ConflictError, match="at least 1"):
+    with pytest.raises(pr.InvalidArgumentError, match="at least 1"):
         reg.gc(keep_last=0)
-    with pytest.raises(pr.ConflictError):
+    with pytest.raises(pr.InvalidArgumentError):
         reg.gc(older_than_days=-1)
 
 

@@ -61,7 +61,7 @@ def test_tasks_are_idempotent_and_kinds_checked(registry):
     assert registry.add_task("rate", "rating") == task
     with pytest.raises(pr.ConflictError, match="kind"):
         registry.add_task("rate", "click")
-    with pytest.raises(pr.ConflictError, match="unknown task kind"):
+    with pytest.raises(pr.InvalidArgumentError, match="unknown task kind"):
         registry.add_task("other", "regression")
 
 
@@ -197,9 +197,9 @@ def test_aliases_move_with_history_and_resolve(populated):
     assert all(e.actor == "tester" for e in history)
     with pytest.raises(pr.UnknownAliasError, match="alias set"):
         populated.get_prompt("u000", "a", "rate", alias="production")
-    with pytest.raises(pr.ConflictError, match="reserved"):
+    with pytest.raises(pr.InvalidArgumentError, match="reserved"):
         populated.set_alias("latest", v1.id)
-    with pytest.raises(pr.ConflictError, match="reserved"):
+    with pytest.raises(pr.InvalidArgumentError, match="reserved"):
         populated.set_alias("v3", v1.id)
 
 

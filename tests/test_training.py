@@ -135,7 +135,7 @@ def test_changed_weights_are_refused_at_load(reg, assets, tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(pr.ConflictError, match="epochs"):
+    with pytest.raises(pr.InvalidArgumentError, match="epochs"):
         TrainConfig(epochs=0)
     with pytest.raises(pr.InvalidFileError, match="placeholder"):
         TrainConfig(template="no placeholder {item}")

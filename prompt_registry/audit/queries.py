@@ -30,7 +30,7 @@ from ..db.schema import (
     UserMetricRow,
     UserRow,
 )
-from ..errors import ConflictError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError
 from .entities import (
     AffectedSet,
     AliasMove,
@@ -259,7 +259,7 @@ def _month_postgresql(element: month_utc, compiler: Any, **kw: Any) -> str:
 def cost_summary(session: Session, *, since: dt.datetime | None = None, kind: str | None = None, group_by: str | None = None) -> list[RunCost]:
     """The runs' cost ledger summed, overall or per model, task, kind or month (oldest first)."""
     if group_by is not None and group_by not in GROUP_BY:
-        raise ConflictError(f"cannot group runs by {group_by!r}; use one of {', '.join(GROUP_BY)}")
+        raise InvalidArgumentError(f"cannot group runs by {group_by!r}; use one of {', '.join(GROUP_BY)}")
     key: Any = {
         None: literal_column("NULL", String), "model": BaseModelRow.name, "task": TaskRow.name,
         "kind": RunRow.kind, "month": month_utc(RunRow.started_at),
@@ -296,7 +296,7 @@ def blast_radius(session: Session, *, adapter_id: int | None = None, set_id: int
     """Every set derived from the adapter (or set), through any chain of base and source edges,
     and the users with a prompt row written by one of those sets."""
     if (adapter_id is None) == (set_id is None):
-        raise ConflictError("give either an adapter or a set for the blast radius, not both or neither")
+        raise InvalidArgumentError("give either an adapter or a set for the blast radius, not both or neither")
     start = PromptSetRow.adapter_id == adapter_id if adapter_id is not None else PromptSetRow.id == set_id
     reach = select(PromptSetRow.id.label("set_id"), _one(0).label("depth")).where(start).cte("reach", recursive=True)
     prev = reach.alias("prev")

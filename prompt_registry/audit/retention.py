@@ -20,7 +20,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ..db.schema import AliasRow, PromptRowRow, PromptSetParentRow, PromptSetRow
-from ..errors import ConflictError
+from ..errors import InvalidArgumentError
 from .deletion import lock_catalogue
 from .queries import aware
 
@@ -32,12 +32,12 @@ class RetentionPolicy:
 
     def __post_init__(self) -> None:
         if self.keep_last < 1:
-            raise ConflictError(
+            raise InvalidArgumentError(
                 f"keep_last must be at least 1, not {self.keep_last}: the newest version of each model "
                 "and task is always kept"
             )
         if self.older_than_days is not None and self.older_than_days < 0:
-            raise ConflictError(f"older_than_days must be 0 or more, not {self.older_than_days}")
+            raise InvalidArgumentError(f"older_than_days must be 0 or more, not {self.older_than_days}")
 
     @classmethod
     def from_options(cls, keep_last: int | None, older_than_days: float | None) -> RetentionPolicy | None:

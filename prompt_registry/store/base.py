@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ChecksumError, MissingDataError
+from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 
 DEFAULT_CHUNK_ROWS = 256
 DIGEST_BYTES = 32
@@ -73,24 +73,9 @@ def mismatched_rows(data: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.flatnonzero((digest_matrix(row_digests(data)) != expected).any(axis=1))
 
 
-class RowChecksumError(ChecksumError):
-    """Rows of a verified read whose bytes do not match their expected sha256.
-
-    ``positions`` index the rows *as requested* (the caller maps them back to users).
-    """
-
-    def __init__(self, key: str, location: str, positions: Sequence[int]) -> None:
-        self.key, self.positions = key, list(positions)
-        super().__init__(
-            f"{len(self.positions)} row(s) of array {key!r} in {location} fail their sha256 check: the "
-            "bytes were modified or corrupted. Restore the store from backup or re-import the set, then "
-            "run `prompt-registry doctor`"
-        )
-
-
 def check_key(key: str) -> str:
     if not _KEY_RE.match(key):
-        raise ValueError(f"invalid store key {key!r}: use letters, digits, '.', '_' or '-' (max 128)")
+        raise InvalidArgumentError(f"invalid store key {key!r}: use letters, digits, '.', '_' or '-' (max 128)")
     return key
 
 
@@ -98,11 +83,11 @@ def check_chunk_aligned(info: ArrayInfo, start: int, n: int, where: str) -> None
     """Writes cover whole chunks (the last chunk may end at the end of the array)."""
     end = start + n
     if start < 0 or end > info.shape[0]:
-        raise ValueError(f"rows {start}:{end} are outside {where} with {info.shape[0]} rows")
+        raise InvalidArgumentError(f"rows {start}:{end} are outside {where} with {info.shape[0]} rows")
     if start % info.chunk_rows:
-        raise ValueError(f"write to {where} starts at row {start}, not on a chunk boundary ({info.chunk_rows})")
+        raise InvalidArgumentError(f"write to {where} starts at row {start}, not on a chunk boundary ({info.chunk_rows})")
     if end % info.chunk_rows and end != info.shape[0]:
-        raise ValueError(f"write to {where} ends at row {end}, not on a chunk boundary ({info.chunk_rows})")
+        raise InvalidArgumentError(f"write to {where} ends at row {end}, not on a chunk boundary ({info.chunk_rows})")
 
 
 def normalize_rows(rows: np.ndarray | slice | range, n_rows: int, where: str) -> np.ndarray:

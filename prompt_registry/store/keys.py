@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import uuid
 
+from ..errors import InvalidArgumentError
+
 KINDS = ("set", "artifact")
 _SUFFIX = {"set": "", "artifact": ".safetensors"}
 _OWNED = re.compile(r"^(set|artifact)-([0-9a-f]{32})-[0-9a-f]{16,64}(\.safetensors)?$")
@@ -21,7 +23,7 @@ _CATALOG_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def check_catalog_id(catalog_id: str) -> str:
     if not _CATALOG_ID.match(catalog_id):
-        raise ValueError(f"catalogue id {catalog_id!r} is not 32 lowercase hex digits")
+        raise InvalidArgumentError(f"catalogue id {catalog_id!r} is not 32 lowercase hex digits")
     return catalog_id
 
 
@@ -29,11 +31,11 @@ def new_key(catalog_id: str, kind: str, token: str | None = None) -> str:
     """A fresh key for an object of ``kind`` written by catalogue ``catalog_id``; ``token``
     (hex, 16-64 digits) makes it deterministic, e.g. an idempotency key."""
     if kind not in KINDS:
-        raise ValueError(f"unknown store object kind {kind!r}; use one of {', '.join(KINDS)}")
+        raise InvalidArgumentError(f"unknown store object kind {kind!r}; use one of {', '.join(KINDS)}")
     token = uuid.uuid4().hex if token is None else token
     key = f"{kind}-{check_catalog_id(catalog_id)}-{token}{_SUFFIX[kind]}"
     if not _OWNED.match(key):
-        raise ValueError(f"invalid key token {token!r}: use 16-64 lowercase hex digits")
+        raise InvalidArgumentError(f"invalid key token {token!r}: use 16-64 lowercase hex digits")
     return key
 
 

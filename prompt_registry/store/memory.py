@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 
 from .._forksafe import fresh_lock
-from ..errors import MissingDataError
+from ..errors import InvalidArgumentError, MissingDataError
 from .base import (
     DEFAULT_CHUNK_ROWS,
     SUPPORTED_DTYPES,
@@ -43,7 +43,7 @@ class MemoryStore(TensorStore):
     def create_array(self, key, shape, dtype, chunk_rows=DEFAULT_CHUNK_ROWS):
         check_key(key)
         if dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+            raise InvalidArgumentError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
         with self._lock:
             if key in self._arrays or key in self._blobs:
                 raise FileExistsError(f"{key!r} already exists in the {self.location} store")
@@ -60,7 +60,7 @@ class MemoryStore(TensorStore):
         info = self.array_info(key)
         data = np.asarray(data, dtype=info.dtype)
         if data.shape[1:] != info.shape[1:]:
-            raise ValueError(f"rows of shape {data.shape[1:]} do not fit array {key!r} of shape {info.shape}")
+            raise InvalidArgumentError(f"rows of shape {data.shape[1:]} do not fit array {key!r} of shape {info.shape}")
         check_chunk_aligned(info, start, len(data), repr(key))
         self._arrays[key][start : start + len(data)] = data
         self._touch(key)

@@ -56,13 +56,12 @@ import zarr
 from zarr.storage import LocalStore
 
 from .._forksafe import fresh_lock
-from ..errors import MissingDataError
+from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 from .base import (
     DEFAULT_CHUNK_ROWS,
     DIGEST_BYTES,
     SUPPORTED_DTYPES,
     ArrayInfo,
-    RowChecksumError,
     StoredObject,
     TensorStore,
     check_chunk_aligned,
@@ -296,7 +295,7 @@ class ZarrStore(TensorStore):
     def create_array(self, key, shape, dtype, chunk_rows=DEFAULT_CHUNK_ROWS):
         check_key(key)
         if dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+            raise InvalidArgumentError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
         if self.exists(key):
             raise FileExistsError(f"{key!r} already exists in the store {self.location}")
         shape = tuple(int(s) for s in shape)
@@ -328,7 +327,7 @@ class ZarrStore(TensorStore):
         info = layout.info
         data = np.ascontiguousarray(data, dtype=info.dtype)
         if data.shape[1:] != info.shape[1:]:
-            raise ValueError(f"rows of shape {data.shape[1:]} do not fit array {key!r} of shape {info.shape}")
+            raise InvalidArgumentError(f"rows of shape {data.shape[1:]} do not fit array {key!r} of shape {info.shape}")
         check_chunk_aligned(info, start, len(data), repr(key))
         if not len(data):
             return

@@ -17,8 +17,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from ..errors import ChecksumError, MissingDataError
-from ..store.base import RowChecksumError, TensorStore, digest_matrix, row_digests
+from ..errors import ChecksumError, MissingDataError, RowChecksumError
+from ..store.base import TensorStore, digest_matrix, row_digests
 
 
 def _rows(n: int, width: int = 6, length: int = 2, seed: int = 0, dtype: str = "float32") -> np.ndarray:

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from ..backbones.prompting import DEFAULT_TEMPLATE, HISTORY_TEMPLATE, Template
-from ..errors import ConflictError
+from ..errors import InvalidArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ConflictError(f"invalid training config: {message}")
+                raise InvalidArgumentError(f"invalid training config: {message}")
         self.template_obj()  # validates the template
 
     def template_obj(self) -> Template:
