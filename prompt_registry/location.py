@@ -15,13 +15,12 @@ DB_FILE = "registry.db"
 STORE_DIR = "store"
 ENV_URL = "PROMPT_REGISTRY_URL"
 ENV_STORE = "PROMPT_REGISTRY_STORE"
-MEMORY_STORE = "memory"
 
 
 @dataclasses.dataclass(frozen=True)
 class Location:
     db_url: str
-    store: str  # a directory, or "memory"
+    store: str  # a store location for ``store.resolve.open_store``: a directory, or memory://
     display: str  # what messages call this registry
     directory: Path | None  # the embedded registry folder, when there is one
 

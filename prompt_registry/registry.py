@@ -102,13 +102,12 @@ from .ingest import (
     insert_prompt_rows,
     users_json,
 )
-from .location import DB_FILE, MEMORY_STORE, Location, resolve_location
+from .location import DB_FILE, Location, resolve_location
 from .manifest import ContentHash, Manifest, row_digests
 from .modelinfo import describe_model
 from .store import keys
 from .store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, StoredObject, TensorStore
-from .store.memory import MemoryStore
-from .store.zarr_store import ZarrStore
+from .store.resolve import is_memory, open_store
 
 TASK_KINDS = ("rating", "click")
 DEFAULT_GC_GRACE_SECONDS = 3600.0
@@ -396,7 +395,7 @@ class Registry(AuditMixin):
     @classmethod
     def _existing_binding(cls, loc: Location) -> str | None:
         """The catalogue an existing store is bound to (``None``: no store there yet, or unbound)."""
-        if loc.store == MEMORY_STORE:
+        if is_memory(loc.store):
             return None
         try:
             existing = cls._make_store(loc, create=False)
@@ -440,9 +439,7 @@ class Registry(AuditMixin):
 
     @staticmethod
     def _make_store(loc: Location, *, create: bool) -> TensorStore:
-        if loc.store == MEMORY_STORE:
-            return MemoryStore()
-        return ZarrStore(loc.store, create=create)
+        return open_store(loc.store, create=create)
 
     def close(self) -> None:
         """Release the database connections and store handles."""
@@ -469,7 +466,7 @@ class Registry(AuditMixin):
 
     def scratch_dir(self) -> Path:
         """A local directory for working files (training checkpoints): beside the store."""
-        root = Path(self._store.root) if isinstance(self._store, ZarrStore) else Path(tempfile.gettempdir()) / "prompt-registry"
+        root = self._store.local_root or Path(tempfile.gettempdir()) / "prompt-registry"
         path = root / "work"
         path.mkdir(parents=True, exist_ok=True)
         return path

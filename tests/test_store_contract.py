@@ -260,3 +260,18 @@ class TestZarrStoreSmallShards(TestZarrStore):
 def test_opening_a_missing_zarr_store_explains(tmp_path):
     with pytest.raises(MissingDataError, match="prompt-registry init"):
         ZarrStore(tmp_path / "nothing-here")
+
+
+def test_stores_are_resolved_by_location(tmp_path):
+    from prompt_registry.errors import InvalidArgumentError, MissingDataError
+    from prompt_registry.store.resolve import open_store
+
+    assert isinstance(open_store("memory://"), MemoryStore) and not open_store("memory").persistent
+    with pytest.raises(MissingDataError, match="no tensor store"):
+        open_store(tmp_path / "none")
+    made = open_store(tmp_path / "zarr", create=True)
+    assert isinstance(made, ZarrStore) and made.persistent and made.local_root == tmp_path / "zarr"
+    assert isinstance(open_store(f"file://{tmp_path / 'zarr'}"), ZarrStore)
+    assert open_store("memory://").local_root is None and made.supports_overwrite
+    with pytest.raises(InvalidArgumentError, match="s3://"):
+        open_store("s3://bucket/prefix")

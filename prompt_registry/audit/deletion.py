@@ -21,7 +21,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..db.schema import BaseModelRow, PromptRowRow, PromptSetRow, PurgedRowRow, UserMetricRow, UserRow
-from ..errors import IntegrityError, MissingDataError
+from ..errors import ConflictError, IntegrityError, MissingDataError
 from ..store.base import TensorStore
 from .entities import PurgeReport
 from .queries import aware, visible_sets
@@ -42,6 +42,8 @@ def purge_user(session: Session, store: TensorStore, user: UserRow, *, dry_run: 
     The bytes are overwritten before the transaction commits: if it then fails, the user's reads
     fail their checksum (the data is gone either way) and running the purge again completes it.
     """
+    if not dry_run and not store.supports_overwrite:
+        raise ConflictError(f"the store {store.location} cannot overwrite rows in place, which a purge needs")
     if not dry_run:
         lock_catalogue(session)
     held = session.execute(

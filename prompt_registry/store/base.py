@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -105,10 +106,31 @@ def normalize_rows(rows: np.ndarray | slice | range, n_rows: int, where: str) ->
 
 
 class TensorStore(abc.ABC):
-    """Abstract byte store for prompt arrays and artifact blobs."""
+    """Abstract byte store for prompt arrays and artifact blobs.
+
+    Capabilities are properties that callers test instead of the backend's class:
+    ``supports_overwrite`` (rows can be replaced in place: what a purge needs) and
+    ``local_root`` (a directory on this machine beside the data, for scratch files such as
+    training checkpoints and write journals; ``None`` where the store has none).
+    """
 
     #: human-readable location used in error messages ("zarr:/path", "memory")
     location: str
+
+    @property
+    def supports_overwrite(self) -> bool:
+        """Whether ``overwrite_rows`` replaces rows in place."""
+        return True
+
+    @property
+    def local_root(self) -> Path | None:
+        """A local directory that belongs to this store, if it has one."""
+        return None
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the data outlives this process."""
+        return True
 
     # -- arrays -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -31,6 +31,10 @@ class MemoryStore(TensorStore):
         self._lock = fresh_lock(self)  # a forked child gets it unheld
         self._catalog: str | None = None
 
+    @property
+    def persistent(self) -> bool:
+        return False
+
     def _touch(self, key: str) -> None:
         self._mtimes[key] = dt.datetime.now(dt.timezone.utc)
 

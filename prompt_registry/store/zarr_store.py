@@ -257,6 +257,10 @@ class ZarrStore(TensorStore):
         self._verified_nbytes = 0
         self._lock = fresh_lock(self)  # a forked child gets it unheld
 
+    @property
+    def local_root(self) -> Path:
+        return self.root
+
     # -- helpers ------------------------------------------------------------------------------
     def _array_dir(self, key: str) -> Path:
         return self.root / _ARRAYS / key
