@@ -1,0 +1,245 @@
+"""What a migration method is, and the table of registered ones.
+
+A migration method learns, from a few selected users, a map from source-model prompts to
+target-model prompts, then maps everyone. The orchestration (``migrate.py``) does everything that
+does not depend on the method: it resolves the source sets, selects the users, splits their data,
+loads the target backbone, builds a fresh target task head, records the run, stores the head and
+the adapter artifact, streams every user through the map into a new set, refines, reports and
+gates. A method supplies only the map.
+
+Writing a method (PUMA in ``puma/`` is the full example)::
+
+    @dataclasses.dataclass(frozen=True)
+    class MyConfig(MethodConfig):            # paper defaults, validated in __post_init__
+        epochs: int = 4
+
+    class MyMethod(MigrationMethod):
+        config_class = MyConfig
+
+        @classmethod
+        def create(cls, config, spec, backbone): ...   # a fresh, unfitted map for these widths
+        def describe(self): ...                        # JSON that restore() rebuilds the map from
+        def fit(self, ctx): ...                        # train the map and ctx.head; return the loop
+        def map(self, *sources): ...                   # (b, L, w_i) per source -> (b, L, W), no grad
+        def to(self, device): ...
+        def tensors(self): ...                         # the state to store (CPU tensors)
+        @classmethod
+        def restore(cls, config, spec, tensors): ...   # the inverse of describe() + tensors()
+
+    register_method("mine", MyMethod)      # one line, in the method folder's __init__.py
+
+and import the folder in ``migration/__init__.py``. ``MigrationConfig(method="mine",
+method_config=MyConfig(...))`` then runs it through ``Registry.migrate``, and
+``Registry.apply_adapter`` rebuilds it from the stored adapter.
+
+The contract, step by step:
+
+1. ``create(config, spec, backbone)`` is called right after ``torch.manual_seed(seed)``, so any
+   random initialisation is reproducible. ``spec`` gives the source widths (several sources are
+   an aggregated migration: ``map`` receives one tensor per source), the target width and the
+   prompt length; ``backbone`` is the frozen target (e.g. its ``token_norm``).
+2. ``describe()`` is recorded in the run's config (``adapter``) before training starts and stored
+   as the adapter artifact's ``config["adapter"]``.
+3. ``fit(ctx)`` trains on the target model's task loss (or however the method likes) over the
+   selected users only. ``ctx.sources`` holds their source prompts (one table per source, rows in
+   the order of ``ctx.train.user_index``); ``ctx.head`` is a fresh target head that must come out
+   trained too (every mapped set is stored with a head); ``ctx.training_loop(...)`` builds the
+   shared training loop (seeded order, best epoch on the validation tail, token-pass ledger,
+   checkpoints and ``resume``). ``fit`` returns the loop whose best epoch it kept, with that
+   epoch's weights loaded into the map and the head: its ``best_head`` is stored, its ledger is
+   the run's cost.
+4. ``map(*sources)`` must be deterministic (eval mode, no gradients): mapping is resumable and
+   idempotent only if the same inputs give the same bytes.
+5. ``tensors()`` and ``restore(config, spec, tensors)`` are symmetric: ``restore`` of what
+   ``describe()`` and ``tensors()`` returned maps exactly like the fitted method.
+
+An adapter artifact's config records ``method`` (the registered name) and ``method_config`` (the
+method config as a dict) besides ``adapter`` (``describe()``); ``load_method`` reads them back. An
+adapter stored before methods were plug-ins has no ``method``: it is PUMA (``LEGACY_METHOD``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConflictError
+from ..training.loop import LoopConfig, TrainingLoop
+
+if TYPE_CHECKING:
+    from ..backbones.heads import TaskHead
+    from ..backbones.loader import Backbone
+    from ..backbones.prompting import PromptEncoder
+    from ..training.examples import Examples
+
+LEGACY_METHOD = "puma"  # what an adapter artifact without a recorded method was trained with
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's config: a frozen dataclass, validated in ``__post_init__``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConflictError(f"{cls.__name__} has no option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class MappingSpec:
+    """The shape of a map: one width per source (concatenated at the input), the target width."""
+
+    source_widths: tuple[int, ...]
+    target_width: int
+    prompt_len: int
+
+
+@dataclasses.dataclass
+class FitContext:
+    """Everything a method's ``fit`` gets: the frozen target, the selected users' data and sources,
+    a fresh target head, and the loop settings shared by every method."""
+
+    backbone: Backbone
+    encoder: PromptEncoder
+    task_kind: str
+    head: TaskHead  # fresh, on the backbone's device: train it with the map
+    head_lr: float
+    sources: list[torch.Tensor]  # per source: (n_selected, prompt_len, width), on the backbone's device
+    train: Examples  # user_index indexes the rows of ``sources``
+    valid: Examples
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    checkpoint_every: int
+    patience: int | None
+    checkpoint: Path | None
+    resume: bool
+    progress: bool
+    steps_hint: str = "adapter"
+    loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (the last one's ledger is the run's)
+
+    def training_loop(self, provider: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                      schedulers: dict[str, Any] | None = None, *, epochs: int) -> TrainingLoop:
+        """The shared training loop over ``ctx.train``/``ctx.valid`` for ``provider`` (user index ->
+        prompts) and ``ctx.head``, restored from the run's checkpoint when resuming."""
+        loop = TrainingLoop(encoder=self.encoder, head=self.head, provider=provider, optimizers=optimizers,
+                            schedulers=schedulers or {}, train=self.train, valid=self.valid, task_kind=self.task_kind,
+                            checkpoint=self.checkpoint, steps_hint=self.steps_hint,
+                            config=LoopConfig(epochs, self.batch_size, self.eval_batch_size, self.seed,
+                                              self.checkpoint_every, self.patience))
+        if self.resume:
+            loop.restore()
+        self.loops.append(loop)
+        return loop
+
+
+class MigrationMethod(abc.ABC):
+    """A way to map source-model prompts to target-model prompts (see the module docstring)."""
+
+    name: ClassVar[str] = ""  # set by register_method
+    config_class: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, config: MethodConfig, spec: MappingSpec, backbone: Backbone) -> MigrationMethod:
+        """A fresh, unfitted map from ``spec.source_widths`` to ``spec.target_width`` for ``backbone``."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description of the built map (widths, resolved sizes): ``restore``'s ``spec``."""
+
+    @abc.abstractmethod
+    def fit(self, ctx: FitContext) -> TrainingLoop:
+        """Train the map and ``ctx.head`` on the selected users; return the loop whose best epoch is
+        loaded (build it with ``ctx.training_loop``)."""
+
+    @abc.abstractmethod
+    def map(self, *sources: torch.Tensor) -> torch.Tensor:
+        """One (batch, prompt_len, w_i) tensor per source -> (batch, prompt_len, target_width); no grad."""
+
+    @abc.abstractmethod
+    def to(self, device: str | torch.device) -> MigrationMethod:
+        """Move the map's tensors to ``device``; returns ``self``."""
+
+    @abc.abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fitted state to store in the adapter artifact (CPU tensors)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def restore(cls, config: MethodConfig, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod:
+        """Rebuild a fitted method from ``describe()`` and ``tensors()`` of an earlier one."""
+
+
+_METHODS: dict[str, type[MigrationMethod]] = {}
+
+
+def register_method(name: str, cls: type[MigrationMethod]) -> type[MigrationMethod]:
+    """Make ``cls`` available as ``MigrationConfig(method=name)``; registering it again is a no-op.
+
+    Raises ``ConflictError`` when ``name`` is taken by another class or ``cls`` is not a method."""
+    if not (isinstance(cls, type) and issubclass(cls, MigrationMethod)):
+        raise ConflictError(f"migration method {name!r} must subclass MigrationMethod, got {cls!r}")
+    config_class = getattr(cls, "config_class", None)
+    if not (isinstance(config_class, type) and issubclass(config_class, MethodConfig) and dataclasses.is_dataclass(config_class)):
+        raise ConflictError(f"migration method {name!r} needs a config_class: a MethodConfig dataclass")
+    known = _METHODS.get(name)
+    if known is not None and known is not cls:
+        raise ConflictError(f"migration method {name!r} is already registered ({known.__module__}.{known.__qualname__})")
+    if cls.name and cls.name != name:
+        raise ConflictError(f"{cls.__qualname__} is registered as {cls.name!r}, not {name!r}")
+    cls.name = name
+    _METHODS[name] = cls
+    return cls
+
+
+def available_methods() -> tuple[str, ...]:
+    """The registered method names, sorted."""
+    return tuple(sorted(_METHODS))
+
+
+def get_method(name: str) -> type[MigrationMethod]:
+    """The method class registered as ``name``; ``ConflictError`` naming the registered ones if none."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ConflictError(f"unknown migration method {name!r}; registered: {', '.join(available_methods()) or 'none'}") from None
+
+
+def method_config(name: str, value: MethodConfig | dict[str, Any] | None) -> MethodConfig:
+    """``value`` as method ``name``'s config: its defaults for None, parsed from a dict, or checked."""
+    config_class = get_method(name).config_class
+    if value is None:
+        return config_class()
+    if isinstance(value, dict):
+        return config_class.from_dict(value)
+    if not isinstance(value, config_class):
+        raise ConflictError(f"method {name!r} takes a {config_class.__name__}, got a {type(value).__name__}")
+    return value
+
+
+def artifact_config(method: MigrationMethod) -> dict[str, Any]:
+    """What an adapter artifact's config records about its method (merged with the run's facts)."""
+    return {"method": method.name, "method_config": method.config.to_dict(), "adapter": method.describe()}
+
+
+def load_method(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod:
+    """Rebuild the fitted method from an adapter artifact's config and tensors (through the table)."""
+    name = config.get("method", LEGACY_METHOD)
+    cls = get_method(name)
+    return cls.restore(method_config(name, config.get("method_config")), config["adapter"], tensors)
+
