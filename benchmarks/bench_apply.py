@@ -40,7 +40,7 @@ import torch
 
 from bench_store import DEFAULT_PG_URL, RESULTS_DIR, machine_info, make_model_dir
 from prompt_registry import Registry
-from prompt_registry.migration.adapter import AdapterConfig, Phi
+from prompt_registry.migration.puma.adapter import AdapterConfig, Phi
 
 TASK = "rate"
 APPLY_BATCH_USERS = 4096  # what apply_adapter maps per forward pass

@@ -1,7 +1,9 @@
-"""PUMA migrations with tiny random backbones and synthetic users with real structure."""
+"""Migrations (PUMA, and a trivial second method registered here) with tiny random backbones and
+synthetic users with real structure."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,14 +16,27 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 import prompt_registry as pr
 from prompt_registry import Registry
 from prompt_registry.cli.main import main
 from prompt_registry.data.synthetic import make_synthetic
-from prompt_registry.migration.adapter import AdapterConfig, Phi
+from prompt_registry.migration import base as methods
+from prompt_registry.migration.base import (
+    MethodConfig,
+    MigrationMethod,
+    register_method,
+)
 from prompt_registry.migration.config import MigrationConfig
-from prompt_registry.migration.selection import SelectionConfig, largest_remainder, reference_allocation, select_users
+from prompt_registry.migration.puma import PumaConfig, PumaMethod
+from prompt_registry.migration.puma.adapter import AdapterConfig, Phi
+from prompt_registry.migration.puma.selection import (
+    SelectionConfig,
+    largest_remainder,
+    reference_allocation,
+    select_users,
+)
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
 from prompt_registry.training.config import TrainConfig
 
@@ -75,6 +90,131 @@ def test_reference_allocation_skews_to_high_variance_and_largest_remainder_does_
     share = lambda alloc: select_users(users, prompts, variance, SelectionConfig(  # noqa: E731
         budget=45, n_clusters=15, min_per_cluster=3, allocation=alloc)).summary()["variance_quintile_share"][4]
     assert share("reference") > 0.4 > 0.2 > share("largest-remainder")
+
+
+# ------------------------------------------------------------------------------ methods as plug-ins
+
+
+@dataclasses.dataclass(frozen=True)
+class PadConfig(MethodConfig):
+    head_epochs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.head_epochs < 1:
+            raise pr.ConflictError("head_epochs must be >= 1")
+
+
+class _Mapped(nn.Module):
+    """Index -> the mapped prompts of the selected users; nothing to train (no parameters)."""
+
+    def __init__(self, method: MigrationMethod, sources: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.method, self.sources = method, sources
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.method.map(*[table[index] for table in self.sources])
+
+
+class PadTruncate(MigrationMethod):
+    """A trivial second method: zero-pad or truncate the source width to the target width; only
+    the target head is fitted."""
+
+    config_class = PadConfig
+
+    def __init__(self, config: PadConfig, source_width: int, target_width: int) -> None:
+        super().__init__(config)
+        self.source_width, self.target_width = source_width, target_width
+
+    @classmethod
+    def create(cls, config, spec, backbone):
+        if len(spec.source_widths) != 1:
+            raise pr.ConflictError("pad-truncate maps one source")
+        return cls(config, spec.source_widths[0], spec.target_width)
+
+    def describe(self):
+        return {"source_widths": [self.source_width], "target_width": self.target_width}
+
+    def fit(self, ctx):
+        optimizers = {"head": torch.optim.AdamW(ctx.head.parameters(), lr=ctx.head_lr)}
+        loop = ctx.training_loop(_Mapped(self, ctx.sources), optimizers, epochs=self.config.head_epochs)
+        loop.fit(ctx.progress)
+        loop.use_best()
+        return loop
+
+    def map(self, *sources):
+        (x,) = sources
+        if self.target_width <= self.source_width:
+            return x[..., : self.target_width].clone()
+        return nn.functional.pad(x, (0, self.target_width - self.source_width))
+
+    def to(self, device):
+        return self
+
+    def tensors(self):
+        return {"widths": torch.tensor([self.source_width, self.target_width])}
+
+    @classmethod
+    def restore(cls, config, spec, tensors):
+        method = cls(config, spec["source_widths"][0], spec["target_width"])
+        assert tensors["widths"].tolist() == [method.source_width, method.target_width]
+        return method
+
+
+register_method("pad-truncate", PadTruncate)
+
+
+def pad_or_truncate(prompts: torch.Tensor, width: int) -> torch.Tensor:
+    out = torch.zeros(*prompts.shape[:-1], width)
+    keep = min(width, prompts.shape[-1])
+    out[..., :keep] = prompts[..., :keep]
+    return out
+
+
+def test_methods_are_looked_up_by_name_and_an_unknown_one_is_refused():
+    assert {"puma", "pad-truncate"} <= set(methods.available_methods())
+    assert methods.get_method("puma") is PumaMethod and methods.get_method("pad-truncate") is PadTruncate
+    for refuse in (lambda: MigrationConfig(method="ridge"), lambda: methods.get_method("ridge")):
+        with pytest.raises(pr.ConflictError, match="unknown migration method 'ridge'") as err:
+            refuse()
+        assert "pad-truncate" in str(err.value) and "puma" in str(err.value)
+    register_method("pad-truncate", PadTruncate)  # again: a no-op
+    with pytest.raises(pr.ConflictError, match="already registered"):
+        register_method("puma", PadTruncate)
+    with pytest.raises(pr.ConflictError, match="subclass MigrationMethod"):
+        register_method("nothing", object)
+
+
+def test_migration_config_names_its_method_and_validates_the_method_config():
+    flat = MigrationConfig(epochs=8, lr=1e-3, norm_match=True, head_lr=2e-3)  # PUMA shorthands (CLI, scripts)
+    assert flat.method == "puma" and flat.method_config == PumaConfig(epochs=8, lr=1e-3, norm_match=True)
+    assert flat == MigrationConfig(method_config=PumaConfig(epochs=8, lr=1e-3, norm_match=True), head_lr=2e-3)
+    assert dataclasses.replace(flat, seed=3).method_config == flat.method_config
+    recorded = flat.to_dict()
+    assert recorded["method"] == "puma" and recorded["method_config"]["epochs"] == 8 and recorded["head_lr"] == 2e-3
+    assert MigrationConfig(method_config=recorded["method_config"]).method_config == flat.method_config
+    assert MigrationConfig().method_config == PumaConfig() == PumaConfig(epochs=4, lr=1e-4, cosine=True, hidden=None)
+    pad = MigrationConfig(method="pad-truncate", method_config={"head_epochs": 3})
+    assert pad.method_config == PadConfig(head_epochs=3) and pad.to_dict()["method"] == "pad-truncate"
+    for bad, match in ((dict(epochs=0), "epochs must be >= 1"), (dict(lr=-1.0), "learning rates"), (dict(dropout=1.0), "dropout"),
+                       (dict(method="pad-truncate", lr=1e-3), "has no option"),
+                       (dict(method="pad-truncate", method_config=PumaConfig()), "takes a PadConfig"),
+                       (dict(method_config={"epochz": 3}), "no option"), (dict(head_lr=0.0), "learning rates")):
+        with pytest.raises(pr.ConflictError, match=match):
+            MigrationConfig(**bad)
+
+
+def test_a_method_saves_and_restores_through_its_artifact_config():
+    torch.manual_seed(0)
+    puma = PumaMethod(PumaConfig(hidden=32), Phi(AdapterConfig((16,), 24, hidden=32)))
+    recorded = methods.artifact_config(puma)
+    assert recorded["method"] == "puma" and recorded["method_config"]["hidden"] == 32 and recorded["adapter"]["target_width"] == 24
+    x = torch.randn(3, 2, 16)
+    for config in (recorded, {"adapter": recorded["adapter"]}):  # the second: an adapter stored before methods were plug-ins
+        restored = methods.load_method(json.loads(json.dumps(config)), puma.tensors())
+        assert isinstance(restored, PumaMethod)
+        torch.testing.assert_close(restored.map(x), puma.map(x), rtol=0, atol=0)
+    with pytest.raises(pr.ConflictError, match="unknown migration method 'ghost'"):
+        methods.load_method({**recorded, "method": "ghost"}, puma.tensors())
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -162,6 +302,52 @@ def test_aggregated_migration_from_three_sources(world):
     assert rows["migrated"] < result.report.rows[0]["baselines"]["global_mean"]["rmse"]
 
 
+def test_a_second_method_runs_end_to_end_through_migrate_and_apply(world):
+    reg, data = world["reg"], world["data"]
+    source_set = world["source"].set
+    config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=2), selection=SELECTION)
+    result = reg.migrate([source_set.id], "dst", "rate", data, config=config, progress=False, evaluate=False)
+    mapped, adapter = result.set, result.adapter
+    everyone = reg.list_set_users(source_set.id)
+    assert mapped.n_users == len(everyone) == 100 and mapped.adapter_id == adapter.id and mapped.parents == (source_set.id,)
+    source = reg.get_prompts(everyone, set=source_set.id)
+    assert torch.equal(reg.get_prompts(everyone, set=mapped.id), pad_or_truncate(source, 64))  # 48 -> 64: zero-padded
+    assert adapter.config["method"] == "pad-truncate" and adapter.config["method_config"] == {"head_epochs": 2}
+    assert adapter.config["adapter"] == {"source_widths": [48], "target_width": 64}
+    run = reg.get_run(result.run.id)
+    assert run.config["method"] == "pad-truncate" and run.config["method_config"] == {"head_epochs": 2}
+    assert run.backward_tokens == 0 and run.cost["epochs_run"] == 2 and len(run.config["selected_users"]) == 40  # head only
+    head = reg.get_artifact(result.head_id)
+    assert head.kind == "head" and head.target_model == "dst"
+    # apply rebuilds the method from the artifact: the same inputs give the same set; new users are padded too
+    assert reg.apply_adapter(adapter.id, sources=[source_set.id], progress=False).id == mapped.id
+    newcomers = {f"pad{i}": np.random.default_rng(20 + i).normal(size=(1, 48)).astype(np.float32) for i in range(3)}
+    newer = reg.import_prompts("src", "rate", newcomers, base=source_set.id, create_users=True)
+    applied = reg.apply_adapter(adapter.id, sources=[newer.id], users=list(newcomers), progress=False)
+    assert applied.base_id == mapped.id and applied.n_rows == 3 and applied.n_users == 103
+    assert torch.equal(reg.get_prompts(list(newcomers), set=applied.id), pad_or_truncate(torch.from_numpy(np.stack(list(newcomers.values()))), 64))
+    assert torch.equal(reg.get_prompts(everyone, set=applied.id), reg.get_prompts(everyone, set=mapped.id))
+    # 48 -> 32 (the Llama target): truncated
+    narrow = reg.migrate([source_set.id], "llama", "rate", data, config=config, progress=False, evaluate=False)
+    assert torch.equal(reg.get_prompts(everyone, set=narrow.set.id), source[..., :32])
+
+
+def test_an_adapter_stored_before_methods_were_plugins_is_puma(world):
+    reg = world["reg"]
+    result = reg.migrate(["src"], "dst", "rate", world["data"], config=dataclasses.replace(FAST, epochs=1), progress=False, evaluate=False)
+    assert result.adapter.config["method"] == "puma" and result.adapter.config["method_config"]["epochs"] == 1
+    assert reg.get_run(result.run.id).config["method"] == "puma"
+    _, tensors = reg.load_artifact(result.adapter.id)
+    old_layout = {k: v for k, v in result.adapter.config.items() if k not in ("method", "method_config")}
+    legacy = reg.put_artifact("adapter", "src->dst/rate", tensors, task="rate", target_model="dst", source_models=["src"],
+                              config=old_layout)
+    assert "method" not in reg.get_artifact(legacy.id).config
+    applied = reg.apply_adapter(legacy.id, progress=False)
+    assert applied.id != result.set.id and applied.adapter_id == legacy.id
+    users = reg.list_set_users(result.set.id)
+    assert torch.equal(reg.get_prompts(users, set=applied.id), reg.get_prompts(users, set=result.set.id))
+
+
 def test_gate_refuses_to_move_the_alias_when_worse_than_reference(world):
     reg, data = world["reg"], world["data"]
     refused = reg.migrate(["src"], "dst", "rate", data, config=FAST, progress=False, alias="production", gate=-10.0)
@@ -214,7 +400,7 @@ def test_cli_migrate_apply_and_adapters(world):
 CHILD = textwrap.dedent(
     """
     import sys, time
-    import prompt_registry.registry as registry_module
+    import prompt_registry.core.writes as registry_module
     from prompt_registry import Registry
     from prompt_registry.store.zarr_store import ZarrStore
 
@@ -254,7 +440,7 @@ def test_sigkill_during_apply_then_rerun_gives_a_complete_valid_set(world, tmp_p
     before = adapter_sets()
     assert all(s.n_users != bigger.n_users for s in before)  # no half-visible version
 
-    import prompt_registry.registry as registry_module
+    import prompt_registry.core.writes as registry_module
     from prompt_registry.store.zarr_store import ZarrStore
 
     monkeypatch.setattr(registry_module, "WRITE_BATCH_ROWS", 256)

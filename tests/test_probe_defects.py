@@ -30,7 +30,7 @@ from conftest import prompts, user_ids
 import prompt_registry as pr
 from prompt_registry import Registry
 from prompt_registry.migration import migrate as migrate_module
-from prompt_registry.migration.adapter import AdapterConfig, Phi
+from prompt_registry.migration.puma.adapter import AdapterConfig, Phi
 from prompt_registry.store import keys
 
 pytestmark = pytest.mark.registry

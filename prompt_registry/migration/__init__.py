@@ -1,0 +1,7 @@
+"""Migration methods as plug-ins (``base.py``) and the method-agnostic orchestration (``migrate.py``).
+
+Importing the package registers the built-in methods; a further method is a folder here whose
+``__init__`` calls ``register_method`` once, imported below.
+"""
+
+from . import puma  # noqa: F401  (registers "puma")

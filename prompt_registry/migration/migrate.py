@@ -1,10 +1,12 @@
-"""PUMA migrations as registry operations: select users, train Phi, apply it to everyone, gate.
+"""Migrations as registry operations, whatever the method: select users, fit, map everyone, gate.
 
-``migrate`` trains an adapter Phi (and a fresh target head) on the *target model's task loss*
-over a selected subset of users, with source prompts and the target backbone frozen; then streams
-every user's source prompt rows through Phi into a new target set (resumable, idempotent), with
-lineage to the source set(s) and the adapter. ``apply_adapter`` reuses a stored adapter on new
-users or a newer source version with no training. A report compares the new set with the source
+``migrate`` fits the configured migration method (``config.method``, looked up in the table of
+``base.py``; PUMA by default: an adapter Phi trained with a fresh target head on the *target
+model's task loss*) over a selected subset of users, with source prompts and the target backbone
+frozen; then streams every user's source prompt rows through the fitted map into a new target set
+(resumable, idempotent), with lineage to the source set(s) and the adapter. The adapter artifact
+records the method and its config; ``apply_adapter`` rebuilds that method from it and reuses it on
+new users or a newer source version with no training. A report compares the new set with the source
 set on the source model and, when one exists, a from-scratch set on the target; ``gate`` refuses
 to move an alias when the migrated set is worse than that reference by more than a threshold.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,9 +34,16 @@ from ..training import metrics
 from ..training.config import TrainConfig
 from ..training.loop import LoopConfig, PromptTable, TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
-from .adapter import AdapterConfig, MappedPrompts, Phi
+from .base import (
+    FitContext,
+    MappingSpec,
+    MigrationMethod,
+    artifact_config,
+    get_method,
+    load_method,
+)
 from .config import MigrationConfig
-from .selection import label_variance, select_users
+from .puma.selection import label_variance, select_users
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +63,8 @@ class MigrationReport:
 
 @dataclasses.dataclass(frozen=True)
 class MigrationResult:
-    set: PromptSet  # the mapped (PUMA) set
-    refined: PromptSet | None  # PUMA + warm-start refinement, when asked for
+    set: PromptSet  # the mapped set
+    refined: PromptSet | None  # mapped + warm-start refinement, when asked for
     adapter: Artifact
     head_id: int
     run: Run
@@ -105,11 +113,11 @@ def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def map_users(registry: Any, phi: Phi, adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
+def map_users(registry: Any, method: MigrationMethod, adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
               target: str, task: str, head_id: int, run_id: int | None, device: str, batch_users: int,
               base: int | None = None, progress: bool = False) -> PromptSet:
-    """Stream ``users``' source rows through Phi into a new target set (idempotent, resumable)."""
-    phi = phi.to(device).eval()
+    """Stream ``users``' source rows through the fitted method into a new target set (idempotent, resumable)."""
+    method = method.to(device)
 
     def produce(start: int, stop: int) -> np.ndarray:
         chunk = users[start:stop]
@@ -118,7 +126,7 @@ def map_users(registry: Any, phi: Phi, adapter: Artifact, sets: Sequence[PromptS
             part = chunk[i : i + batch_users]
             with torch.no_grad():
                 inputs = [registry.get_prompts(part, set=s.id).to(device).float() for s in sets]
-                out.append(phi(*inputs).cpu().numpy())
+                out.append(method.map(*inputs).cpu().numpy())
         return np.concatenate(out)
 
     return registry.write_prompts(
@@ -128,15 +136,13 @@ def map_users(registry: Any, phi: Phi, adapter: Artifact, sets: Sequence[PromptS
     )
 
 
-def _cosine(total_steps: int) -> Any:
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
 def migrate(registry: Any, sources: Sequence[str | int], target: str, task: str, data: str | Path | Dataset, *,
             config: MigrationConfig | None = None, device: str = "auto", alias: str | None = None,
             gate: float | None = None, evaluate: bool = True, resume: bool = False, progress: bool = True) -> MigrationResult:
-    """Migrate the prompts of ``sources`` (models or sets) to ``target`` for ``task`` with PUMA."""
+    """Migrate the prompts of ``sources`` (models or sets) to ``target`` for ``task`` with
+    ``config.method`` (PUMA by default)."""
     config = config or MigrationConfig()
+    method_class = get_method(config.method)
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     source_sets = resolve_sources(registry, sources, task)
     target_info = registry.get_model(target)
@@ -162,44 +168,39 @@ def migrate(registry: Any, sources: Sequence[str | int], target: str, task: str,
     keep = np.isin(dataset.users, np.array(selection.users))
     sub_split = dataclasses.replace(split, train=split.train[keep[split.train]], valid=split.valid[keep[split.valid]])
     train, valid = prepare_examples(dataset, sub_split, list(selection.users), encoder, template)
-    adapter_config = AdapterConfig(tuple(s.width for s in source_sets), target_info.hidden_size, config.hidden,
-                                   config.dropout, config.norm_match, backbone.token_norm if config.norm_match else None)
-    torch.manual_seed(config.seed)
-    phi = Phi(adapter_config).to(backbone.device)
+    spec = MappingSpec(tuple(s.width for s in source_sets), target_info.hidden_size, source_sets[0].prompt_len)
+    torch.manual_seed(config.seed)  # the method's initialisation, then the head's: reproducible for a seed
+    method = method_class.create(config.method_config, spec, backbone)
     head = TaskHead(task_kind, backbone.decoder, encoder.feature_size, float(train.labels.mean())).to(backbone.device)
-    provider = MappedPrompts(phi, [t[picked].to(backbone.device) for t in source_tables])
-    total_steps = config.epochs * -(-len(train) // config.batch_size)
-    optimizers = {"phi": torch.optim.AdamW(phi.parameters(), lr=config.lr), "head": torch.optim.AdamW(head.parameters(), lr=config.head_lr)}
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total_steps)) for name, opt in optimizers.items()} if config.cosine else {}
     key = checkpoint_key("migrate", [s.sha256 for s in source_sets], target_info.fingerprint, task, dataset.fingerprint, config.to_dict())
     checkpoint = registry.scratch_dir() / "checkpoints" / f"migrate-{key}.safetensors"
     if not resume and checkpoint.exists():
         checkpoint.unlink()
-    loop = TrainingLoop(encoder=encoder, head=head, provider=provider, optimizers=optimizers, schedulers=schedulers,
-                        train=train, valid=valid, task_kind=task_kind, checkpoint=checkpoint, steps_hint=f"adapter -> {target}",
-                        config=LoopConfig(config.epochs, config.batch_size, config.eval_batch_size, config.seed,
-                                          config.checkpoint_every, config.patience))
-    if resume:
-        loop.restore()
+    context = FitContext(backbone=backbone, encoder=encoder, task_kind=task_kind, head=head, head_lr=config.head_lr,
+                         sources=[t[picked].to(backbone.device) for t in source_tables], train=train, valid=valid,
+                         batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
+                         checkpoint_every=config.checkpoint_every, patience=config.patience, checkpoint=checkpoint,
+                         resume=resume, progress=progress, steps_hint=f"adapter -> {target}")
     run = registry.start_run("migrate", model=target, task=task, seeds={"seed": config.seed, "selection": config.selection.seed}, config={
         **config.to_dict(), "sources": [{"set_id": s.id, "model": s.model, "sha256": s.sha256} for s in source_sets],
         "target_fingerprint": target_info.fingerprint, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
         "candidates": len(candidates), "selected_users": list(selection.users), "selection_summary": selection.summary(),
-        "adapter": adapter_config.to_dict(), "n_train": len(train), "n_valid": len(valid), "device": backbone.device,
+        "adapter": method.describe(), "n_train": len(train), "n_valid": len(valid), "device": backbone.device,
     })
+    loop: TrainingLoop | None = None
     try:
-        loop.fit(progress)
-        loop.use_best()
+        loop = method.fit(context)
+        if not isinstance(loop, TrainingLoop):
+            raise TypeError(f"{method_class.__qualname__}.fit must return the TrainingLoop whose best epoch it kept")
         head_artifact = save_head(registry, loop.best_head, head, encoder, task=task, model=target, run_id=run.id)
         adapter = registry.put_artifact(
-            "adapter", f"{'+'.join(s.model for s in source_sets)}->{target}/{task}",
-            {k[len("phi."):]: v for k, v in loop.best_provider.items() if k.startswith("phi.")},
+            "adapter", f"{'+'.join(s.model for s in source_sets)}->{target}/{task}", method.tensors(),
             task=task, target_model=target, source_models=[s.model for s in source_sets], run_id=run.id,
-            config={"adapter": adapter_config.to_dict(), "head_id": head_artifact.id, "source_sets": [s.id for s in source_sets],
+            config={**artifact_config(method), "head_id": head_artifact.id, "source_sets": [s.id for s in source_sets],
                     "selection": selection.summary(), "best_epoch": loop.state.best_epoch},
         )
         applied = time.perf_counter()
-        mapped = map_users(registry, phi, adapter, source_sets, everyone, target=target, task=task, head_id=head_artifact.id,
+        mapped = map_users(registry, method, adapter, source_sets, everyone, target=target, task=task, head_id=head_artifact.id,
                            run_id=run.id, device=backbone.device, batch_users=config.apply_batch_users, progress=progress)
         apply_seconds = time.perf_counter() - applied
         refined, refine_state = None, None
@@ -221,7 +222,9 @@ def migrate(registry: Any, sources: Sequence[str | int], target: str, task: str,
         finished = registry.finish_run(run.id, ledger=ledger, results={"best_epoch": loop.state.best_epoch, "history": loop.state.history,
                                                                         "mapped_set": mapped.id, "refined_set": refined.id if refined else None})
     except BaseException as exc:
-        registry.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device), error=f"{type(exc).__name__}: {exc}")
+        partial = loop or (context.loops[-1] if context.loops else None)
+        registry.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
+                            error=f"{type(exc).__name__}: {exc}")
         raise
     checkpoint.unlink(missing_ok=True)
     final = refined or mapped
@@ -268,9 +271,7 @@ def apply_adapter(registry: Any, adapter_id: int, *, sources: Sequence[str | int
     source_fps = [registry.get_model(s.model).fingerprint for s in source_sets]
     target_info = registry.get_model(adapter.target_model)
     _, tensors = registry.load_artifact(adapter_id, fingerprint=target_info.fingerprint, source_fingerprints=source_fps)
-    config = AdapterConfig.from_dict(adapter.config["adapter"])
-    phi = Phi(config)
-    phi.load_state_dict(tensors)
+    method = load_method(adapter.config, tensors)  # the recorded method (none recorded: PUMA)
     everyone = _common_users(registry, source_sets)
     chosen = list(users) if users is not None else everyone
     covered = set(everyone)  # once: a set built per user made apply quadratic (50,000 users: 72 s)
@@ -285,7 +286,7 @@ def apply_adapter(registry: Any, adapter_id: int, *, sources: Sequence[str | int
                              config={"adapter_id": adapter_id, "sources": [s.id for s in source_sets], "n_users": len(chosen), "base": base})
     started = time.perf_counter()
     try:
-        result = map_users(registry, phi, adapter, source_sets, chosen, target=adapter.target_model, task=adapter.task,
+        result = map_users(registry, method, adapter, source_sets, chosen, target=adapter.target_model, task=adapter.task,
                            head_id=int(adapter.config["head_id"]), run_id=run.id, device=resolve_device(device),
                            batch_users=4096, base=base, progress=progress)
         if alias:

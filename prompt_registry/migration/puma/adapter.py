@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConflictError
+from ...errors import ConflictError
 
 
 @dataclasses.dataclass(frozen=True)

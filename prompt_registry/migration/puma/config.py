@@ -1,0 +1,37 @@
+"""PUMA's own options: the adapter Phi's architecture and how it is trained (paper defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ...errors import ConflictError
+from ..base import MethodConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PumaConfig(MethodConfig):
+    """Paper defaults: 4 epochs, Phi's lr 1e-4, cosine schedule (the batch size, the head's lr and
+    the loop settings are the migration's, shared by every method: ``MigrationConfig``).
+
+    ``hidden``: Phi's feed-forward width (default 2 x the widest of inputs and target, within
+    [256, 4096]). Beyond the paper, ``norm_match`` rescales mapped prompts to the target's mean
+    token-embedding norm (pre-norm decoders do not tolerate PUMA's 10-100x larger outputs).
+    """
+
+    epochs: int = 4
+    lr: float = 1e-4
+    cosine: bool = True
+    hidden: int | None = None
+    dropout: float = 0.1
+    norm_match: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.lr > 0, "learning rates must be > 0"),
+            (self.hidden is None or self.hidden >= 1, "hidden must be >= 1"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConflictError(f"invalid migration config: {message}")

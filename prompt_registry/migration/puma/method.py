@@ -1,0 +1,74 @@
+"""PUMA as a migration method: train Phi (and the fresh target head) on the target's task loss."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..base import FitContext, MappingSpec, MigrationMethod
+from .adapter import AdapterConfig, MappedPrompts, Phi
+from .config import PumaConfig
+
+if TYPE_CHECKING:
+    from ...backbones.loader import Backbone
+    from ...training.loop import TrainingLoop
+
+
+def _cosine(total_steps: int) -> Any:
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+class PumaMethod(MigrationMethod):
+    """Phi (``adapter.py``) maps the frozen source prompts; Phi and the head train jointly with
+    AdamW (Phi at ``lr``, the head at the migration's ``head_lr``), cosine-decayed over all steps;
+    the best epoch on the validation tail is kept. The artifact holds Phi's state dict."""
+
+    config_class = PumaConfig
+
+    def __init__(self, config: PumaConfig, phi: Phi) -> None:
+        super().__init__(config)
+        self.phi = phi
+
+    @classmethod
+    def create(cls, config: PumaConfig, spec: MappingSpec, backbone: Backbone) -> PumaMethod:
+        adapter = AdapterConfig(spec.source_widths, spec.target_width, config.hidden, config.dropout, config.norm_match,
+                                backbone.token_norm if config.norm_match else None)
+        return cls(config, Phi(adapter).to(backbone.device))
+
+    def describe(self) -> dict[str, Any]:
+        return self.phi.config.to_dict()
+
+    def fit(self, ctx: FitContext) -> TrainingLoop:
+        config = self.config
+        provider = MappedPrompts(self.phi, ctx.sources)
+        total_steps = config.epochs * -(-len(ctx.train) // ctx.batch_size)
+        optimizers = {"phi": torch.optim.AdamW(self.phi.parameters(), lr=config.lr),
+                      "head": torch.optim.AdamW(ctx.head.parameters(), lr=ctx.head_lr)}
+        schedulers = ({name: torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total_steps)) for name, opt in optimizers.items()}
+                      if config.cosine else {})
+        loop = ctx.training_loop(provider, optimizers, schedulers, epochs=config.epochs)
+        loop.fit(ctx.progress)
+        loop.use_best()
+        return loop
+
+    def map(self, *sources: torch.Tensor) -> torch.Tensor:
+        self.phi.eval()
+        with torch.no_grad():
+            return self.phi(*sources)
+
+    def to(self, device: str | torch.device) -> PumaMethod:
+        self.phi = self.phi.to(device)
+        return self
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.phi.state_dict().items()}
+
+    @classmethod
+    def restore(cls, config: PumaConfig, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PumaMethod:
+        # the adapter spec, not the method config, is authoritative: it holds the resolved hidden
+        # width and the target norm the map was trained with (and is all a pre-plug-in adapter has)
+        phi = Phi(AdapterConfig.from_dict(spec))
+        phi.load_state_dict(tensors)
+        return cls(config, phi.eval())
