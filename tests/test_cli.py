@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -12,7 +15,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_fake_model, prompts, user_ids
 
+import prompt_registry.cli
 from prompt_registry.cli.main import main
+from prompt_registry.migration.config import MigrationConfig
+from prompt_registry.migration.puma.config import PumaConfig
+from prompt_registry.migration.puma.selection import SelectionConfig
+from prompt_registry.registry import DEFAULT_GC_GRACE_SECONDS, TASK_KINDS
+from prompt_registry.store.base import SUPPORTED_DTYPES
+from prompt_registry.training.config import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -176,3 +186,73 @@ def test_every_command_is_documented_in_the_readme():
     text = README.read_text()
     for name, _ in _commands(main):
         assert re.search(rf"prompt-registry (\S+ )*{re.escape(name)}\b", text), f"README does not mention `prompt-registry {name}`"
+
+
+def _all_commands(group: click.Group, path: tuple[str, ...] = ()):
+    """Every group and command under ``group`` (groups included, unlike ``_commands``), by path."""
+    for name, cmd in group.commands.items():
+        yield (*path, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, (*path, name))
+
+
+@pytest.mark.parametrize("path", [" ".join(path) for path, _ in _all_commands(main)])
+def test_every_command_and_group_has_a_docstring_shown_by_help(path):
+    cmd = main
+    for name in path.split():
+        cmd = cmd.commands[name]
+    assert cmd.callback is not None and cmd.callback.__doc__, f"`prompt-registry {path}` has no docstring"
+    result = CliRunner().invoke(main, [*path.split(), "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    first_line = cmd.callback.__doc__.strip().splitlines()[0].strip()
+    assert first_line in result.output, f"`prompt-registry {path} --help` does not show its docstring"
+
+
+def test_command_modules_import_alone_without_main():
+    # A fresh interpreter: the modules must not need main (which imports them) to be loaded first.
+    code = (
+        "import sys\n"
+        "import prompt_registry.cli.ml_cmds, prompt_registry.cli.audit_cmds\n"
+        "import prompt_registry.cli.registry_cmds, prompt_registry.cli.admin_cmds\n"
+        "assert 'prompt_registry.cli.main' not in sys.modules, 'a command module imported main'\n"
+        "print(len(prompt_registry.cli.ml_cmds.COMMANDS))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "6"
+    package = Path(prompt_registry.cli.__file__).parent
+    for module in package.glob("*.py"):
+        if module.name in ("main.py", "__main__.py"):
+            continue
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) and node.module else alias.name  # `from . import main` too
+            for node in ast.walk(ast.parse(module.read_text()))
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+        assert not imported & {"main", "prompt_registry.cli.main"}, f"{module.name} imports main: an import circle"
+
+
+def test_option_defaults_are_the_library_defaults():
+    def defaults(*path: str) -> dict:
+        cmd = main
+        for name in path:
+            cmd = cmd.commands[name]
+        return {p.name: p.default for p in cmd.params}
+
+    train_fields = ("epochs", "lr", "head_lr", "batch_size", "prompt_len", "history_len", "seed")
+    train = defaults("prompt", "train")
+    assert {k: train[k] for k in train_fields} == {k: getattr(TrainConfig(), k) for k in train_fields}
+    migration, selection = MigrationConfig(), SelectionConfig()
+    run = defaults("migrate", "run")
+    assert {k: run[k] for k in ("epochs", "lr", "head_lr", "batch_size", "refine_epochs", "refine_lr", "seed")} == {
+        "epochs": PumaConfig().epochs, "lr": PumaConfig().lr, "head_lr": migration.head_lr, "batch_size": migration.batch_size,
+        "refine_epochs": migration.refine_epochs, "refine_lr": migration.refine_lr, "seed": migration.seed,
+    }
+    assert (run["selection"], run["clusters"], run["min_per_cluster"], run["allocation"]) == (
+        selection.method, selection.n_clusters, selection.min_per_cluster, selection.allocation)
+    assert defaults("gc")["grace_seconds"] == DEFAULT_GC_GRACE_SECONDS
+    choices = {p.name: tuple(p.type.choices) for p in main.commands["task"].commands["add"].params if p.name == "kind"}
+    assert choices == {"kind": TASK_KINDS}
+    dtype = next(p for p in main.commands["prompt"].commands["import"].params if p.name == "dtype")
+    assert tuple(dtype.type.choices) == SUPPORTED_DTYPES

