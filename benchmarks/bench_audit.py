@@ -196,7 +196,7 @@ def bulk_insert(session: Session, table: str, columns: tuple[str, ...], rows: An
 def analyze(registry: Registry) -> float:
     """The steady state autovacuum would leave after a bulk load (Postgres: ``VACUUM ANALYZE``, which
     also sets the visibility map that index-only scans use); SQLite: ``ANALYZE``."""
-    engine = registry._engine
+    engine = registry._ctx.engine
     statement = "VACUUM (ANALYZE)" if engine.dialect.name == "postgresql" else "ANALYZE"
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         seconds, _ = timed(lambda: conn.exec_driver_sql(statement))
@@ -246,7 +246,7 @@ def build(registry: Registry, scratch: Path, n_users: int, args: argparse.Namesp
     task_id = registry.add_task(TASK, "rating").id
     users = [f"user-{i:07d}" for i in range(n_users)]
     figures["add_users_s"], _ = timed(lambda: registry.add_users(users))
-    with registry._engine.connect() as conn:
+    with registry._ctx.engine.connect() as conn:
         user_ids = np.array([uid for _, uid in sorted(conn.execute(select(UserRow.external_id, UserRow.id)).all())], dtype=np.int64)
     adapters = [None] + [
         registry.put_artifact("adapter", f"phi-{i + 1:02d}", {"w": torch.zeros(2)}, task=TASK, target_model=f"m{i + 1:02d}",
@@ -258,7 +258,7 @@ def build(registry: Registry, scratch: Path, n_users: int, args: argparse.Namesp
     sets: list[int] = []
     rows_s = 0.0
     for i in range(args.versions):
-        with write_session(registry._engine) as session:
+        with write_session(registry._ctx.engine) as session:
             run = new_run(session, "train" if i == 0 else "migrate", models[i], task_id, now)
             set_id = new_set(session, models[i], task_id, 1, n_users, n_users, run, now, adapter_id=adapters[i])
             if sets:
@@ -269,7 +269,7 @@ def build(registry: Registry, scratch: Path, n_users: int, args: argparse.Namesp
         sets.append(set_id)
         log(f"  set {set_id}: {n_users:,} prompt rows in {seconds:.1f} s ({n_users / seconds:,.0f} rows/s), load {loadavg()}")
     increment = np.sort(rng.choice(n_users, size=min(args.increment, n_users), replace=False))
-    with write_session(registry._engine) as session:
+    with write_session(registry._ctx.engine) as session:
         run = new_run(session, "train", models[-1], task_id, now)
         tip = new_set(session, models[-1], task_id, 2, n_users, len(increment), run, now, base_id=sets[-1])
         session.execute(insert(PromptSetParentRow).values(set_id=tip, parent_id=sets[-1], role="base", position=0))
@@ -306,7 +306,7 @@ def add_runs(registry: Registry, models: list[int], task_id: int, n: int, rng: n
         for k, m, s, w, e in zip(rng.integers(0, 4, n), rng.integers(0, len(models), n), rng.uniform(0, 365 * 86400, n),
                                  rng.uniform(1, 3600, n), rng.integers(100, 100_000, n))
     ]
-    with write_session(registry._engine) as session:
+    with write_session(registry._ctx.engine) as session:
         session.execute(insert(RunRow), rows)
 
 
@@ -322,7 +322,7 @@ def add_history(registry: Registry, models: list[int], n_sets: int, n_moves: int
          "created_at": now, "created_by": "bench"}
         for i in range(n_sets)
     ]
-    with write_session(registry._engine) as session:
+    with write_session(registry._ctx.engine) as session:
         ids = session.scalars(insert(PromptSetRow).returning(PromptSetRow.id, sort_by_parameter_order=True), rows).all()
         chains = [(ids[i], ids[i - len(models)]) for i in range(len(models), n_sets) if (i // len(models)) % 100]
         session.execute(insert(PromptSetParentRow), [{"set_id": c, "parent_id": p, "role": "base", "position": 0} for c, p in chains])
@@ -339,7 +339,7 @@ def add_history(registry: Registry, models: list[int], n_sets: int, n_moves: int
 
 def add_evaluations(registry: Registry, set_ids: tuple[int, int], user_ids: np.ndarray, rng: np.random.Generator) -> None:
     now = dt.datetime.now(dt.timezone.utc)
-    with write_session(registry._engine) as session:
+    with write_session(registry._ctx.engine) as session:
         for set_id in set_ids:
             ev = session.execute(insert(EvaluationRow).values(
                 set_id=set_id, run_id=None, dataset="bench@1", split="test", metrics={"rmse": 1.0}, created_at=now, created_by="bench",
@@ -367,7 +367,7 @@ def insert_baselines(registry: Registry, built: dict[str, Any], user_ids: list[i
     ways = {"orm_add_all": orm, "core_executemany": core,
             "copy_or_driver_executemany": lambda session, set_id: insert_rows(session, set_id, user_ids, digests)}
     for name, way in ways.items():
-        with registry._engine.connect() as conn:
+        with registry._ctx.engine.connect() as conn:
             trans = conn.begin()
             with Session(bind=conn, autoflush=False) as session:
                 set_id = new_set(session, built["models"][0], built["task_id"], 999, len(user_ids), len(user_ids), None, now)
@@ -396,7 +396,7 @@ def captured(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
 
 def explain(registry: Registry, call: Callable[[], Any]) -> list[dict[str, Any]]:
     """The plan of every SELECT that ``call`` sends, and the big tables it scans sequentially."""
-    engine = registry._engine
+    engine = registry._ctx.engine
     with captured(engine) as statements:
         call()
     prefix = "EXPLAIN (ANALYZE, BUFFERS) " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
@@ -500,7 +500,7 @@ def bench_backend(name: str, fresh: Callable[[], contextlib.AbstractContextManag
 
 
 def table_rows(registry: Registry) -> dict[str, int]:
-    with registry._engine.connect() as conn:
+    with registry._ctx.engine.connect() as conn:
         return {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in ("users", "prompt_sets", "prompt_rows", "runs", "alias_events", "user_metrics")}
 
 

@@ -48,7 +48,7 @@ CHILD = textwrap.dedent(
             signal_and_hang()
         ZarrStore.write_rows = write_rows
     elif mode == "commit":  # die inside the transaction, rows inserted but not committed
-        import prompt_registry.registry as registry_module
+        import prompt_registry.core.writes as registry_module
         original = registry_module.insert_prompt_rows
         def insert_rows(*args, **kwargs):
             inserted = original(*args, **kwargs)

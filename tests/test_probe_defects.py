@@ -361,7 +361,7 @@ def test_open_runs_beat(populated):
     from prompt_registry.db.engine import read_session
     from prompt_registry.db.schema import RunRow
 
-    engine = populated._engine  # the heartbeat writes through the registry's engine
+    engine = populated._ctx.engine  # the heartbeat writes through the registry's engine
     beat = liveness.Heartbeat(engine, lambda: dt.datetime.now(dt.timezone.utc), interval=0.05)
     run = populated.start_run("apply", model="b", task="rate")
 

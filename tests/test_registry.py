@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 import prompt_registry as pr
 from prompt_registry import Registry, ingest
-from prompt_registry import registry as registry_module
+from prompt_registry.core import writes as registry_module
 from prompt_registry.store import keys
 
 pytestmark = pytest.mark.registry
@@ -455,7 +455,7 @@ def test_every_write_is_audited_with_its_actor(populated):
 
 
 def test_batch_reads_use_cached_manifests_and_stay_exact(populated):
-    from prompt_registry.registry import MANIFEST_MIN_USERS
+    from prompt_registry._context import MANIFEST_MIN_USERS
 
     n = MANIFEST_MIN_USERS + 300
     users = [f"big{i:05d}" for i in range(n)]
@@ -464,7 +464,7 @@ def test_batch_reads_use_cached_manifests_and_stay_exact(populated):
     order = list(np.random.default_rng(0).permutation(n))
     got = populated.get_prompts([users[i] for i in order], set=v1.id)  # loads the full manifest
     np.testing.assert_array_equal(got.numpy(), data[order])
-    assert v1.id in populated._manifests
+    assert v1.id in populated._ctx.caches.manifests
     # an incremental version overlays its own rows on the cached base manifest
     changed = prompts(4, seed=12)
     v2 = populated.import_prompts("a", "rate", changed, [users[0], users[5], "fresh1", "fresh2"], base=v1.id, create_users=True)
@@ -484,7 +484,7 @@ def test_batch_reads_use_cached_manifests_and_stay_exact(populated):
 
 
 def test_batch_read_detects_corruption(populated):
-    from prompt_registry.registry import MANIFEST_MIN_USERS
+    from prompt_registry._context import MANIFEST_MIN_USERS
 
     n = MANIFEST_MIN_USERS + 10
     users = [f"big{i:05d}" for i in range(n)]
@@ -566,7 +566,7 @@ def test_imported_set_hash_is_the_content_hash_over_all_batches(populated, monke
 
 
 def test_insert_prompt_rows_refuses_digests_that_do_not_match_the_users(populated):
-    with populated._engine.begin() as conn, pytest.raises(ValueError, match="digest bytes"):
+    with populated._ctx.engine.begin() as conn, pytest.raises(ValueError, match="digest bytes"):
         ingest.insert_prompt_rows(conn, 1, ["u0", "u1"], 0, b"x" * 32)
 
 

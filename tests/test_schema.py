@@ -58,7 +58,7 @@ def test_prompt_rows_references_are_enforced(registry, tmp_path):
     registry.add_task("t", "rating")
     registry.add_users(["a", "b", "spare"])
     made = registry.import_prompts("m", "t", {"a": np.ones((1, 8), np.float32), "b": np.zeros((1, 8), np.float32)})
-    engine = registry._engine
+    engine = registry._ctx.engine
     with engine.connect() as conn:
         ids = dict(conn.execute(sa.text("SELECT external_id, id FROM users")).all())
     refused = [

@@ -1,0 +1,214 @@
+"""Housekeeping: doctor (consistency, checksums, stale runs), gc (orphans, retention, stale runs), purge."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .. import liveness
+from .._context import Context
+from .._util import preview
+from ..audit import deletion, retention
+from ..audit.entities import PurgeReport
+from ..db import lookups, migrations
+from ..db.engine import read_session, write_session
+from ..db.schema import (
+    ArtifactRow,
+    PromptRowRow,
+    PromptSetRow,
+    RunRow,
+    UserRow,
+)
+from ..entities import (
+    DoctorReport,
+    GcReport,
+    Problem,
+)
+from ..errors import (
+    IntegrityError,
+    SchemaError,
+)
+from ..manifest import row_digests
+from ..store import keys
+from ..store.base import StoredObject
+from . import runs
+from .writes import WRITE_BATCH_ROWS
+
+DEFAULT_GC_GRACE_SECONDS = 3600.0
+
+
+class AdminService:
+    """Consistency and housekeeping: doctor, gc (orphans, retention, stale runs)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _unreferenced(self, session: Session) -> tuple[list[StoredObject], list[StoredObject]]:
+        """Store objects no catalogue row refers to: (this catalogue's orphans, foreign objects).
+
+        Only a key that names this catalogue (``store.keys``) is provably an orphan of ours;
+        anything else unreferenced (keys of the format before revision 0006, an operator's files,
+        another registry's objects) is foreign and is never deleted.
+        """
+        referenced = lookups.referenced_keys(session)
+        loose = [o for o in self.ctx.store.list_objects() if o.key not in referenced]
+        return [o for o in loose if keys.owner(o.key) == self.ctx.catalog_id], [o for o in loose if keys.owner(o.key) != self.ctx.catalog_id]
+
+    def _running_runs(self, session: Session) -> Sequence[RunRow]:
+        return session.scalars(select(RunRow).where(RunRow.status == "running").order_by(RunRow.id)).all()
+
+    def doctor(self, *, checksums: bool = True, stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> DoctorReport:
+        """Check schema, catalogue vs store consistency, (by default) every row checksum, and
+        runs left ``running`` by a process that died (see ``liveness``). Objects in the store that
+        this catalogue did not write are listed in ``foreign``, not counted as problems."""
+        problems: list[Problem] = []
+        revision = migrations.current_revision(self.ctx.engine)
+        try:
+            migrations.check_schema(self.ctx.engine, self.ctx.where)
+        except SchemaError as exc:
+            problems.append(Problem("schema", self.ctx.where, str(exc), f"run `{migrations.UPGRADE_COMMAND}`"))
+            return DoctorReport(revision, 0, 0, 0, tuple(problems))
+        rows_checked = 0
+        with read_session(self.ctx.engine) as session:
+            sets = session.scalars(select(PromptSetRow).where(PromptSetRow.status == "committed").order_by(PromptSetRow.id)).all()
+            artifacts = session.scalars(select(ArtifactRow).order_by(ArtifactRow.id)).all()
+            orphans, foreign = self._unreferenced(session)
+            for row in sets:
+                rows_checked += self._check_set(session, row, checksums, problems)
+            now, me = self.ctx.now(), liveness.current()
+            for run in self._running_runs(session):
+                why = liveness.stale_reason(run, now, stale_after_seconds, me)
+                if why is not None:
+                    problems.append(Problem("stale-run", f"run {run.id} ({run.kind})", f"is still 'running' but {why}",
+                                            "run `prompt-registry gc` to close it as failed (a rerun of the operation closes it too)"))
+        for art in artifacts:
+            try:
+                data = self.ctx.store.get_blob(art.store_key)
+            except IntegrityError as exc:
+                problems.append(Problem("missing", f"{art.kind} {art.id}", str(exc), "restore the blob from backup or retrain the artifact"))
+                continue
+            if hashlib.sha256(data).hexdigest() != art.sha256:
+                problems.append(Problem("checksum", f"{art.kind} {art.id}", f"blob {art.store_key} fails its sha256 check", "restore it from backup or retrain it"))
+        if orphans:
+            problems.append(Problem(
+                "orphan", f"{len(orphans)} store object(s)",
+                f"bytes this catalogue wrote that no row refers to (e.g. an interrupted write): {preview([o.key for o in orphans], 3)}",
+                "run `prompt-registry gc --dry-run`, then `prompt-registry gc`",
+            ))
+        return DoctorReport(revision, len(sets), rows_checked, len(artifacts), tuple(problems), tuple(o.key for o in foreign))
+
+    def _check_set(self, session: Session, row: PromptSetRow, checksums: bool, problems: list[Problem]) -> int:
+        what = f"set {row.id}"
+        n_rows = session.scalar(select(func.count()).select_from(PromptRowRow).where(PromptRowRow.set_id == row.id)) or 0
+        n_rows += deletion.purged_count(session, row.id)  # purged rows stay in the array, as zeros
+        if n_rows != row.n_rows:
+            problems.append(Problem("catalogue", what, f"has {n_rows} prompt rows, expected {row.n_rows}", "restore the catalogue from backup"))
+        if row.store_key is None:
+            return 0
+        try:
+            info = self.ctx.store.array_info(row.store_key)
+        except IntegrityError as exc:
+            problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
+            return 0
+        expected = (row.n_rows, row.prompt_len, row.width)
+        if info.shape != expected or info.dtype != row.dtype:
+            problems.append(Problem("shape", what, f"array is {info.shape} {info.dtype}, catalogue says {expected} {row.dtype}", "restore the store from backup"))
+            return 0
+        if not checksums:
+            return 0
+        users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id).where(PromptRowRow.set_id == row.id)).all())
+        digests = deletion.expected_digests(session, row.id, info.row_nbytes)  # purged rows: the digest of zeros
+        bad: list[str] = []
+        for start in range(0, row.n_rows, WRITE_BATCH_ROWS):
+            stop = min(start + WRITE_BATCH_ROWS, row.n_rows)
+            try:
+                data = self.ctx.store.read_rows(row.store_key, slice(start, stop))
+            except IntegrityError as exc:
+                problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
+                return start
+            for i, digest in enumerate(row_digests(data), start=start):
+                if digests.get(i) != digest:
+                    bad.append(users.get(i, f"row {i}"))
+        if bad:
+            problems.append(Problem(
+                "checksum", what, f"{len(bad)} row(s) fail their sha256 check (users {preview(bad)})",
+                "restore the store from backup, or re-import the set (a new version) and move aliases to it",
+            ))
+        return row.n_rows
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS,
+           keep_last: int | None = None, older_than_days: float | None = None,
+           stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> GcReport:
+        """Remove the prompt sets retention no longer needs (with ``keep_last``/``older_than_days``),
+        then store objects this catalogue wrote and no row refers to (bytes of interrupted writes),
+        and close stale runs (left ``running`` by a process that died) as ``failed``.
+
+        Retention, per model and task, keeps the newest ``keep_last`` versions (at least 1; 1 if
+        only ``older_than_days`` is given), sets younger than ``older_than_days``, sets an alias
+        points at, and every set a kept one needs through lineage (bases and sources). The others
+        are marked ``deleted`` (their history stays; reads fail) and their bytes removed; their
+        ids are ``removed_sets``. Orphans younger than ``grace_seconds`` are kept: they may belong
+        to a write in flight. Objects whose key does not name this catalogue are never deleted
+        (``foreign``). ``dry_run`` lists what would go. ``ConflictError`` for ``keep_last < 1``.
+        """
+        now = self.ctx.now()
+        policy = retention.RetentionPolicy.from_options(keep_last, older_than_days)
+        sets: list[retention.DoomedSet] = []
+        if policy is not None and dry_run:
+            with read_session(self.ctx.engine) as session:
+                sets = retention.plan(session, policy, now)
+        elif policy is not None:
+            with write_session(self.ctx.engine) as session:
+                sets = retention.apply(session, policy, now)
+                for d in sets:
+                    self.ctx.audit(session, "retention_delete", "prompt_set", d.set_id, {
+                        "version": d.version, "store_key": d.store_key, "keep_last": policy.keep_last, "older_than_days": policy.older_than_days})
+            self.ctx.caches.forget()
+        objects = {o.key: o for o in self.ctx.store.list_objects()}
+        set_bytes = [objects[d.store_key] for d in sets if d.store_key in objects]
+        if not dry_run:
+            for obj in set_bytes:  # unreferenced since the commit; not subject to the grace period
+                self.ctx.store.delete(obj.key)
+        with read_session(self.ctx.engine) as session:
+            orphans, foreign = self._unreferenced(session)
+        young = tuple(o.key for o in orphans if (now - o.modified_at).total_seconds() < grace_seconds)
+        doomed = [o for o in orphans if o.key not in young]
+        if not dry_run and doomed:
+            # re-check under a write transaction: a writer may have committed since the listing
+            with write_session(self.ctx.engine) as session:
+                referenced = lookups.referenced_keys(session)
+                doomed = [o for o in doomed if o.key not in referenced]
+                for obj in doomed:
+                    self.ctx.store.delete(obj.key)
+                self.ctx.audit(session, "gc", "store", self.ctx.store.location, {"removed": [o.key for o in doomed], "nbytes": sum(o.nbytes for o in doomed)})
+        session_of = read_session if dry_run else write_session
+        with session_of(self.ctx.engine) as session:
+            closed = runs.close_stale_runs(self.ctx, session, self._running_runs(session), now, liveness.current(), stale_after_seconds,
+                                            reason="gc ran", dry_run=dry_run)
+        removed = set_bytes + doomed
+        return GcReport(dry_run, tuple(o.key for o in removed), sum(o.nbytes for o in removed), young, tuple(d.set_id for d in sets),
+                        tuple(o.key for o in foreign), tuple(closed))
+
+    def purge_user(self, user: str, *, reason: str | None = None, dry_run: bool = False) -> PurgeReport:
+        """Delete a user everywhere: remove their prompt rows from every set (derived ones
+        included), overwrite their rows in the store with zeros and verify the old bytes are gone,
+        delete their per-user metrics, and mark them deleted. Every other user's data stays
+        readable and checksum-valid. The audit log records the deletion (sets, row count, who,
+        why), never the data. ``dry_run`` reports what would go and changes nothing.
+        ``UnknownUserError`` if no such user; ``IntegrityError`` if the store kept the bytes."""
+        now = self.ctx.now()
+        session_scope = read_session if dry_run else write_session
+        with session_scope(self.ctx.engine) as session:
+            row = lookups.user_row(session, user)
+            report = deletion.purge_user(session, self.ctx.store, row, dry_run=dry_run, now=now)
+            if not dry_run:
+                self.ctx.audit(session, "purge_user", "user", row.external_id, {
+                    "user_id": row.id, "sets": list(report.sets), "rows_zeroed": report.rows_zeroed,
+                    "visible_in": list(report.visible_in), "metrics_removed": report.metrics_removed,
+                }, reason)
+        if not dry_run:
+            self.ctx.caches.forget()
+        return report

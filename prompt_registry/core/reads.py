@@ -1,0 +1,133 @@
+"""Reading prompts: which version a call means, fingerprint checks, batched verified reads, export."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import fileio
+from .._context import Context
+from ..db import lookups, mappers
+from ..db.engine import read_session
+from ..db.schema import (
+    AliasRow,
+    BaseModelRow,
+    PromptSetRow,
+    TagRow,
+    TaskRow,
+)
+from ..entities import (
+    ExportResult,
+    PromptSet,
+)
+from ..errors import (
+    InvalidArgumentError,
+    ModelMismatchError,
+    UnknownSetError,
+)
+from ..names import LATEST
+from . import resolution
+
+
+class SetReader:
+    """Set resolution and prompt reads (manifests cached in the context)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def get_set(self, ref: int | str | PromptSet) -> PromptSet:
+        """A prompt set by id or ``MODEL/TASK@ALIAS`` (``@latest``, ``@vN``)."""
+        with read_session(self.ctx.engine) as session:
+            return mappers.set_entities(session, [lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)])[0]
+
+    def _read_target(self, session: Session, model: str | None, task: str | None, alias: str | None, version: int | None, set: int | str | PromptSet | None) -> PromptSetRow:
+        if set is not None:
+            if alias is not None or version is not None:
+                raise InvalidArgumentError("give either set= or alias=/version=, not both")
+            return lookups.resolve_set(session, self.ctx.caches.pair_ids, set, model=model, task=task)
+        if model is None or task is None:
+            raise UnknownSetError("say which prompts: model= and task= (with alias= or version=), or set=")
+        if alias is not None and version is not None:
+            raise InvalidArgumentError("give either alias= or version=, not both")
+        return lookups.select_set(session, self.ctx.caches.pair_ids, model, task, f"v{version}" if version is not None else (alias or LATEST))
+
+    @staticmethod
+    def _check_fingerprint(session: Session, row: PromptSetRow, fingerprint: str | None) -> None:
+        if fingerprint is None:
+            return
+        model = session.get_one(BaseModelRow, row.model_id)
+        if model.fingerprint != fingerprint:
+            raise ModelMismatchError(
+                f"prompt set {row.id} was made for model {model.name!r} with fingerprint "
+                f"{model.fingerprint[:12]}, but the caller's model has {fingerprint[:12]}: these prompts "
+                "are meaningless on other weights; migrate them to the new model"
+            )
+
+    def get_prompt(
+        self, user: str, model: str | None = None, task: str | None = None, *, alias: str | None = None,
+        version: int | None = None, set: int | str | PromptSet | None = None, fingerprint: str | None = None,
+        verify: bool = True,
+    ) -> Any:
+        """One user's prompt as a ``torch.Tensor`` of shape ``(prompt_len, width)``.
+
+        Pick the version with ``alias`` (default ``latest``), ``version`` or ``set``. Pass the
+        serving model's ``fingerprint`` to refuse prompts made for other weights
+        (``ModelMismatchError``). ``verify`` checks the row's sha256 (``ChecksumError``).
+        """
+        return self.get_prompts([user], model, task, alias=alias, version=version, set=set, fingerprint=fingerprint, verify=verify)[0]
+
+    def get_prompts(
+        self, users: Sequence[str], model: str | None = None, task: str | None = None, *, alias: str | None = None,
+        version: int | None = None, set: int | str | PromptSet | None = None, fingerprint: str | None = None,
+        verify: bool = True,
+    ) -> Any:
+        """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``."""
+        import torch
+
+        users = list(map(str, users))
+        with read_session(self.ctx.engine) as session:
+            row = self._read_target(session, model, task, alias, version, set)
+            self._check_fingerprint(session, row, fingerprint)
+            _, data = resolution.read_users(self.ctx, session, row, users, verify)
+        return torch.from_numpy(data)
+
+    def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
+        """Every user with a prompt in this version (through its incremental bases), sorted."""
+        with read_session(self.ctx.engine) as session:
+            return sorted(resolution.manifest_for(self.ctx, session, lookups.resolve_set(session, self.ctx.caches.pair_ids, ref), None).users)
+
+    def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True) -> ExportResult:
+        """Write every user's prompt of a version to ``.safetensors`` or ``.npy`` (+ ``.users.csv``)."""
+        path = Path(path)
+        with read_session(self.ctx.engine) as session:
+            row = lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)
+            users, array = resolution.read_users(self.ctx, session, row, None, verify)
+            model_row = session.get_one(BaseModelRow, row.model_id)
+            task_row = session.get_one(TaskRow, row.task_id)
+        meta = {
+            "set_id": str(row.id), "model": model_row.name, "model_fingerprint": model_row.fingerprint,
+            "task": task_row.name, "version": str(row.version), "sha256": row.sha256,
+        }
+        fmt, users_path = fileio.save_prompt_file(path, array, users, meta)
+        return ExportResult(row.id, str(path), str(users_path) if users_path else None, fmt, len(users), int(array.nbytes))
+
+    def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None, include_deleted: bool = False) -> list[PromptSet]:
+        """Prompt sets, newest first, filtered by model, task, tag name and alias name."""
+        with read_session(self.ctx.engine) as session:
+            stmt = select(PromptSetRow).order_by(PromptSetRow.id.desc())
+            if model is not None:
+                stmt = stmt.where(PromptSetRow.model_id == lookups.model_row(session, model).id)
+            if task is not None:
+                stmt = stmt.where(PromptSetRow.task_id == lookups.task_row(session, task).id)
+            if tag is not None:
+                stmt = stmt.where(PromptSetRow.id.in_(select(TagRow.set_id).where(TagRow.name == tag)))
+            if alias is not None:
+                stmt = stmt.where(PromptSetRow.id.in_(select(AliasRow.set_id).where(AliasRow.name == alias)))
+            if not include_deleted:
+                stmt = stmt.where(PromptSetRow.status == "committed")
+            return mappers.set_entities(session, session.scalars(stmt).all())

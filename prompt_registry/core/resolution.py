@@ -1,0 +1,80 @@
+"""Resolving a version to its rows: chains of incremental bases, manifests, verified reads.
+
+A version physically holds only the rows it wrote; ``chain_of`` walks its bases, ``locate``
+finds users' rows through the chain in SQL, ``manifest_for`` keeps resolved versions in the
+context's LRU (``ReadCaches``), ``read_users`` reads (and verifies) the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from .._context import MANIFEST_CACHE_ROWS, MANIFEST_MIN_USERS, Context
+from .._util import batched
+from ..db import lookups
+from ..db.schema import PromptSetRow
+from ..manifest import Manifest
+
+
+def chain_of(ctx: Context, session: Session, row: PromptSetRow) -> tuple[tuple[int, str | None], ...]:
+    """``(set_id, store_key)`` from this version up through its incremental bases."""
+    cached = ctx.caches.chains.get(row.id)
+    if cached is not None:
+        return cached
+    chain: list[tuple[int, str | None]] = []
+    current: PromptSetRow | None = row
+    while current is not None:
+        chain.append((current.id, current.store_key))
+        current = session.get(PromptSetRow, current.base_id) if current.base_id is not None else None
+    result = tuple(chain)
+    with ctx.caches.lock:
+        ctx.caches.chains[row.id] = result
+    return result
+
+
+def locate(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None) -> Manifest:
+    """Resolve ``users`` (``None``: everyone) of a version through its chain, via SQL."""
+    chain_ids = [set_id for set_id, _ in chain_of(ctx, session, row)]
+    if users is None:
+        records: list[Any] = lookups.set_records(session, chain_ids)
+    else:
+        records = []
+        conn = session.connection()
+        for batch in batched(list(dict.fromkeys(users))):
+            records += conn.execute(lookups.USER_RECORDS, {"sets": chain_ids, "users": list(batch)}).all()
+    return Manifest.resolve(row.id, chain_ids, records)
+
+
+def manifest_for(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None) -> Manifest:
+    """A manifest covering ``users``: the cached full one, a new full one for big reads, or
+    a small one for just these users (single reads stay cheap on huge sets)."""
+    with ctx.caches.lock:
+        cached = ctx.caches.manifests.get(row.id)
+        if cached is not None:
+            ctx.caches.manifests.move_to_end(row.id)
+            return cached
+        base = ctx.caches.manifests.get(row.base_id) if row.base_id is not None else None
+    if base is not None:
+        manifest = base.overlay(row.id, lookups.set_records(session, [row.id]))
+    elif users is not None and len(users) < MANIFEST_MIN_USERS:
+        return locate(ctx, session, row, users)
+    else:
+        manifest = locate(ctx, session, row, None)
+    with ctx.caches.lock:
+        ctx.caches.manifests[row.id] = manifest
+        total = sum(len(m) for m in ctx.caches.manifests.values())
+        while total > MANIFEST_CACHE_ROWS and len(ctx.caches.manifests) > 1:
+            total -= len(ctx.caches.manifests.popitem(last=False)[1])
+    return manifest
+
+
+def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None, verify: bool) -> tuple[list[str], np.ndarray]:
+    manifest = manifest_for(ctx, session, row, users)
+    users = sorted(manifest.users) if users is None else list(users)
+    positions = manifest.positions(users)
+    keys = dict(chain_of(ctx, session, row))
+    return users, manifest.read(ctx.store, keys, positions, (row.prompt_len, row.width), row.dtype, verify=verify)
