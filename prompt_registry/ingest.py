@@ -9,7 +9,7 @@ times the raw write. Here they overlap without weakening the write protocol:
 * rows are hashed batch by batch on the hashing threads (:func:`digest_batches`), so the rows of
   the first batch can be inserted while later batches are still being hashed;
 * the catalogue rows are inserted in the version's still-open transaction, one set-based statement
-  per batch that also resolves external user ids (:func:`insert_prompt_rows`).
+  per batch that also resolves external user ids (``db.bulk.insert_prompt_rows``).
 
 The transaction commits only after :meth:`BackgroundWrite.wait` returned, i.e. after every byte
 was fsynced: a crash at any point leaves an uncommitted transaction (invisible) plus, at worst,
@@ -19,13 +19,11 @@ orphan bytes for ``gc``.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import Connection
 
 from .manifest import row_digests
 from .store.base import TensorStore
@@ -139,40 +137,3 @@ class BackgroundWrite:
         except BaseException:  # noqa: BLE001 - the original error is what the caller reports
             pass
         self._store.delete(self._key)
-
-
-_SQLITE_INSERT = (
-    "INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) "
-    "SELECT ?, u.id, ? + j.key, substr(?, j.key * 32 + 1, 32) "
-    "FROM json_each(?) AS j JOIN users AS u ON u.external_id = j.value "
-    "WHERE u.deleted_at IS NULL"
-)
-_POSTGRES_INSERT = (
-    "INSERT INTO prompt_rows (set_id, user_id, row_index, sha256) "
-    "SELECT %s, u.id, %s + t.i - 1, substring(%s::bytea FROM ((t.i - 1) * 32 + 1)::int FOR 32) "
-    "FROM json_array_elements_text(%s::json) WITH ORDINALITY AS t(ext, i) JOIN users AS u ON u.external_id = t.ext "
-    "WHERE u.deleted_at IS NULL"
-)
-
-
-def users_json(users: Sequence[str]) -> str:
-    """The JSON list a catalogue statement takes the users of one batch as."""
-    return json.dumps(list(users), ensure_ascii=False)
-
-
-def insert_prompt_rows(conn: Connection, set_id: int, users: Sequence[str], start: int, digests: bytes,
-                       users_json_text: str | None = None) -> int:
-    """Insert the catalogue rows of ``users`` (rows ``start...`` of the set's array) in one
-    statement that also maps external ids to user ids; returns how many rows it inserted.
-
-    Users that are unknown or deleted get no row: the caller compares the count with
-    ``len(users)`` and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each);
-    ``users_json_text`` is ``users_json(users)`` if the caller already has it.
-    """
-    if len(digests) != 32 * len(users):
-        raise ValueError(f"{len(digests)} digest bytes for {len(users)} users")
-    # the ids travel as one JSON text: the driver's per-element array quoting costs more than the query
-    sql = _POSTGRES_INSERT if conn.dialect.name == "postgresql" else _SQLITE_INSERT
-    text = users_json(users) if users_json_text is None else users_json_text
-    result = conn.exec_driver_sql(sql, (set_id, start, digests, text))
-    return result.rowcount

@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 import prompt_registry as pr
 from prompt_registry import Registry, ingest
 from prompt_registry.core import writes as registry_module
+from prompt_registry.db import bulk
 from prompt_registry.store import keys
 
 pytestmark = pytest.mark.registry
@@ -539,7 +540,7 @@ def test_evaluations_store_overall_and_per_user_metrics(populated):
 @pytest.mark.parametrize("batch", [1, 3, 7, 100])
 def test_content_hash_fed_in_batches_equals_the_whole(batch):
     """Imports hash the users' JSON batch by batch; the value is the one over all users at once."""
-    from prompt_registry.ingest import users_json
+    from prompt_registry.db.bulk import users_json
     from prompt_registry.manifest import ContentHash, content_sha256
 
     users = [f"user-{i}" for i in range(10)] + ["ünï \"quoted\"", "中文", ", ]"]
@@ -567,7 +568,7 @@ def test_imported_set_hash_is_the_content_hash_over_all_batches(populated, monke
 
 def test_insert_prompt_rows_refuses_digests_that_do_not_match_the_users(populated):
     with populated._ctx.engine.begin() as conn, pytest.raises(ValueError, match="digest bytes"):
-        ingest.insert_prompt_rows(conn, 1, ["u0", "u1"], 0, b"x" * 32)
+        bulk.insert_prompt_rows(conn, 1, ["u0", "u1"], 0, b"x" * 32)
 
 
 def test_manifest_of_a_full_version_equals_the_chain_merge():

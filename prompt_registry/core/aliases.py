@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .._context import Context
@@ -41,13 +40,10 @@ def lock_or_create_alias(ctx: Context, session: Session, name: str, row: PromptS
     """
     values = {"name": name, "model_id": row.model_id, "task_id": row.task_id, "set_id": row.id,
               "updated_at": ctx.now(), "updated_by": ctx.actor}
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = (insert(AliasRow).values(values).on_conflict_do_nothing(index_elements=["name", "model_id", "task_id"])
-            .returning(AliasRow.id))
     locked = select(AliasRow).where(AliasRow.name == name, AliasRow.model_id == row.model_id,
                                     AliasRow.task_id == row.task_id).with_for_update()
     for _ in range(3):  # the conflicting row can vanish again (a concurrent delete_alias)
-        created = session.execute(stmt).scalar_one_or_none()
+        created = lookups.insert_alias_if_absent(session, values)
         if created is not None:
             return session.get_one(AliasRow, created), None
         alias = session.scalars(locked).one_or_none()

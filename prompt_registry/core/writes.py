@@ -21,6 +21,7 @@ from .. import fileio
 from .._context import Context
 from .._util import preview
 from ..db import lookups, mappers
+from ..db.bulk import insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
 from ..db.schema import (
     BaseModelRow,
@@ -46,8 +47,6 @@ from ..ingest import (
     BackgroundWrite,
     digest_batches,
     digests_in_batches,
-    insert_prompt_rows,
-    users_json,
 )
 from ..manifest import ContentHash, row_digests
 from ..store import keys

@@ -275,3 +275,11 @@ def resolve_set(session: Session, pair_ids: PairIds, ref: int | str | PromptSet,
     if model is not None or task is not None:
         check_set_matches(session, row, model, task)
     return row
+
+
+def insert_alias_if_absent(session: Session, values: dict[str, object]) -> int | None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of an alias row: its id, or ``None`` if the alias
+    already existed (on Postgres a concurrent creator's insert waits for the first to finish)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(AliasRow).values(values).on_conflict_do_nothing(index_elements=["name", "model_id", "task_id"]).returning(AliasRow.id)
+    return session.execute(stmt).scalar_one_or_none()
