@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 import torch
-
 from bench_store import DEFAULT_PG_URL, RESULTS_DIR, machine_info, make_model_dir
+
 from prompt_registry import Registry
 from prompt_registry.migration.puma.adapter import AdapterConfig, Phi
 
@@ -178,7 +178,8 @@ def main() -> None:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Apply throughput: {args.users:,} users, width {args.source_width} -> {args.target_width} (git {head})", "",
              f"{args.threads} torch threads, best of {args.repeats}. Baselines in the same process.", "",
-             "| backend | apply all (s) | prompts/s | raw store read+write (s) | adapter forward (s) | apply / raw I/O | apply / (raw I/O + forward) | incremental |",
+             "| backend | apply all (s) | prompts/s | raw store read+write (s) | adapter forward (s) | apply / raw I/O "
+             "| apply / (raw I/O + forward) | incremental |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         inc = r["apply_incremental"]

@@ -501,7 +501,8 @@ def bench_backend(name: str, fresh: Callable[[], contextlib.AbstractContextManag
 
 def table_rows(registry: Registry) -> dict[str, int]:
     with registry._ctx.engine.connect() as conn:
-        return {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in ("users", "prompt_sets", "prompt_rows", "runs", "alias_events", "user_metrics")}
+        tables = ("users", "prompt_sets", "prompt_rows", "runs", "alias_events", "user_metrics")
+        return {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in tables}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -522,10 +523,12 @@ def markdown(report: dict[str, Any]) -> str:
     def row(label: str, fmt: Callable[[dict[str, Any]], str]) -> None:
         lines.append(f"| {label} | " + " | ".join(fmt(backends[n]) for n in names) + " |")
 
-    row("table rows: users / prompt_rows / user_metrics", lambda b: f"{b['table_rows']['users']:,} / {b['table_rows']['prompt_rows']:,} / {b['table_rows']['user_metrics']:,}")
+    row("table rows: users / prompt_rows / user_metrics",
+        lambda b: f"{b['table_rows']['users']:,} / {b['table_rows']['prompt_rows']:,} / {b['table_rows']['user_metrics']:,}")
     row("build, total s", lambda b: f"{b['build_s']:.1f}")
     row("add_users, s (rows/s)", lambda b: f"{b['load']['add_users_s']:.1f} ({b['users'] / b['load']['add_users_s']:,.0f})")
-    row("prompt rows (COPY / driver executemany by user id), s (rows/s)", lambda b: f"{b['load']['prompt_rows_load_s']:.1f} ({b['load']['prompt_rows_per_s']:,.0f})")
+    row("prompt rows (COPY / driver executemany by user id), s (rows/s)",
+        lambda b: f"{b['load']['prompt_rows_load_s']:.1f} ({b['load']['prompt_rows_per_s']:,.0f})")
     row("user_metrics (COPY / executemany), s", lambda b: f"{b['load']['user_metrics_load_s']:.1f}")
     row("ANALYZE, s", lambda b: f"{b['load']['analyze_s']:.1f}")
     for way in ("orm_add_all", "core_executemany", "copy_or_driver_executemany"):
@@ -579,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_postgres:
             why = check_postgres(args.pg_url)
             if why is None:
-                report["backends"]["postgres"] = bench_backend("postgres", lambda: postgres_registry(scratch, args.pg_url, args.keep), args.users, scratch, args)
+                report["backends"]["postgres"] = bench_backend("postgres", lambda: postgres_registry(scratch, args.pg_url, args.keep), args.users,
+                    scratch, args)
             else:
                 report["skipped"]["postgres"] = why
         if not args.skip_sqlite:

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 
 import torch
-
 from bench_store import machine_info  # same machine record as every benchmark
+
 from prompt_registry.demo import run_demo
 
 HERE = Path(__file__).resolve().parent

@@ -350,7 +350,8 @@ def throughput(read: Callable[[], Any], nbytes: int, repeats: int) -> dict[str, 
     return summary(rates, best="max")
 
 
-def bench_batch_reads(registry: Registry, store_key: str, array: np.ndarray, users: list[str], batch: int, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
+def bench_batch_reads(registry: Registry, store_key: str, array: np.ndarray, users: list[str], batch: int, repeats: int,
+                      rng: np.random.Generator) -> dict[str, Any]:
     batch = min(batch, len(users))
     start = int(rng.integers(0, len(users) - batch + 1))
     selections = {
@@ -507,7 +508,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| baseline | seconds (best) | seconds (median) | MB/s |",
         "|---|---:|---:|---:|",
-        f"| one .npy file + fsync (physical floor) | {raw['seconds']['best']:.3f} | {raw['seconds']['median']:.3f} | {cfg['nbytes'] / MB / raw['seconds']['best']:.0f} |",
+        f"| one .npy file + fsync (physical floor) | {raw['seconds']['best']:.3f} | {raw['seconds']['median']:.3f} "
+        f"| {cfg['nbytes'] / MB / raw['seconds']['best']:.0f} |",
         f"| one safetensors file per user + fsync{' (extrapolated from ' + format(files['files_written'], ',') + ' files)' if files['extrapolated'] else ''} "
         f"| {files['seconds']['best']:.2f} | {files['seconds']['median']:.2f} | {cfg['nbytes'] / MB / files['seconds']['best']:.1f} |",
         "",
@@ -540,7 +542,8 @@ def markdown(report: dict[str, Any]) -> str:
     for kind in ("contiguous", "random"):
         for verify in ("true", "false"):
             row(f"get_prompts {cfg['batch']:,} {kind}, verify={verify.capitalize()}, MB/s (median)",
-                lambda b, k=kind, v=verify: f"{b['batch_reads'][f'{k}_verify_{v}_mb_s']['best']:.0f} ({b['batch_reads'][f'{k}_verify_{v}_mb_s']['median']:.0f})")
+                lambda b, k=kind, v=verify: f"{b['batch_reads'][f'{k}_verify_{v}_mb_s']['best']:.0f} "
+                                            f"({b['batch_reads'][f'{k}_verify_{v}_mb_s']['median']:.0f})")
         row(f"store.read_rows {cfg['batch']:,} {kind}, MB/s (median)",
             lambda b, k=kind: f"{b['batch_reads'][f'{k}_store_read_rows_mb_s']['best']:.0f} ({b['batch_reads'][f'{k}_store_read_rows_mb_s']['median']:.0f})")
     row("load average before / after", lambda b: f"{b['loadavg_before']} / {b['loadavg_after']}")

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from bench_store import machine_info  # same machine record as every benchmark
+
 from prompt_registry import Registry
 from prompt_registry.assets import AssetMissingError, minilm_path
 from prompt_registry.data import make_synthetic
@@ -77,7 +77,8 @@ def main() -> None:
     report = {
         "what": "prompt-training throughput by batch size (one epoch of train_prompts; ledger figures)",
         "machine": {**machine_info(), "load_before": load_before, "load_after": os.getloadavg()},
-        "config": {"examples": args.examples, "batch_sizes": sizes, "repeats": args.repeats, "statistic": "fastest repeat", "template": TrainConfig().template, "prompt_len": 1},
+        "config": {"examples": args.examples, "batch_sizes": sizes, "repeats": args.repeats, "statistic": "fastest repeat",
+            "template": TrainConfig().template, "prompt_len": 1},
         "results": results, "best_batch_size": {name: row["batch_size"] for name, row in best.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_store import machine_info  # same machine record as every benchmark
+
 from prompt_registry import Registry
 from prompt_registry.assets import minilm_path, movielens_100k, mpnet_path
 from prompt_registry.data import subsample

@@ -252,3 +252,41 @@ class GcReport(_Entity):
     removed_sets: tuple[int, ...] = ()  # sets removed by retention (now status 'deleted')
     foreign: tuple[str, ...] = ()  # store objects this catalogue did not write: left alone
     closed_runs: tuple[int, ...] = ()  # stale runs closed as failed
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult(_Entity):
+    """What ``Registry.train_prompts`` made: the new set, its head, the run (with its ledger)."""
+
+    set: PromptSet
+    head_id: int
+    run: Run
+    best_epoch: int
+    history: list[dict[str, float]]
+    evaluation: Evaluation | None = None  # when evaluate_split was given
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationReport(_Entity):
+    """Quality of a migration next to its references (all on the same held-back split)."""
+
+    metric: str
+    lower_is_better: bool
+    rows: list[dict[str, Any]]  # one per compared set: name, set_id, model, metrics
+    reference: str | None  # name of the row compared against: "retrain", else the first source
+    share_worse: float | None  # users worse than under the reference
+    worst_users: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationResult(_Entity):
+    """What ``Registry.migrate`` made: the mapped (and refined) set, the adapter, its head, the run."""
+
+    set: PromptSet  # the mapped set
+    refined: PromptSet | None  # mapped + warm-start refinement, when asked for
+    adapter: Artifact
+    head_id: int
+    run: Run
+    selection: dict[str, Any]
+    report: MigrationReport | None
+    alias: dict[str, Any] | None  # what happened to the alias (moved, refused by the gate)

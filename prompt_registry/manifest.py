@@ -17,13 +17,7 @@ from operator import itemgetter
 import numpy as np
 
 from .errors import ChecksumError, UnknownUserError
-from .store.base import (
-    DIGEST_BYTES,
-    RowChecksumError,
-    TensorStore,
-    digest_matrix,
-    row_digests,
-)
+from .store.base import DIGEST_BYTES, RowChecksumError, TensorStore, digest_matrix, row_digests
 
 __all__ = ["DIGEST_BYTES", "ContentHash", "Manifest", "content_sha256", "digest_matrix", "row_digests"]
 

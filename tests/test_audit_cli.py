@@ -63,7 +63,8 @@ def test_audit_lineage(audited):
 
 def test_audit_user(audited):
     hist = audited.json("audit", "user", "u003")
-    assert [(v["set_id"], v["holder_id"], v["inherited"]) for v in hist["versions"]] == [(1, 1, False), (2, 1, True), (3, 3, False), (4, 4, False), (5, 4, True)]
+    versions = [(v["set_id"], v["holder_id"], v["inherited"]) for v in hist["versions"]]
+    assert versions == [(1, 1, False), (2, 1, True), (3, 3, False), (4, 4, False), (5, 4, True)]
     assert [w["name"] for w in hist["versions"][0]["aliases"]] == ["production"]
     out = audited("audit", "user", "u003").stdout
     assert "a/rate@v2" in out and "production" in out and "versions    5" in out

@@ -23,20 +23,11 @@ from prompt_registry import Registry
 from prompt_registry.cli.main import main
 from prompt_registry.data.synthetic import make_synthetic
 from prompt_registry.migration import base as methods
-from prompt_registry.migration.base import (
-    MethodConfig,
-    MigrationMethod,
-    register_method,
-)
+from prompt_registry.migration.base import MethodConfig, MigrationMethod, register_method
 from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.puma import PumaConfig, PumaMethod
 from prompt_registry.migration.puma.adapter import AdapterConfig, Phi
-from prompt_registry.migration.puma.selection import (
-    SelectionConfig,
-    largest_remainder,
-    reference_allocation,
-    select_users,
-)
+from prompt_registry.migration.puma.selection import SelectionConfig, largest_remainder, reference_allocation, select_users
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
 from prompt_registry.training.config import TrainConfig
 

@@ -191,7 +191,7 @@ APPLY_CHILD = textwrap.dedent(
     """
     import sys, time
     from prompt_registry import Registry
-    import prompt_registry.registry as registry_module
+    from prompt_registry.core.writes import SetWriter
 
     location, store, adapter_id, ready = sys.argv[1:5]
     store = None if store == "-" else store
@@ -200,7 +200,7 @@ APPLY_CHILD = textwrap.dedent(
         open(ready, "w").close()
         time.sleep(120)  # the parent kills us here
 
-    registry_module.Registry.write_prompts = hang
+    SetWriter.write_prompts = hang
     with Registry.open(location, store=store, actor="doomed") as reg:
         reg.apply_adapter(int(adapter_id), progress=False)
     """
@@ -303,6 +303,7 @@ def test_racing_creators_of_a_new_alias_all_succeed_and_history_has_no_gap(popul
 
 def test_a_catalogue_downgraded_and_upgraded_takes_its_own_store_back(backend, model_dirs):
     from alembic import command
+
     from prompt_registry.db import migrations
     from prompt_registry.db.engine import make_engine
     from prompt_registry.location import resolve_location

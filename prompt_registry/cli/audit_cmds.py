@@ -11,14 +11,7 @@ import click
 
 from prompt_registry.audit.queries import GROUP_BY
 
-from ._common import (
-    Context,
-    json_option,
-    pass_ctx,
-    print_json,
-    print_record,
-    print_table,
-)
+from ._common import Context, json_option, pass_ctx, print_json, print_record, print_table
 
 LINEAGE_COLUMNS = ("depth", "set_id", "ref", "status", "n_users", "run_id", "run_kind", "adapter", "created_at")
 EDGE_COLUMNS = ("child_id", "role", "parent_id", "adapter_id", "run_id")

@@ -12,22 +12,10 @@ import click
 from prompt_registry.fileio import read_users_csv
 from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.puma.config import PumaConfig
-from prompt_registry.migration.puma.selection import (
-    ALLOCATIONS,
-    METHODS,
-    SelectionConfig,
-)
+from prompt_registry.migration.puma.selection import ALLOCATIONS, METHODS, SelectionConfig
 from prompt_registry.training.config import TrainConfig
 
-from ._common import (
-    Context,
-    device_option,
-    emit,
-    json_option,
-    pass_ctx,
-    print_json,
-    print_table,
-)
+from ._common import Context, device_option, emit, json_option, pass_ctx, print_json, print_table
 
 _TRAIN = TrainConfig()
 _MIGRATION = MigrationConfig()  # what every method shares (head lr, batch, refine, seed)

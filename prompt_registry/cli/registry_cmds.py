@@ -8,15 +8,7 @@ from prompt_registry.fileio import read_users_csv
 from prompt_registry.registry import TASK_KINDS
 from prompt_registry.store.base import SUPPORTED_DTYPES
 
-from ._common import (
-    Context,
-    _cell,
-    emit,
-    json_option,
-    pass_ctx,
-    print_json,
-    print_record,
-)
+from ._common import Context, _cell, emit, json_option, pass_ctx, print_json, print_record
 
 # ---------------------------------------------------------------------------------------- models / tasks
 
@@ -261,7 +253,8 @@ def alias_list(obj: Context, model: str | None, task: str | None, as_json: bool)
 @pass_ctx
 def alias_history(obj: Context, name: str, model: str | None, task: str | None, as_json: bool) -> None:
     """Every move of alias NAME, oldest first."""
-    emit(obj.registry.alias_history(name, model=model, task=task), as_json, ("id", "name", "model", "task", "old_set_id", "new_set_id", "at", "actor", "reason"))
+    emit(obj.registry.alias_history(name, model=model, task=task), as_json,
+        ("id", "name", "model", "task", "old_set_id", "new_set_id", "at", "actor", "reason"))
 
 
 @alias.command("delete")

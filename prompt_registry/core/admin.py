@@ -15,22 +15,9 @@ from ..audit import deletion, retention
 from ..audit.entities import PurgeReport
 from ..db import lookups, migrations
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    ArtifactRow,
-    PromptRowRow,
-    PromptSetRow,
-    RunRow,
-    UserRow,
-)
-from ..entities import (
-    DoctorReport,
-    GcReport,
-    Problem,
-)
-from ..errors import (
-    IntegrityError,
-    SchemaError,
-)
+from ..db.schema import ArtifactRow, PromptRowRow, PromptSetRow, RunRow, UserRow
+from ..entities import DoctorReport, GcReport, Problem
+from ..errors import IntegrityError, SchemaError
 from ..manifest import row_digests
 from ..store import keys
 from ..store.base import StoredObject
@@ -91,7 +78,8 @@ class AdminService:
                 problems.append(Problem("missing", f"{art.kind} {art.id}", str(exc), "restore the blob from backup or retrain the artifact"))
                 continue
             if hashlib.sha256(data).hexdigest() != art.sha256:
-                problems.append(Problem("checksum", f"{art.kind} {art.id}", f"blob {art.store_key} fails its sha256 check", "restore it from backup or retrain it"))
+                problems.append(Problem("checksum", f"{art.kind} {art.id}", f"blob {art.store_key} fails its sha256 check",
+                                        "restore it from backup or retrain it"))
         if orphans:
             problems.append(Problem(
                 "orphan", f"{len(orphans)} store object(s)",
@@ -115,11 +103,13 @@ class AdminService:
             return 0
         expected = (row.n_rows, row.prompt_len, row.width)
         if info.shape != expected or info.dtype != row.dtype:
-            problems.append(Problem("shape", what, f"array is {info.shape} {info.dtype}, catalogue says {expected} {row.dtype}", "restore the store from backup"))
+            problems.append(Problem("shape", what, f"array is {info.shape} {info.dtype}, catalogue says {expected} {row.dtype}",
+                                    "restore the store from backup"))
             return 0
         if not checksums:
             return 0
-        users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id).where(PromptRowRow.set_id == row.id)).all())
+        users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id)
+                                     .where(PromptRowRow.set_id == row.id)).all())
         digests = deletion.expected_digests(session, row.id, info.row_nbytes)  # purged rows: the digest of zeros
         bad: list[str] = []
         for start in range(0, row.n_rows, WRITE_BATCH_ROWS):

@@ -9,24 +9,9 @@ from .._context import Context
 from .._util import aware
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    AliasEventRow,
-    AliasRow,
-    BaseModelRow,
-    PromptSetRow,
-    TagRow,
-    TaskRow,
-)
-from ..entities import (
-    Alias,
-    AliasEvent,
-    PromptSet,
-)
-from ..errors import (
-    ConflictError,
-    InvalidArgumentError,
-    UnknownAliasError,
-)
+from ..db.schema import AliasEventRow, AliasRow, BaseModelRow, PromptSetRow, TagRow, TaskRow
+from ..entities import Alias, AliasEvent, PromptSet
+from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError
 from ..names import ALIAS_RE, LATEST, VERSION_RE
 
 
@@ -63,7 +48,8 @@ def move_alias(ctx: Context, session: Session, name: str, row: PromptSetRow, rea
         return alias  # already there: no event
     if old is not None:
         alias.set_id, alias.updated_at, alias.updated_by = row.id, ctx.now(), ctx.actor
-    session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=old, new_set_id=row.id, at=ctx.now(), actor=ctx.actor, reason=reason))
+    session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=old, new_set_id=row.id, at=ctx.now(),
+                              actor=ctx.actor, reason=reason))
     ctx.audit(session, "set_alias", "alias", name, {"model_id": row.model_id, "task_id": row.task_id, "old_set_id": old, "new_set_id": row.id}, reason)
     session.flush()
     return alias
@@ -91,7 +77,8 @@ class AliasService:
         """Remove an alias (its history stays, ending with a deletion event)."""
         with write_session(self.ctx.engine) as session:
             row = lookups.alias_row(session, name, model, task, lock=True)
-            session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=row.set_id, new_set_id=None, at=self.ctx.now(), actor=self.ctx.actor, reason=reason))
+            session.add(AliasEventRow(name=name, model_id=row.model_id, task_id=row.task_id, old_set_id=row.set_id, new_set_id=None,
+                                      at=self.ctx.now(), actor=self.ctx.actor, reason=reason))
             self.ctx.audit(session, "delete_alias", "alias", name, {"model": model, "task": task, "old_set_id": row.set_id}, reason)
             session.delete(row)
 

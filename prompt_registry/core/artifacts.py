@@ -13,19 +13,9 @@ from sqlalchemy import func, select
 from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    ArtifactRow,
-    ArtifactSourceRow,
-)
-from ..entities import (
-    Artifact,
-)
-from ..errors import (
-    ChecksumError,
-    InvalidArgumentError,
-    ModelMismatchError,
-    UnknownArtifactError,
-)
+from ..db.schema import ArtifactRow, ArtifactSourceRow
+from ..entities import Artifact
+from ..errors import ChecksumError, InvalidArgumentError, ModelMismatchError, UnknownArtifactError
 from ..store import keys
 from .writes import check_bytes_present
 
@@ -101,7 +91,8 @@ class ArtifactService:
                 stmt = stmt.where(ArtifactRow.target_model_id == lookups.model_row(session, target_model).id)
             return [mappers.artifact_entity(session, r) for r in session.scalars(stmt)]
 
-    def load_artifact(self, artifact_id: int, *, fingerprint: str | None = None, source_fingerprints: Sequence[str] | None = None) -> tuple[Artifact, dict[str, Any]]:
+    def load_artifact(self, artifact_id: int, *, fingerprint: str | None = None,
+                      source_fingerprints: Sequence[str] | None = None) -> tuple[Artifact, dict[str, Any]]:
         """The artifact and its tensors (``torch``), checksum-verified.
 
         ``fingerprint``/``source_fingerprints``: the models the caller will use it with; a

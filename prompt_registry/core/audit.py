@@ -9,14 +9,7 @@ import datetime as dt
 
 from .._context import Context
 from ..audit import queries
-from ..audit.entities import (
-    AliasMove,
-    BlastRadius,
-    EvaluationDiff,
-    Lineage,
-    RunCost,
-    UserHistory,
-)
+from ..audit.entities import AliasMove, BlastRadius, EvaluationDiff, Lineage, RunCost, UserHistory
 from ..db import lookups
 from ..db.engine import read_session
 from ..db.schema import ArtifactRow

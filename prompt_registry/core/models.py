@@ -10,19 +10,9 @@ from sqlalchemy import select
 from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    BaseModelRow,
-    TaskRow,
-)
-from ..entities import (
-    ModelInfo,
-    Task,
-)
-from ..errors import (
-    ConflictError,
-    InvalidArgumentError,
-    ModelConflictError,
-)
+from ..db.schema import BaseModelRow, TaskRow
+from ..entities import ModelInfo, Task
+from ..errors import ConflictError, InvalidArgumentError, ModelConflictError
 from ..modelinfo import describe_model
 from ..names import ALIAS_RE, NAME_RE, TASK_KINDS
 

@@ -13,12 +13,7 @@ from .._util import utcnow
 from ..db import info, lookups, migrations
 from ..db.engine import make_engine, read_session, write_session
 from ..db.schema import AuditEventRow
-from ..errors import (
-    MissingDataError,
-    RegistryNotFoundError,
-    SchemaError,
-    StoreBindingError,
-)
+from ..errors import MissingDataError, RegistryNotFoundError, SchemaError, StoreBindingError
 from ..location import DB_FILE, Location, resolve_location
 from ..store import keys
 from ..store.base import TensorStore

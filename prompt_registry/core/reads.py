@@ -14,22 +14,9 @@ from .. import fileio
 from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session
-from ..db.schema import (
-    AliasRow,
-    BaseModelRow,
-    PromptSetRow,
-    TagRow,
-    TaskRow,
-)
-from ..entities import (
-    ExportResult,
-    PromptSet,
-)
-from ..errors import (
-    InvalidArgumentError,
-    ModelMismatchError,
-    UnknownSetError,
-)
+from ..db.schema import AliasRow, BaseModelRow, PromptSetRow, TagRow, TaskRow
+from ..entities import ExportResult, PromptSet
+from ..errors import InvalidArgumentError, ModelMismatchError, UnknownSetError
 from ..names import LATEST
 from . import resolution
 
@@ -45,7 +32,8 @@ class SetReader:
         with read_session(self.ctx.engine) as session:
             return mappers.set_entities(session, [lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)])[0]
 
-    def _read_target(self, session: Session, model: str | None, task: str | None, alias: str | None, version: int | None, set: int | str | PromptSet | None) -> PromptSetRow:
+    def _read_target(self, session: Session, model: str | None, task: str | None, alias: str | None, version: int | None,
+        set: int | str | PromptSet | None) -> PromptSetRow:
         if set is not None:
             if alias is not None or version is not None:
                 raise InvalidArgumentError("give either set= or alias=/version=, not both")
@@ -116,7 +104,8 @@ class SetReader:
         fmt, users_path = fileio.save_prompt_file(path, array, users, meta)
         return ExportResult(row.id, str(path), str(users_path) if users_path else None, fmt, len(users), int(array.nbytes))
 
-    def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None, include_deleted: bool = False) -> list[PromptSet]:
+    def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None,
+        include_deleted: bool = False) -> list[PromptSet]:
         """Prompt sets, newest first, filtered by model, task, tag name and alias name."""
         with read_session(self.ctx.engine) as session:
             stmt = select(PromptSetRow).order_by(PromptSetRow.id.desc())

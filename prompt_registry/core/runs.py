@@ -15,25 +15,9 @@ from .._context import Context
 from .._util import aware, preview
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    AuditEventRow,
-    EvaluationRow,
-    RunRow,
-    UserMetricRow,
-)
-from ..entities import (
-    AuditEvent,
-    CostLedger,
-    Evaluation,
-    PromptSet,
-    Run,
-)
-from ..errors import (
-    ConflictError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnknownUserError,
-)
+from ..db.schema import AuditEventRow, EvaluationRow, RunRow, UserMetricRow
+from ..entities import AuditEvent, CostLedger, Evaluation, PromptSet, Run
+from ..errors import ConflictError, InvalidArgumentError, NotFoundError, UnknownUserError
 
 
 def close_stale_runs(ctx: Context, session: Session, runs: Sequence[RunRow], now: dt.datetime, me: liveness.ProcessIdentity,

@@ -10,17 +10,9 @@ from .._context import Context
 from .._util import aware, preview
 from ..db import lookups
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    UserRow,
-)
-from ..entities import (
-    User,
-)
-from ..errors import (
-    DuplicateUserError,
-    InvalidArgumentError,
-    UnknownUserError,
-)
+from ..db.schema import UserRow
+from ..entities import User
+from ..errors import DuplicateUserError, InvalidArgumentError, UnknownUserError
 
 
 def check_user_ids(users: Iterable[str], *, what: str) -> list[str]:

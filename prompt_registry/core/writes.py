@@ -23,31 +23,10 @@ from .._util import preview
 from ..db import lookups, mappers
 from ..db.bulk import insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
-from ..db.schema import (
-    BaseModelRow,
-    PromptSetParentRow,
-    PromptSetRow,
-    RunRow,
-    TagRow,
-)
-from ..entities import (
-    PromptSet,
-)
-from ..errors import (
-    DTypeError,
-    IntegrityError,
-    InvalidArgumentError,
-    InvalidFileError,
-    InvalidPromptError,
-    NonFiniteError,
-    ShapeError,
-    UnknownUserError,
-)
-from ..ingest import (
-    BackgroundWrite,
-    digest_batches,
-    digests_in_batches,
-)
+from ..db.schema import BaseModelRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow
+from ..entities import PromptSet
+from ..errors import DTypeError, IntegrityError, InvalidArgumentError, InvalidFileError, InvalidPromptError, NonFiniteError, ShapeError, UnknownUserError
+from ..ingest import BackgroundWrite, digest_batches, digests_in_batches
 from ..manifest import ContentHash, row_digests
 from ..store import keys
 from ..store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore

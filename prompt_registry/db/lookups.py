@@ -27,16 +27,7 @@ from ..errors import (
     UnknownUserError,
 )
 from ..names import LATEST, VERSION_RE
-from .schema import (
-    AliasRow,
-    ArtifactRow,
-    BaseModelRow,
-    PromptRowRow,
-    PromptSetRow,
-    RunRow,
-    TaskRow,
-    UserRow,
-)
+from .schema import AliasRow, ArtifactRow, BaseModelRow, PromptRowRow, PromptSetRow, RunRow, TaskRow, UserRow
 
 PairIds = dict[tuple[str, str], tuple[int, int]]  # (model name, task name) -> ids, cached by the caller
 

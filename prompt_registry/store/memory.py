@@ -8,16 +8,7 @@ import numpy as np
 
 from .._forksafe import fresh_lock
 from ..errors import InvalidArgumentError, MissingDataError
-from .base import (
-    DEFAULT_CHUNK_ROWS,
-    SUPPORTED_DTYPES,
-    ArrayInfo,
-    StoredObject,
-    TensorStore,
-    check_chunk_aligned,
-    check_key,
-    normalize_rows,
-)
+from .base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, ArrayInfo, StoredObject, TensorStore, check_chunk_aligned, check_key, normalize_rows
 from .keys import check_catalog_id
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ import torch
 from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone, load_backbone
 from ..backbones.prompting import PromptEncoder, Template
+from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import CostLedger, Evaluation
 from ..errors import ConflictError
@@ -21,35 +21,35 @@ from .examples import build_examples, user_histories
 from .loop import run_batches
 
 
-def _split_fractions(registry: Any, set_run_id: int | None, config: TrainConfig | None) -> tuple[float, float]:
+def _split_fractions(services: Services, set_run_id: int | None, config: TrainConfig | None) -> tuple[float, float]:
     """Use the split the prompts were trained with (recorded in their run), else the config's."""
     if config is not None:
         return config.test_fraction, config.valid_fraction
     if set_run_id is not None:
-        recorded = registry.get_run(set_run_id).config
+        recorded = services.runs.get_run(set_run_id).config
         if "test_fraction" in recorded:
             return float(recorded["test_fraction"]), float(recorded.get("valid_fraction", 0.0))
     defaults = TrainConfig()
     return defaults.test_fraction, defaults.valid_fraction
 
 
-def evaluate_set(registry: Any, ref: int | str, data: str | Path | Dataset, *, split: str = "test",
+def evaluate_set(services: Services, ref: int | str, data: str | Path | Dataset, *, split: str = "test",
                  config: TrainConfig | None = None, device: str = "auto", backbone: Backbone | None = None,
                  batch_size: int = 128) -> Evaluation:
     """RMSE/MAE (rating) or AUC/uAUC (click) of a set on ``split``, overall and per user, next to
     the baselines (global and per-user mean, or popularity), recorded as an ``eval`` run."""
     started = time.perf_counter()
-    prompt_set = registry.get_set(ref)
+    prompt_set = services.reads.get_set(ref)
     if prompt_set.head_id is None:
         raise ConflictError(
             f"prompt set {prompt_set.id} has no task head, so it cannot be evaluated; sets made by "
             "`prompt train` or `migrate run` carry one"
         )
-    info = registry.get_model(prompt_set.model)
-    _, tensors = registry.load_artifact(prompt_set.head_id, fingerprint=info.fingerprint)
-    head_meta = registry.get_artifact(prompt_set.head_id).config
+    info = services.models.get_model(prompt_set.model)
+    _, tensors = services.artifacts.load_artifact(prompt_set.head_id, fingerprint=info.fingerprint)
+    head_meta = services.artifacts.get_artifact(prompt_set.head_id).config
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
-    test_fraction, valid_fraction = _split_fractions(registry, prompt_set.run_id, config)
+    test_fraction, valid_fraction = _split_fractions(services, prompt_set.run_id, config)
     parts = dataset.split(test_fraction=test_fraction, valid_fraction=valid_fraction)
     rows = parts.part(split)
     backbone = backbone or load_backbone(info, device=device)
@@ -60,13 +60,13 @@ def evaluate_set(registry: Any, ref: int | str, data: str | Path | Dataset, *, s
     encoder = PromptEncoder(backbone, template, prompt_set.prompt_len, head.task_kind, head_meta["max_length"])
 
     wanted = list(dict.fromkeys(dataset.users[rows].tolist()))
-    have = set(registry.list_set_users(prompt_set.id))
+    have = set(services.reads.list_set_users(prompt_set.id))
     users = [u for u in wanted if u in have]
     rows = rows[np.isin(dataset.users[rows], users)]
-    prompts = registry.get_prompts(users, set=prompt_set.id).to(backbone.device) if users else torch.empty(0)
+    prompts = services.reads.get_prompts(users, set=prompt_set.id).to(backbone.device) if users else torch.empty(0)
     index = {u: i for i, u in enumerate(users)}
     examples = build_examples(dataset, rows, index, encoder, template, user_histories(dataset, parts.train, template.history_len))
-    run = registry.start_run("eval", model=prompt_set.model, task=prompt_set.task,
+    run = services.runs.start_run("eval", model=prompt_set.model, task=prompt_set.task,
                              config={"set_id": prompt_set.id, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
                                      "split": split, "test_fraction": test_fraction, "valid_fraction": valid_fraction})
     pred, tokens = run_batches(encoder, head, lambda idx: prompts[idx], examples, batch_size)
@@ -79,6 +79,6 @@ def evaluate_set(registry: Any, ref: int | str, data: str | Path | Dataset, *, s
     per_user = metrics.per_user(examples.users, pred, examples.labels, head.task_kind)
     ledger = CostLedger(wall_seconds=round(time.perf_counter() - started, 3), device=backbone.device,
                         examples_seen=len(examples), forward_tokens=tokens, backward_tokens=0)
-    registry.finish_run(run.id, ledger=ledger, results={k: v for k, v in overall.items() if k != "baselines"})
-    return registry.record_evaluation(prompt_set.id, dataset=f"{dataset.root}#{dataset.fingerprint[:12]}", split=split,
+    services.runs.finish_run(run.id, ledger=ledger, results={k: v for k, v in overall.items() if k != "baselines"})
+    return services.runs.record_evaluation(prompt_set.id, dataset=f"{dataset.root}#{dataset.fingerprint[:12]}", split=split,
                                       metrics=overall, per_user=per_user, run_id=run.id)

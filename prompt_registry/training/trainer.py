@@ -11,7 +11,6 @@ the same result as an uninterrupted run (data order is a pure function of seed a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -23,22 +22,13 @@ import torch
 from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone, load_backbone
 from ..backbones.prompting import PromptEncoder
+from ..core.services import Services
 from ..data.dataset import Dataset, Split
-from ..entities import Artifact, PromptSet, Run
+from ..entities import Artifact, TrainResult
 from ..errors import ConflictError
 from .config import TrainConfig
 from .examples import Examples, build_examples, user_histories
 from .loop import LoopConfig, PromptTable, TrainingLoop
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    set: PromptSet
-    head_id: int
-    run: Run
-    best_epoch: int
-    history: list[dict[str, float]]
-    evaluation: Any | None = None  # an Evaluation when evaluate_split was given
 
 
 def init_prompts(n_users: int, prompt_len: int, backbone: Backbone, how: str, generator: torch.Generator) -> torch.Tensor:
@@ -84,25 +74,25 @@ def loop_config(config: TrainConfig) -> LoopConfig:
                       seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience)
 
 
-def train_prompts(registry: Any, model: str, task: str, data: str | Path | Dataset, *, users: Sequence[str] | None = None,
+def train_prompts(services: Services, model: str, task: str, data: str | Path | Dataset, *, users: Sequence[str] | None = None,
                   config: TrainConfig | None = None, device: str = "auto", checkpoint_dir: str | Path | None = None,
                   resume: bool = False, progress: bool = True, alias: str | None = None,
                   evaluate_split: str | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train prompts for ``users`` (default: everyone in the data) of ``model`` on ``task``."""
     config = config or TrainConfig()
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
-    task_info = next((t for t in registry.list_tasks() if t.name == task), None)
+    task_info = next((t for t in services.models.list_tasks() if t.name == task), None)
     if task_info is None:
-        registry.add_task(task, dataset.kind)  # raises UnknownTask-style errors for bad names
-        task_info = next(t for t in registry.list_tasks() if t.name == task)
+        services.models.add_task(task, dataset.kind)  # raises UnknownTask-style errors for bad names
+        task_info = next(t for t in services.models.list_tasks() if t.name == task)
     if task_info.kind != dataset.kind:
         raise ConflictError(f"task {task!r} is a {task_info.kind} task but {dataset.root} holds {dataset.kind} labels")
-    info = registry.get_model(model)
+    info = services.models.get_model(model)
     split = dataset.split(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, users=users)
     train_users = list(dict.fromkeys(dataset.users[split.train].tolist()))
     backbone = load_backbone(info, device=device)
     key = checkpoint_key(info.fingerprint, task, dataset.fingerprint, train_users, config.to_dict())
-    checkpoint = Path(checkpoint_dir or registry.scratch_dir() / "checkpoints") / f"train-{key}.safetensors"
+    checkpoint = Path(checkpoint_dir or services.ctx.scratch_dir() / "checkpoints") / f"train-{key}.safetensors"
     if not resume and checkpoint.exists():
         checkpoint.unlink()  # a fresh run must not silently continue an old one
     template = config.template_obj()
@@ -122,33 +112,33 @@ def train_prompts(registry: Any, model: str, task: str, data: str | Path | Datas
                   "model_fingerprint": info.fingerprint, "n_users": len(train_users),
                   "n_train": len(train), "n_valid": len(valid), "device": backbone.device,
                   "resumed_from_step": loop.state.global_step if resumed else None}
-    run = registry.start_run("train", model=model, task=task, config=run_config, seeds={"seed": config.seed})
+    run = services.runs.start_run("train", model=model, task=task, config=run_config, seeds={"seed": config.seed})
     try:
         loop.fit(progress, on_step)
         loop.use_best()
-        head_artifact = save_head(registry, loop.best_head, head, encoder, task=task, model=model, run_id=run.id)
+        head_artifact = save_head(services, loop.best_head, head, encoder, task=task, model=model, run_id=run.id)
         prompts = loop.best_provider["rows.weight"].reshape(len(train_users), config.prompt_len, -1)
-        prompt_set = registry.import_prompts(model, task, prompts.numpy(), train_users, create_users=True,
+        prompt_set = services.writes.import_prompts(model, task, prompts.numpy(), train_users, create_users=True,
                                              run_id=run.id, head=head_artifact.id, alias=alias, note=f"trained by run {run.id}")
-        finished = registry.finish_run(run.id, ledger=loop.ledger(backbone.device),
+        finished = services.runs.finish_run(run.id, ledger=loop.ledger(backbone.device),
                                        results={"best_epoch": loop.state.best_epoch, "history": loop.state.history})
     except BaseException as exc:
-        registry.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device), error=f"{type(exc).__name__}: {exc}")
+        services.runs.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device), error=f"{type(exc).__name__}: {exc}")
         raise
     checkpoint.unlink(missing_ok=True)
     evaluation = None
     if evaluate_split is not None:
         from .evaluate import evaluate_set
 
-        evaluation = evaluate_set(registry, prompt_set.id, dataset, split=evaluate_split, config=config, device=device, backbone=backbone)
+        evaluation = evaluate_set(services, prompt_set.id, dataset, split=evaluate_split, config=config, device=device, backbone=backbone)
     return TrainResult(prompt_set, head_artifact.id, finished, loop.state.best_epoch, loop.state.history, evaluation)
 
 
-def save_head(registry: Any, state: dict[str, torch.Tensor], head: TaskHead, encoder: PromptEncoder, *,
+def save_head(services: Services, state: dict[str, torch.Tensor], head: TaskHead, encoder: PromptEncoder, *,
               task: str, model: str, run_id: int) -> Artifact:
     """Store a trained head as an artifact whose config rebuilds it and its inputs exactly
     (template, history length, prompt length, max length): evaluation and migration read it."""
     template = encoder.template
     config = {**head.config(), "template": template.text, "history_len": template.history_len,
               "prompt_len": encoder.prompt_len, "max_length": encoder.max_length}
-    return registry.put_artifact("head", f"{task}-head", state, task=task, target_model=model, run_id=run_id, config=config)
+    return services.artifacts.put_artifact("head", f"{task}-head", state, task=task, target_model=model, run_id=run_id, config=config)
