@@ -31,7 +31,7 @@ def lock_catalogue(session: Session) -> None:
     """Serialise with imports: they lock their model row (Postgres) before reading their base.
     All model rows, in id order, so two lockers never deadlock. SQLite: ``BEGIN IMMEDIATE``
     already holds the write lock. FOR NO KEY UPDATE, like the imports' lock: foreign-key checks
-    of other writers still pass (see ``Registry._model_row``)."""
+    of other writers still pass (see ``db.lookups.model_row``)."""
     session.execute(select(BaseModelRow.id).order_by(BaseModelRow.id).with_for_update(key_share=True)).all()
 
 
