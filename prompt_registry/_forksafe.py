@@ -28,7 +28,7 @@ def reset_in_child(owner: T, reset: Callable[[T], None]) -> None:
     """Call ``reset(owner)`` in every child forked while ``owner`` is alive (before the child
     runs anything else)."""
     with _resets_lock:
-        _resets.setdefault(owner, []).append(reset)  # type: ignore[arg-type]
+        _resets.setdefault(owner, []).append(reset)  # type: ignore[arg-type]  # each key's resets take that key: a per-entry type no mapping type expresses
 
 
 def fresh_lock(owner: object, attribute: str = "_lock") -> threading.Lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 QUERY_BATCH = 2000  # bound IN (...) lists (SQLite's variable limit, plan sizes)
@@ -12,6 +12,18 @@ QUERY_BATCH = 2000  # bound IN (...) lists (SQLite's variable limit, plan sizes)
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+@overload
+def aware(value: dt.datetime) -> dt.datetime: ...
+
+
+@overload
+def aware(value: None) -> None: ...
+
+
+@overload
+def aware(value: dt.datetime | None) -> dt.datetime | None: ...
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .entities import TrainResult
 from .registry import Registry
 from .testing.models import build_tiny_bert, build_tiny_llama
 
@@ -63,6 +64,11 @@ def _models_and_data(root: Path, real: bool, n_users: int, per_user: int, say: C
     return models, data, "movielens-100k"
 
 
+def _test_metrics(result: TrainResult) -> dict[str, Any]:
+    assert result.evaluation is not None, "trained with evaluate_split"
+    return result.evaluation.metrics
+
+
 def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | None = print, real: bool = False,
              n_users: int | None = None, per_user: int | None = None, budget: float = 0.3, seed: int = 0,
              train_epochs: int | None = None, adapter_epochs: int | None = None) -> dict[str, Any]:
@@ -81,8 +87,7 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
     models, data, data_name = _models_and_data(root, real, n_users, per_user, say)
     source, target = list(models)
     train_cfg = TrainConfig(epochs=train_epochs or (8 if real else 20), lr=(1e-3 if real else 5e-3), patience=3 if real else None, seed=seed)
-    migrate_cfg = dict(epochs=adapter_epochs or (6 if real else 10), lr=(1e-4 if real else 1e-3), seed=seed)
-    selection = dict(budget=budget, n_clusters=15 if real else 6, min_per_cluster=2)
+    migrate_epochs, migrate_lr, n_clusters = adapter_epochs or (6 if real else 10), (1e-4 if real else 1e-3), (15 if real else 6)
     rows: list[dict[str, Any]] = []
 
     def row(name: str, model: str, rmse: float, run: Any, started: float) -> None:
@@ -98,22 +103,23 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
         say("the migration story (test RMSE on each user's newest ratings; lower is better):")
         started = time.perf_counter()
         src = registry.train_prompts(source, "rating", data, config=train_cfg, progress=False, evaluate_split="test", alias="production")
-        baselines = src.evaluation.metrics["baselines"]
-        row("source prompts (trained)", source, src.evaluation.metrics["rmse"], src.run, started)
+        baselines = _test_metrics(src)["baselines"]
+        row("source prompts (trained)", source, _test_metrics(src)["rmse"], src.run, started)
         started = time.perf_counter()
         rand = registry.train_prompts(target, "rating", data, config=TrainConfig(**{**train_cfg.to_dict(), "freeze_prompts": True}),
                                       progress=False, evaluate_split="test")
-        row("random-init (head only)", target, rand.evaluation.metrics["rmse"], rand.run, started)
+        row("random-init (head only)", target, _test_metrics(rand)["rmse"], rand.run, started)
         started = time.perf_counter()
         retrain = registry.train_prompts(target, "rating", data, config=train_cfg, progress=False, evaluate_split="test")
-        row("full retrain", target, retrain.evaluation.metrics["rmse"], retrain.run, started)
+        row("full retrain", target, _test_metrics(retrain)["rmse"], retrain.run, started)
         results = {}
         for method, refine in (("group", 0), ("random", 0), ("group", 3)):
             started = time.perf_counter()
-            config = MigrationConfig(**migrate_cfg, norm_match=True, refine_epochs=refine, refine_lr=train_cfg.lr,
-                                     selection=SelectionConfig(method=method, seed=seed, **selection))
+            config = MigrationConfig(epochs=migrate_epochs, lr=migrate_lr, seed=seed, norm_match=True, refine_epochs=refine, refine_lr=train_cfg.lr,
+                                     selection=SelectionConfig(method=method, seed=seed, budget=budget, n_clusters=n_clusters, min_per_cluster=2))
             result = registry.migrate([source], target, "rating", data, config=config, progress=False)
             name = f"PUMA {method} ({budget:g} of users)" + (" + refine" if refine else "")
+            assert result.report is not None, "migrate evaluates by default"
             row(name, target, result.report.rows[0]["rmse"], result.run, started)
             results[name] = result
         retrain_tokens = rows[2]["token_passes"]

@@ -18,7 +18,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return value.to_dict()  # type: ignore[attr-defined]
+        return value.to_dict()  # type: ignore[attr-defined]  # every dataclass held by an entity has to_dict (entities, method configs)
     return value
 
 
@@ -29,7 +29,7 @@ def version_ref(model: str, task: str, version: int) -> str:
 
 class _Entity:
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]  # only dataclasses subclass _Entity
 
 
 @dataclasses.dataclass(frozen=True)

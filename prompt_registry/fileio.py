@@ -26,7 +26,7 @@ def users_csv_path(path: Path) -> Path:
     return path.with_name(path.stem + ".users.csv")
 
 
-def read_users_csv(path: str | Path) -> list[str]:
+def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
     """Read a CSV with a ``user_id`` column (other columns are ignored)."""
     path = Path(path)
     try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + HASH_PIECE_ROWS, stop)) for lo in range(start, stop, HASH_PIECE_ROWS)]
 
 
-def digest_batches(array: np.ndarray) -> Iterator[tuple[int, int, bytes]]:
+def digest_batches(array: np.ndarray) -> Generator[tuple[int, int, bytes], None, None]:
     """``(start, stop, sha256 of rows start..stop concatenated)``, in order, hashed ahead.
 
     Every batch is queued at once on the hashing thread (in pieces of ``HASH_PIECE_ROWS``), so the

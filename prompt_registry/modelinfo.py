@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def _first(config: dict[str, Any], *names: str) -> Any:
     return None
 
 
-def describe_model(path: str | Path) -> ModelDescription:
+def describe_model(path: str | os.PathLike[str]) -> ModelDescription:
     """Read ``config.json`` and fingerprint the config and weight files of a local model folder."""
     folder = Path(path)
     config_path = folder / "config.json"

@@ -32,6 +32,7 @@ def run_migrations_online() -> None:
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
         raw = connection.connection.driver_connection
+        assert raw is not None  # None only for a connection that was invalidated
         if sqlite:
             # Batch ALTERs on SQLite copy and drop tables; with foreign keys enforced that would
             # fail (or cascade). The pragma only works outside a transaction, so set it on the

@@ -17,6 +17,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.expression import FunctionElement
 
+from .._util import aware
 from ..db.schema import (
     AliasEventRow,
     ArtifactRow,
@@ -54,13 +55,6 @@ GROUP_BY = ("model", "task", "kind", "month")
 
 _parents = PromptSetParentRow.__table__
 _rows = PromptRowRow.__table__
-
-
-def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
 
 
 def _names(session: Session) -> tuple[dict[int, str], dict[int, str]]:
@@ -121,7 +115,7 @@ def _nodes(session: Session, depths: dict[int, int]) -> tuple[LineageNode, ...]:
         LineageNode(
             s.id, models[s.model_id], tasks[s.task_id], s.version, s.status, depths[s.id], s.n_users, s.n_rows,
             s.run_id, run_kind, s.adapter_id, f"{name} v{version}" if name is not None else None,
-            aware(s.created_at), s.created_by,  # type: ignore[arg-type]
+            aware(s.created_at), s.created_by,
         )
         for s, run_kind, name, version in rows
     ]
@@ -180,7 +174,7 @@ def alias_windows(session: Session, set_ids: Sequence[int]) -> dict[int, list[Al
         .order_by(AliasEventRow.id)
     )
     for event_id, name, set_id, at, until, actor, reason in rows:
-        out.setdefault(set_id, []).append(AliasWindow(name, set_id, aware(at), aware(until), actor, reason, event_id))  # type: ignore[arg-type]
+        out.setdefault(set_id, []).append(AliasWindow(name, set_id, aware(at), aware(until), actor, reason, event_id))
     return out
 
 
@@ -188,7 +182,7 @@ def user_history(session: Session, user: UserRow) -> UserHistory:
     """Every version with a prompt of ``user``, the run and adapter that made it, and its aliases."""
     visible = visible_sets(session, user.id)
     if not visible:
-        return UserHistory(user.external_id, aware(user.created_at), aware(user.deleted_at), ())  # type: ignore[arg-type]
+        return UserHistory(user.external_id, aware(user.created_at), aware(user.deleted_at), ())
     models, tasks = _names(session)
     sets = dict(
         (s.id, (s, kind)) for s, kind in session.execute(
@@ -202,9 +196,9 @@ def user_history(session: Session, user: UserRow) -> UserHistory:
         s, kind = sets[set_id]
         versions.append(UserVersion(
             set_id, models[s.model_id], tasks[s.task_id], s.version, s.status, holder, holder != set_id,
-            digest.hex(), s.run_id, kind, s.adapter_id, aware(s.created_at), tuple(windows.get(set_id, ())),  # type: ignore[arg-type]
+            digest.hex(), s.run_id, kind, s.adapter_id, aware(s.created_at), tuple(windows.get(set_id, ())),
         ))
-    return UserHistory(user.external_id, aware(user.created_at), aware(user.deleted_at), tuple(versions))  # type: ignore[arg-type]
+    return UserHistory(user.external_id, aware(user.created_at), aware(user.deleted_at), tuple(versions))
 
 
 # ------------------------------------------------------------------------------------ aliases
@@ -230,7 +224,7 @@ def alias_timeline(session: Session, name: str, *, model_id: int | None = None, 
         stmt = stmt.where(AliasEventRow.task_id == task_id)
     models, tasks = _names(session)
     return [
-        AliasMove(i, n, models[m], tasks[t], o, ov, ns, nv, aware(at), aware(until), actor, reason)  # type: ignore[arg-type]
+        AliasMove(i, n, models[m], tasks[t], o, ov, ns, nv, aware(at), aware(until), actor, reason)
         for i, n, m, t, o, ov, ns, nv, at, until, actor, reason in session.execute(stmt)
     ]
 
@@ -313,7 +307,7 @@ def blast_radius(session: Session, *, adapter_id: int | None = None, set_id: int
         )
     )
     ids = [s.set_id for s in sets]
-    n_users, users = 0, ()
+    n_users, users = 0, tuple[str, ...]()
     if ids:
         # users with a row in an affected set: a semi-join from users (index probes on
         # (user_id, set_id), parallel on Postgres) beat COUNT(DISTINCT) over the rows at 1M users

@@ -34,12 +34,13 @@ class TaskHead(nn.Module):
             sizes = (feature_size, 32, 12, 1) if decoder else (feature_size, hidden, 1)
             layers: list[nn.Module] = []
             for i in range(len(sizes) - 1):
-                layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+                linear = nn.Linear(sizes[i], sizes[i + 1])
+                layers.append(linear)
                 if i < len(sizes) - 2:
                     layers.append(nn.SiLU())
             self.mlp = nn.Sequential(*layers)
             with torch.no_grad():
-                self.mlp[-1].bias.fill_(self.label_mean)  # start at the global mean, not at 0
+                linear.bias.fill_(self.label_mean)  # the output layer starts at the global mean, not at 0
         elif decoder:
             self.scale = nn.Parameter(torch.ones(()))
             self.bias = nn.Parameter(torch.zeros(()))

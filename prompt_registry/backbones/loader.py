@@ -82,9 +82,11 @@ def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True)
         model = loader.from_pretrained(info.source, local_files_only=True, dtype=torch.float32)
     except OSError as exc:
         raise InvalidFileError(f"cannot load model {info.name!r} from {info.source}: {exc}") from None
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps PreTrainedModel.to with functools.wraps: its type loses the bound self
     for param in model.parameters():
         param.requires_grad_(False)
     with torch.no_grad():
-        token_norm = float(model.get_input_embeddings().weight.norm(dim=-1).mean())
+        weight = model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)  # nn.Module attributes are typed Tensor | Module
+        token_norm = float(weight.norm(dim=-1).mean())
     return Backbone(info=info, model=model, tokenizer=tokenizer, device=device, decoder=decoder, token_norm=token_norm)

@@ -106,7 +106,7 @@ class AliasService:
             models = dict(session.execute(select(BaseModelRow.id, BaseModelRow.name)).all())
             tasks = dict(session.execute(select(TaskRow.id, TaskRow.name)).all())
             return [
-                AliasEvent(r.id, r.name, models[r.model_id], tasks[r.task_id], r.old_set_id, r.new_set_id, aware(r.at), r.actor, r.reason)  # type: ignore[arg-type]
+                AliasEvent(r.id, r.name, models[r.model_id], tasks[r.task_id], r.old_set_id, r.new_set_id, aware(r.at), r.actor, r.reason)
                 for r in rows
             ]
 

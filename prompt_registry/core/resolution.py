@@ -40,12 +40,11 @@ def locate(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[st
     """Resolve ``users`` (``None``: everyone) of a version through its chain, via SQL."""
     chain_ids = [set_id for set_id, _ in chain_of(ctx, session, row)]
     if users is None:
-        records: list[Any] = lookups.set_records(session, chain_ids)
-    else:
-        records = []
-        conn = session.connection()
-        for batch in batched(list(dict.fromkeys(users))):
-            records += conn.execute(lookups.USER_RECORDS, {"sets": chain_ids, "users": list(batch)}).all()
+        return Manifest.resolve(row.id, chain_ids, lookups.set_records(session, chain_ids))
+    records: list[Any] = []
+    conn = session.connection()
+    for batch in batched(list(dict.fromkeys(users))):
+        records += conn.execute(lookups.USER_RECORDS, {"sets": chain_ids, "users": list(batch)}).all()
     return Manifest.resolve(row.id, chain_ids, records)
 
 

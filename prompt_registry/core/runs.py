@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from .. import liveness
@@ -131,7 +131,9 @@ class RunService:
                 for user, user_metrics in per_user.items() for metric, value in user_metrics.items()
             ]
             if values:
-                session.execute(UserMetricRow.__table__.insert(), values)
+                table = UserMetricRow.__table__
+                assert isinstance(table, Table)  # typed FromClause by declarative; a mapped class's is a Table
+                session.execute(table.insert(), values)
             self.ctx.audit(session, "record_evaluation", "evaluation", evaluation.id, {"set_id": row.id, "split": split, "metrics": evaluation.metrics})
             return mappers.evaluation_entity(session, evaluation, with_users=False)
 
@@ -161,4 +163,4 @@ class RunService:
                 stmt = stmt.where(AuditEventRow.object_kind == object_kind)
             if object_id is not None:
                 stmt = stmt.where(AuditEventRow.object_id == str(object_id))
-            return [AuditEvent(r.id, aware(r.at), r.actor, r.action, r.object_kind, r.object_id, r.reason, dict(r.details)) for r in session.scalars(stmt)]  # type: ignore[arg-type]
+            return [AuditEvent(r.id, aware(r.at), r.actor, r.action, r.object_kind, r.object_id, r.reason, dict(r.details)) for r in session.scalars(stmt)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 
 from sqlalchemy import func, select
@@ -24,8 +25,7 @@ def check_user_ids(users: Iterable[str], *, what: str) -> list[str]:
         bad = [u for u in ids if not u.strip() or len(u) > 200]
         raise InvalidArgumentError(f"invalid user id(s) {preview(bad)}: ids are 1-200 non-blank characters")
     if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dupes = sorted({u for u in ids if u in seen or seen.add(u)})  # type: ignore[func-returns-value]
+        dupes = sorted(u for u, n in collections.Counter(ids).items() if n > 1)
         raise DuplicateUserError(f"user id(s) given more than once: {preview(dupes)}; each user may appear once")
     return ids
 
@@ -63,7 +63,7 @@ class UserService:
                 stmt = stmt.where(UserRow.deleted_at.is_(None))
             if limit is not None:
                 stmt = stmt.limit(limit)
-            return [User(r.id, r.external_id, aware(r.created_at), aware(r.deleted_at)) for r in session.scalars(stmt)]  # type: ignore[arg-type]
+            return [User(r.id, r.external_id, aware(r.created_at), aware(r.deleted_at)) for r in session.scalars(stmt)]
 
     def count_users(self) -> int:
         """How many (non-deleted) users are registered."""

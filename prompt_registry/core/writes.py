@@ -146,7 +146,7 @@ def _check_prompt_array(array: np.ndarray, users: Sequence[str], model: BaseMode
         converted = np.ascontiguousarray(array, dtype=store_dtype)
     finite = _finite_rows(converted.reshape(len(users), -1))
     if not finite.all():
-        bad = [users[i] for i in np.flatnonzero(~finite)]
+        bad = [users[int(i)] for i in np.flatnonzero(~finite)]
         overflow = bool(np.isfinite(array.reshape(len(users), -1)[~finite]).all())
         why = f"overflow when cast to {store_dtype}" if overflow else "NaN or Inf values"
         raise NonFiniteError(f"prompts of {len(bad)} user(s) have {why}: {preview(bad)}; fix or drop them before importing")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -26,7 +28,7 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "label", "timestamp")
 ITEM_COLUMNS = ("item_id", "text")
 
 
-def _open_csv(path: Path, columns: Sequence[str]) -> tuple[csv.DictReader, object]:
+def _open_csv(path: Path, columns: Sequence[str]) -> tuple[csv.DictReader[str], TextIO]:
     if not path.is_file():
         raise InvalidFileError(f"{path} does not exist; a data set folder holds {INTERACTIONS} and {ITEMS}")
     fh = open(path, newline="", encoding="utf-8")
@@ -68,12 +70,12 @@ class Dataset:
     fingerprint: str
 
     @classmethod
-    def load(cls, folder: str | Path) -> Dataset:
+    def load(cls, folder: str | os.PathLike[str]) -> Dataset:
         folder = Path(folder)
         digest = hashlib.sha256()
         item_text: dict[str, str] = {}
         reader, fh = _open_csv(folder / ITEMS, ITEM_COLUMNS)
-        with fh:  # type: ignore[attr-defined]
+        with fh:
             for row in reader:
                 item = (row["item_id"] or "").strip()
                 if not item:
@@ -87,7 +89,7 @@ class Dataset:
         stamps: list[int] = []
         path = folder / INTERACTIONS
         reader, fh = _open_csv(path, INTERACTION_COLUMNS)
-        with fh:  # type: ignore[attr-defined]
+        with fh:
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 user, item = (row["user_id"] or "").strip(), (row["item_id"] or "").strip()

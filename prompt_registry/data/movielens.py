@@ -44,12 +44,12 @@ def _find(src: Path, names: tuple[str, ...]) -> Path | None:
 def convert_movielens(src: str | Path, dest: str | Path) -> Path:
     """Convert a folder holding either MovieLens-100k format into the canonical layout at ``dest``."""
     src = Path(src)
-    classic = _find(src, ("u.data",)), _find(src, ("u.item",))
-    recbole = _find(src, ("ml-100k.inter",)), _find(src, ("ml-100k.item",))
-    if all(classic):
-        interactions, items = _read_classic(*classic)  # type: ignore[misc]
-    elif all(recbole):
-        interactions, items = _read_recbole(*recbole)  # type: ignore[misc]
+    data, item = _find(src, ("u.data",)), _find(src, ("u.item",))
+    inter, inter_item = _find(src, ("ml-100k.inter",)), _find(src, ("ml-100k.item",))
+    if data is not None and item is not None:
+        interactions, items = _read_classic(data, item)
+    elif inter is not None and inter_item is not None:
+        interactions, items = _read_recbole(inter, inter_item)
     else:
         raise InvalidFileError(
             f"{src} holds neither u.data + u.item (GroupLens) nor ml-100k.inter + ml-100k.item (RecBole)"
@@ -67,7 +67,7 @@ def _read_classic(data: Path, item: Path) -> tuple[list[tuple[str, str, float, i
             if len(fields) < 2:
                 raise InvalidFileError(f"{item}:{lineno}: expected id|title|..., got {line.strip()[:60]!r}")
             items[fields[0]] = normalise_title(fields[1])
-    rows = []
+    rows: list[tuple[str, str, float, int]] = []
     with open(data, encoding="latin-1") as fh:
         for lineno, line in enumerate(fh, start=1):
             fields = line.split()
@@ -83,26 +83,27 @@ def _read_classic(data: Path, item: Path) -> tuple[list[tuple[str, str, float, i
 
 
 def _read_recbole(inter: Path, item: Path) -> tuple[list[tuple[str, str, float, int]], dict[str, str]]:
-    def table(path: Path) -> tuple[list[str], csv.reader]:
-        fh = open(path, encoding="utf-8", newline="")
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.split(":")[0] for h in next(reader)]
-        return header, reader
+    def table(path: Path) -> tuple[list[str], list[list[str]]]:
+        # read whole (100k rows) so that the file is closed; an empty file has no header
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = [h.split(":")[0] for h in next(reader, [])]
+            return header, list(reader)
 
-    header, reader = table(item)
+    header, records = table(item)
     if "item_id" not in header or "movie_title" not in header:
         raise InvalidFileError(f"{item}:1: expected item_id and movie_title columns, got {header}")
-    items = {}
-    for fields in reader:
+    items: dict[str, str] = {}
+    for fields in records:
         if fields:
             items[fields[header.index("item_id")]] = normalise_title(fields[header.index("movie_title")])
-    header, reader = table(inter)
+    header, records = table(inter)
     needed = ("user_id", "item_id", "rating", "timestamp")
     if any(c not in header for c in needed):
         raise InvalidFileError(f"{inter}:1: expected columns {needed}, got {header}")
     idx = [header.index(c) for c in needed]
-    rows = []
-    for lineno, fields in enumerate(reader, start=2):
+    rows: list[tuple[str, str, float, int]] = []
+    for lineno, fields in enumerate(records, start=2):
         if not fields:
             continue
         try:

@@ -30,12 +30,12 @@ def model_entity(row: BaseModelRow) -> ModelInfo:
         id=row.id, name=row.name, source=row.source, revision=row.revision,
         architecture=row.architecture, model_type=row.model_type, hidden_size=row.hidden_size,
         vocab_size=row.vocab_size, fingerprint=row.fingerprint, files=dict(row.files),
-        created_at=aware(row.created_at), created_by=row.created_by,  # type: ignore[arg-type]
+        created_at=aware(row.created_at), created_by=row.created_by,
     )
 
 
 def task_entity(row: TaskRow) -> Task:
-    return Task(id=row.id, name=row.name, kind=row.kind, created_at=aware(row.created_at))  # type: ignore[arg-type]
+    return Task(id=row.id, name=row.name, kind=row.kind, created_at=aware(row.created_at))
 
 
 def set_entities(session: Session, rows: Sequence[PromptSetRow]) -> list[PromptSet]:
@@ -67,7 +67,7 @@ def set_entities(session: Session, rows: Sequence[PromptSetRow]) -> list[PromptS
             prompt_len=r.prompt_len, width=r.width, dtype=r.dtype, n_users=r.n_users,
             n_rows=r.n_rows, store_key=r.store_key, sha256=r.sha256, status=r.status,
             run_id=r.run_id, adapter_id=r.adapter_id, head_id=r.head_id, note=r.note,
-            created_at=aware(r.created_at), created_by=r.created_by,  # type: ignore[arg-type]
+            created_at=aware(r.created_at), created_by=r.created_by,
             aliases=tuple(aliases.get(r.id, ())), tags=tags.get(r.id, {}),
         )
         for r in rows
@@ -78,7 +78,7 @@ def alias_entity(session: Session, row: AliasRow) -> Alias:
     return Alias(
         name=row.name, model=session.get_one(BaseModelRow, row.model_id).name,
         task=session.get_one(TaskRow, row.task_id).name, set_id=row.set_id,
-        updated_at=aware(row.updated_at), updated_by=row.updated_by,  # type: ignore[arg-type]
+        updated_at=aware(row.updated_at), updated_by=row.updated_by,
     )
 
 
@@ -94,7 +94,7 @@ def artifact_entity(session: Session, row: ArtifactRow) -> Artifact:
         target_fingerprint=row.target_fingerprint, source_models=tuple(sources),
         source_fingerprints=tuple(row.source_fingerprints), config=dict(row.config),
         store_key=row.store_key, sha256=row.sha256, nbytes=row.nbytes, run_id=row.run_id,
-        created_at=aware(row.created_at), created_by=row.created_by,  # type: ignore[arg-type]
+        created_at=aware(row.created_at), created_by=row.created_by,
     )
 
 
@@ -108,14 +108,14 @@ def evaluation_entity(session: Session, row: EvaluationRow, *, with_users: bool)
         ):
             per_user.setdefault(ext, {})[metric] = value
     return Evaluation(row.id, row.set_id, row.run_id, row.dataset, row.split, dict(row.metrics),
-                      aware(row.created_at), row.created_by, per_user)  # type: ignore[arg-type]
+                      aware(row.created_at), row.created_by, per_user)
 
 
 def run_entity(session: Session, r: RunRow) -> Run:
     model = session.get_one(BaseModelRow, r.model_id).name if r.model_id else None
     task = session.get_one(TaskRow, r.task_id).name if r.task_id else None
     return Run(
-        r.id, r.kind, r.status, model, task, dict(r.config), dict(r.seeds), aware(r.started_at),  # type: ignore[arg-type]
+        r.id, r.kind, r.status, model, task, dict(r.config), dict(r.seeds), aware(r.started_at),
         aware(r.finished_at), r.wall_seconds, r.device, r.examples_seen, r.forward_tokens,
         r.backward_tokens, dict(r.cost), r.actor, r.error,
     )

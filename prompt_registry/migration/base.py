@@ -13,7 +13,7 @@ Writing a method (PUMA in ``puma/`` is the full example)::
     class MyConfig(MethodConfig):            # paper defaults, validated in __post_init__
         epochs: int = 4
 
-    class MyMethod(MigrationMethod):
+    class MyMethod(MigrationMethod[MyConfig]):
         config_class = MyConfig
 
         @classmethod
@@ -62,8 +62,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -129,8 +130,8 @@ class FitContext:
     steps_hint: str = "adapter"
     loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (the last one's ledger is the run's)
 
-    def training_loop(self, provider: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                      schedulers: dict[str, Any] | None = None, *, epochs: int) -> TrainingLoop:
+    def training_loop(self, provider: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                      schedulers: Mapping[str, Any] | None = None, *, epochs: int) -> TrainingLoop:
         """The shared training loop over ``ctx.train``/``ctx.valid`` for ``provider`` (user index ->
         prompts) and ``ctx.head``, restored from the run's checkpoint when resuming."""
         loop = TrainingLoop(encoder=self.encoder, head=self.head, provider=provider, optimizers=optimizers,
@@ -144,18 +145,24 @@ class FitContext:
         return loop
 
 
-class MigrationMethod(abc.ABC):
-    """A way to map source-model prompts to target-model prompts (see the module docstring)."""
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+
+
+class MigrationMethod(abc.ABC, Generic[ConfigT]):
+    """A way to map source-model prompts to target-model prompts (see the module docstring);
+    ``ConfigT`` is the method's ``config_class``."""
 
     name: ClassVar[str] = ""  # set by register_method
+    # ClassVar cannot hold ConfigT; register_method checks it is a MethodConfig dataclass and
+    # method_config() that a given config is an instance of it
     config_class: ClassVar[type[MethodConfig]]
 
-    def __init__(self, config: MethodConfig) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
 
     @classmethod
     @abc.abstractmethod
-    def create(cls, config: MethodConfig, spec: MappingSpec, backbone: Backbone) -> MigrationMethod:
+    def create(cls, config: ConfigT, spec: MappingSpec, backbone: Backbone) -> MigrationMethod[ConfigT]:
         """A fresh, unfitted map from ``spec.source_widths`` to ``spec.target_width`` for ``backbone``."""
 
     @abc.abstractmethod
@@ -172,7 +179,7 @@ class MigrationMethod(abc.ABC):
         """One (batch, prompt_len, w_i) tensor per source -> (batch, prompt_len, target_width); no grad."""
 
     @abc.abstractmethod
-    def to(self, device: str | torch.device) -> MigrationMethod:
+    def to(self, device: str | torch.device) -> MigrationMethod[ConfigT]:
         """Move the map's tensors to ``device``; returns ``self``."""
 
     @abc.abstractmethod
@@ -181,14 +188,14 @@ class MigrationMethod(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def restore(cls, config: MethodConfig, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod:
+    def restore(cls, config: ConfigT, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod[ConfigT]:
         """Rebuild a fitted method from ``describe()`` and ``tensors()`` of an earlier one."""
 
 
-_METHODS: dict[str, type[MigrationMethod]] = {}
+_METHODS: dict[str, type[MigrationMethod[Any]]] = {}
 
 
-def register_method(name: str, cls: type[MigrationMethod]) -> type[MigrationMethod]:
+def register_method(name: str, cls: type[MigrationMethod[Any]]) -> type[MigrationMethod[Any]]:
     """Make ``cls`` available as ``MigrationConfig(method=name)``; registering it again is a no-op.
 
     Raises ``ConflictError`` when ``name`` is taken by another class or ``cls`` is not a method."""
@@ -212,7 +219,7 @@ def available_methods() -> tuple[str, ...]:
     return tuple(sorted(_METHODS))
 
 
-def get_method(name: str) -> type[MigrationMethod]:
+def get_method(name: str) -> type[MigrationMethod[Any]]:
     """The method class registered as ``name``; ``ConflictError`` naming the registered ones if none."""
     try:
         return _METHODS[name]
@@ -232,12 +239,12 @@ def method_config(name: str, value: MethodConfig | dict[str, Any] | None) -> Met
     return value
 
 
-def artifact_config(method: MigrationMethod) -> dict[str, Any]:
+def artifact_config(method: MigrationMethod[Any]) -> dict[str, Any]:
     """What an adapter artifact's config records about its method (merged with the run's facts)."""
     return {"method": method.name, "method_config": method.config.to_dict(), "adapter": method.describe()}
 
 
-def load_method(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod:
+def load_method(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod[Any]:
     """Rebuild the fitted method from an adapter artifact's config and tensors (through the table)."""
     name = config.get("method", LEGACY_METHOD)
     cls = get_method(name)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,7 +76,7 @@ def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def map_users(services: Services, method: MigrationMethod, adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
+def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
               target: str, task: str, head_id: int, run_id: int | None, device: str, batch_users: int,
               base: int | None = None, progress: bool = False) -> PromptSet:
     """Stream ``users``' source rows through the fitted method into a new target set (idempotent, resumable)."""
@@ -99,7 +99,7 @@ def map_users(services: Services, method: MigrationMethod, adapter: Artifact, se
     )
 
 
-def migrate(services: Services, sources: Sequence[str | int], target: str, task: str, data: str | Path | Dataset, *,
+def migrate(services: Services, sources: Sequence[str | int], target: str, task: str, data: str | os.PathLike[str] | Dataset, *,
             config: MigrationConfig | None = None, device: str = "auto", alias: str | None = None,
             gate: float | None = None, evaluate: bool = True, resume: bool = False, progress: bool = True) -> MigrationResult:
     """Migrate the prompts of ``sources`` (models or sets) to ``target`` for ``task`` with
@@ -300,7 +300,8 @@ def quality_report(services: Services, new_set: PromptSet, source_sets: Sequence
     scratch = _scratch_reference(services, new_set)
     if scratch is not None:
         ev = _evaluate(services, scratch, dataset, config, device)
-        rows.append({"name": "retrain", "set_id": scratch.id, "model": scratch.model, **_plain(ev.metrics), "_eval": ev})
+        if ev is not None:  # None for a set stored without a head, as for the sources
+            rows.append({"name": "retrain", "set_id": scratch.id, "model": scratch.model, **_plain(ev.metrics), "_eval": ev})
     reference_row = next((r for r in rows if r["name"] == "retrain"), None) or next((r for r in rows[1:]), None)
     share, worst = None, []
     if reference_row is not None and new_eval.per_user:

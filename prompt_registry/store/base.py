@@ -59,7 +59,7 @@ class StoredObject:
 def row_digests(array: np.ndarray) -> list[bytes]:
     """sha256 of every row's raw bytes (the row = one user's prompt)."""
     sha256 = hashlib.sha256
-    return [sha256(row).digest() for row in np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)]
+    return [sha256(row.data).digest() for row in np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)]
 
 
 def digest_matrix(digests: Sequence[bytes]) -> np.ndarray:

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import google_crc32c
 import numpy as np
+import numpy.typing as npt
 import zarr
 from zarr.storage import LocalStore
 
@@ -135,7 +136,7 @@ VERIFIED_CACHE_MIN_ROWS = 64
 _VERIFIED_FILES_CACHED = 1024
 
 
-def _anonymous(nbytes: int, dtype: str | np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+def _anonymous(nbytes: int, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> np.ndarray:
     """A zeroed array in its own anonymous memory map: pages are allocated when first written and
     returned to the system when the array is dropped."""
     return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
@@ -361,7 +362,7 @@ class ZarrStore(TensorStore):
             try:
                 if os.fstat(fd).st_size != size:
                     os.ftruncate(fd, size)
-                _pwrite_all(fd, memoryview(flat[lo - start : hi - start]).cast("B"), (lo - f * layout.file_rows) * info.row_nbytes)
+                _pwrite_all(fd, flat[lo - start : hi - start].data.cast("B"), (lo - f * layout.file_rows) * info.row_nbytes)
                 _pwrite_all(fd, memoryview(index), size - len(index))
                 os.fdatasync(fd)
             finally:

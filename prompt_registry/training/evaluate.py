@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def _split_fractions(services: Services, set_run_id: int | None, config: TrainCo
     return defaults.test_fraction, defaults.valid_fraction
 
 
-def evaluate_set(services: Services, ref: int | str, data: str | Path | Dataset, *, split: str = "test",
+def evaluate_set(services: Services, ref: int | str, data: str | os.PathLike[str] | Dataset, *, split: str = "test",
                  config: TrainConfig | None = None, device: str = "auto", backbone: Backbone | None = None,
                  batch_size: int = 128) -> Evaluation:
     """RMSE/MAE (rating) or AUC/uAUC (click) of a set on ``split``, overall and per user, next to
@@ -70,7 +71,7 @@ def evaluate_set(services: Services, ref: int | str, data: str | Path | Dataset,
                              config={"set_id": prompt_set.id, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
                                      "split": split, "test_fraction": test_fraction, "valid_fraction": valid_fraction})
     pred, tokens = run_batches(encoder, head, lambda idx: prompts[idx], examples, batch_size)
-    overall = metrics.summarize(examples.users, pred, examples.labels, head.task_kind)
+    overall: dict[str, Any] = dict(metrics.summarize(examples.users, pred, examples.labels, head.task_kind))  # plus baselines (nested), counts
     train = parts.train
     overall["baselines"] = metrics.baselines(dataset.users[train], dataset.items[train], dataset.labels[train],
                                              examples.users, examples.items, examples.labels, head.task_kind)

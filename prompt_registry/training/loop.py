@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,8 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 class TrainingLoop:
     """Trains ``provider`` (index -> prompts) and ``head`` on ``train``; keeps the best epoch on ``valid``."""
 
-    def __init__(self, *, encoder: PromptEncoder, head: TaskHead, provider: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                 schedulers: dict[str, Any], train: Examples, valid: Examples, config: LoopConfig, task_kind: str,
+    def __init__(self, *, encoder: PromptEncoder, head: TaskHead, provider: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                 schedulers: Mapping[str, Any], train: Examples, valid: Examples, config: LoopConfig, task_kind: str,
                  checkpoint: Path | None, steps_hint: str = "train") -> None:
         self.encoder, self.head, self.provider = encoder, head, provider
         self.optimizers, self.schedulers = optimizers, schedulers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,8 @@ def loop_config(config: TrainConfig) -> LoopConfig:
                       seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience)
 
 
-def train_prompts(services: Services, model: str, task: str, data: str | Path | Dataset, *, users: Sequence[str] | None = None,
-                  config: TrainConfig | None = None, device: str = "auto", checkpoint_dir: str | Path | None = None,
+def train_prompts(services: Services, model: str, task: str, data: str | os.PathLike[str] | Dataset, *, users: Sequence[str] | None = None,
+                  config: TrainConfig | None = None, device: str = "auto", checkpoint_dir: str | os.PathLike[str] | None = None,
                   resume: bool = False, progress: bool = True, alias: str | None = None,
                   evaluate_split: str | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train prompts for ``users`` (default: everyone in the data) of ``model`` on ``task``."""

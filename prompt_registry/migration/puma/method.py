@@ -20,7 +20,7 @@ def _cosine(total_steps: int) -> Any:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-class PumaMethod(MigrationMethod):
+class PumaMethod(MigrationMethod[PumaConfig]):
     """Phi (``adapter.py``) maps the frozen source prompts; Phi and the head train jointly with
     AdamW (Phi at ``lr``, the head at the migration's ``head_lr``), cosine-decayed over all steps;
     the best epoch on the validation tail is kept. The artifact holds Phi's state dict."""
