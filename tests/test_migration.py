@@ -43,14 +43,14 @@ def test_phi_maps_widths_and_aggregates_sources():
     phi = Phi(AdapterConfig((16, 24, 8), 32, hidden=64)).eval()
     out = phi(torch.randn(5, 2, 16), torch.randn(5, 2, 24), torch.randn(5, 2, 8))
     assert out.shape == (5, 2, 32)
-    with pytest.raises(pr.ConflictError, match="expects 3"):
+    with pytest.raises(pr.InvalidArgumentError, match="expects 3"):
         phi(torch.randn(5, 2, 16))
     assert AdapterConfig((384,), 768).hidden_width == 1536 and AdapterConfig((16,), 8).hidden_width == 256
     assert AdapterConfig((9000,), 8).hidden_width == 4096
     matched = Phi(AdapterConfig((16,), 32, norm_match=True, target_norm=3.0)).eval()(torch.randn(7, 1, 16) * 50)
     torch.testing.assert_close(matched.norm(dim=-1), torch.full((7, 1), 3.0))
     for bad in (dict(source_widths=()), dict(source_widths=(4,), dropout=1.0), dict(source_widths=(4,), norm_match=True)):
-        with pytest.raises(pr.ConflictError):
+        with pytest.raises(pr.InvalidArgumentError):
             AdapterConfig(target_width=8, **bad)
 
 
@@ -92,7 +92,7 @@ class PadConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.head_epochs < 1:
-            raise pr.ConflictError("head_epochs must be >= 1")
+            raise pr.InvalidArgumentError("head_epochs must be >= 1")
 
 
 class _Mapped(nn.Module):
@@ -119,7 +119,7 @@ class PadTruncate(MigrationMethod):
     @classmethod
     def create(cls, config, spec, backbone):
         if len(spec.source_widths) != 1:
-            raise pr.ConflictError("pad-truncate maps one source")
+            raise pr.InvalidArgumentError("pad-truncate maps one source")
         return cls(config, spec.source_widths[0], spec.target_width)
 
     def describe(self):
@@ -165,7 +165,7 @@ def test_methods_are_looked_up_by_name_and_an_unknown_one_is_refused():
     assert {"puma", "pad-truncate"} <= set(methods.available_methods())
     assert methods.get_method("puma") is PumaMethod and methods.get_method("pad-truncate") is PadTruncate
     for refuse in (lambda: MigrationConfig(method="ridge"), lambda: methods.get_method("ridge")):
-        with pytest.raises(pr.ConflictError, match="unknown migration method 'ridge'") as err:
+        with pytest.raises(pr.InvalidArgumentError, match="unknown migration method 'ridge'") as err:
             refuse()
         assert "pad-truncate" in str(err.value) and "puma" in str(err.value)
     register_method("pad-truncate", PadTruncate)  # again: a no-op
@@ -190,7 +190,7 @@ def test_migration_config_names_its_method_and_validates_the_method_config():
                        (dict(method="pad-truncate", lr=1e-3), "has no option"),
                        (dict(method="pad-truncate", method_config=PumaConfig()), "takes a PadConfig"),
                        (dict(method_config={"epochz": 3}), "no option"), (dict(head_lr=0.0), "learning rates")):
-        with pytest.raises(pr.ConflictError, match=match):
+        with pytest.raises(pr.InvalidArgumentError, match=match):
             MigrationConfig(**bad)
 
 
@@ -204,7 +204,7 @@ def test_a_method_saves_and_restores_through_its_artifact_config():
         restored = methods.load_method(json.loads(json.dumps(config)), puma.tensors())
         assert isinstance(restored, PumaMethod)
         torch.testing.assert_close(restored.map(x), puma.map(x), rtol=0, atol=0)
-    with pytest.raises(pr.ConflictError, match="unknown migration method 'ghost'"):
+    with pytest.raises(pr.InvalidArgumentError, match="unknown migration method 'ghost'"):
         methods.load_method({**recorded, "method": "ghost"}, puma.tensors())
 
 

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
-from ..errors import ConflictError
+from ..errors import ConflictError, InvalidArgumentError
 from ..training.loop import LoopConfig, TrainingLoop
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class MethodConfig:
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConflictError(f"{cls.__name__} has no option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InvalidArgumentError(f"{cls.__name__} has no option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**data)
 
 
@@ -224,7 +224,7 @@ def get_method(name: str) -> type[MigrationMethod[Any]]:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ConflictError(f"unknown migration method {name!r}; registered: {', '.join(available_methods()) or 'none'}") from None
+        raise InvalidArgumentError(f"unknown migration method {name!r}; registered: {', '.join(available_methods()) or 'none'}") from None
 
 
 def method_config(name: str, value: MethodConfig | dict[str, Any] | None) -> MethodConfig:
@@ -235,7 +235,7 @@ def method_config(name: str, value: MethodConfig | dict[str, Any] | None) -> Met
     if isinstance(value, dict):
         return config_class.from_dict(value)
     if not isinstance(value, config_class):
-        raise ConflictError(f"method {name!r} takes a {config_class.__name__}, got a {type(value).__name__}")
+        raise InvalidArgumentError(f"method {name!r} takes a {config_class.__name__}, got a {type(value).__name__}")
     return value
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..backbones.prompting import DEFAULT_TEMPLATE
-from ..errors import ConflictError
+from ..errors import InvalidArgumentError
 from .base import MethodConfig, method_config
 from .puma.selection import SelectionConfig
 
@@ -64,7 +64,7 @@ class MigrationConfig:
             fields = {f.name for f in dataclasses.fields(options)}
             foreign = [name for name in given if name not in fields]
             if foreign:
-                raise ConflictError(f"invalid migration config: method {self.method!r} has no option(s) {', '.join(foreign)}")
+                raise InvalidArgumentError(f"invalid migration config: method {self.method!r} has no option(s) {', '.join(foreign)}")
             options = dataclasses.replace(options, **given)
         object.__setattr__(self, "method_config", options)
         checks = [
@@ -76,7 +76,7 @@ class MigrationConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ConflictError(f"invalid migration config: {message}")
+                raise InvalidArgumentError(f"invalid migration config: {message}")
 
     def to_dict(self) -> dict[str, Any]:
         assert isinstance(self.method_config, MethodConfig)

@@ -30,7 +30,7 @@ from ..backbones.prompting import PromptEncoder, Template
 from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import Artifact, CostLedger, Evaluation, MigrationReport, MigrationResult, PromptSet
-from ..errors import ConflictError, UnknownAliasError, UnknownSetError
+from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
 from ..training import metrics
 from ..training.config import TrainConfig
 from ..training.evaluate import evaluate_set
@@ -57,9 +57,9 @@ def resolve_sources(services: Services, sources: Sequence[str | int], task: str)
             raise ConflictError(f"source set {prompt_set.id} is for task {prompt_set.task!r}, not {task!r}")
         out.append(prompt_set)
     if len({s.model for s in out}) != len(out):
-        raise ConflictError("each source must come from a different model")
+        raise InvalidArgumentError("each source must come from a different model")
     if len({s.prompt_len for s in out}) != 1:
-        raise ConflictError("aggregated sources must share one prompt length")
+        raise InvalidArgumentError("aggregated sources must share one prompt length")
     return out
 
 
@@ -110,7 +110,7 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     source_sets = resolve_sources(services, sources, task)
     target_info = services.models.get_model(target)
     if any(s.model == target for s in source_sets):
-        raise ConflictError(f"source and target are the same model {target!r}")
+        raise InvalidArgumentError(f"source and target are the same model {target!r}")
     task_kind = next(t.kind for t in services.models.list_tasks() if t.name == task)
     everyone = _common_users(services, source_sets)
     data_users = set(dataset.users.tolist())

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import ConflictError
+from ...errors import InvalidArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +37,13 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if not self.source_widths or any(w < 1 for w in self.source_widths) or self.target_width < 1:
-            raise ConflictError("adapter widths must be positive and there must be at least one source")
+            raise InvalidArgumentError("adapter widths must be positive and there must be at least one source")
         if not 0 <= self.dropout < 1:
-            raise ConflictError("adapter dropout must be in [0, 1)")
+            raise InvalidArgumentError("adapter dropout must be in [0, 1)")
         if self.hidden is not None and self.hidden < 1:
-            raise ConflictError("adapter hidden width must be >= 1")
+            raise InvalidArgumentError("adapter hidden width must be >= 1")
         if self.norm_match and not (self.target_norm and self.target_norm > 0):
-            raise ConflictError("norm_match needs the target's token-embedding norm (target_norm > 0)")
+            raise InvalidArgumentError("norm_match needs the target's token-embedding norm (target_norm > 0)")
 
     @property
     def input_width(self) -> int:
@@ -85,7 +85,7 @@ class Phi(nn.Module):
     def forward(self, *sources: torch.Tensor) -> torch.Tensor:
         """``sources``: one (batch, prompt_len, w_i) tensor per source -> (batch, prompt_len, W)."""
         if len(sources) != len(self.config.source_widths):
-            raise ConflictError(f"adapter expects {len(self.config.source_widths)} source prompt(s), got {len(sources)}")
+            raise InvalidArgumentError(f"adapter expects {len(self.config.source_widths)} source prompt(s), got {len(sources)}")
         x = torch.cat(sources, dim=-1) if len(sources) > 1 else sources[0]
         x = x + self.ff_src(self.norm_src(x))
         y = self.ff_up(self.norm_up(x))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...errors import ConflictError
+from ...errors import InvalidArgumentError
 from ..base import MethodConfig
 
 
@@ -34,4 +34,4 @@ class PumaConfig(MethodConfig):
         ]
         for ok, message in checks:
             if not ok:
-                raise ConflictError(f"invalid migration config: {message}")
+                raise InvalidArgumentError(f"invalid migration config: {message}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ConflictError
+from ...errors import InvalidArgumentError
 
 METHODS = ("group", "random", "all")
 ALLOCATIONS = ("largest-remainder", "reference")
@@ -39,13 +39,13 @@ class SelectionConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConflictError(f"unknown selection {self.method!r}; use one of {', '.join(METHODS)}")
+            raise InvalidArgumentError(f"unknown selection {self.method!r}; use one of {', '.join(METHODS)}")
         if self.allocation not in ALLOCATIONS:
-            raise ConflictError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+            raise InvalidArgumentError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
         if self.budget is not None and self.budget <= 0:
-            raise ConflictError("budget must be a positive number of users or a fraction in (0, 1)")
+            raise InvalidArgumentError("budget must be a positive number of users or a fraction in (0, 1)")
         if self.n_clusters < 1 or self.n_bins < 1 or self.min_per_cluster < 0:
-            raise ConflictError("n_clusters and n_bins must be >= 1, min_per_cluster >= 0")
+            raise InvalidArgumentError("n_clusters and n_bins must be >= 1, min_per_cluster >= 0")
 
     def resolve_budget(self, n_users: int) -> int:
         if self.method == "all" or self.budget is None:
@@ -125,9 +125,9 @@ def select_users(users: Sequence[str], prompts: np.ndarray, variance: np.ndarray
     users = list(users)
     n = len(users)
     if n == 0:
-        raise ConflictError("no users to select from")
+        raise InvalidArgumentError("no users to select from")
     if prompts.shape[0] != n or len(variance) != n:
-        raise ConflictError("prompts, variances and users must have one row per user")
+        raise InvalidArgumentError("prompts, variances and users must have one row per user")
     quintile = dict(zip(users, quantile_bins(variance, 5).tolist()))
     budget = config.resolve_budget(n)
     rng = np.random.default_rng(config.seed)
