@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from . import liveness
+from . import liveness, validation
 from ._forksafe import fresh_lock
 from ._util import utcnow
 from .db.schema import AuditEventRow
@@ -71,7 +71,7 @@ class Context:
         self.store = store
         self.where = where
         self.catalog_id = catalog_id  # named in the store it is bound to and in every key it writes
-        self.actor = actor or default_actor()
+        self.actor = validation.label(actor or default_actor(), "actor", max_chars=200)  # recorded in String(200) columns
         self.now = clock
         self.caches = ReadCaches()
         self.heartbeat = liveness.Heartbeat(engine, clock)

@@ -16,6 +16,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from ._util import preview
 from .errors import ChecksumError, UnknownUserError
 from .store.base import DIGEST_BYTES, RowChecksumError, TensorStore, digest_matrix, row_digests
 
@@ -133,9 +134,8 @@ class Manifest:
             return np.fromiter(map(self.index.__getitem__, users), dtype=np.int64, count=len(users))
         except KeyError:
             missing = [u for u in dict.fromkeys(users) if u not in self.index]
-            shown = ", ".join(repr(u) for u in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise UnknownUserError(
-                f"prompt set {self.set_id} has no prompt for {len(missing)} user(s): {shown}; "
+                f"prompt set {self.set_id} has no prompt for {len(missing)} user(s): {preview(missing)}; "
                 "train or migrate prompts for them, or check the user ids"
             ) from None
 

@@ -7,5 +7,5 @@ import re
 TASK_KINDS = ("rating", "click")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:]{0,199}$")  # model names
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")  # alias and task names
-VERSION_RE = re.compile(r"^v?(\d+)$")  # `vN` (or N) after the @ of a set reference
+VERSION_RE = re.compile(r"^v?([0-9]+)$")  # `vN` (or N) after the @ of a set reference
 LATEST = "latest"  # the newest committed version, after the @

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from .. import validation
 from ..db.schema import AliasRow, PromptRowRow, PromptSetParentRow, PromptSetRow
 from ..errors import InvalidArgumentError
 from .deletion import lock_catalogue
@@ -31,6 +32,8 @@ class RetentionPolicy:
     older_than_days: float | None = None
 
     def __post_init__(self) -> None:
+        validation.count(self.keep_last, "keep_last", allow_none=False)
+        validation.duration(self.older_than_days, "older_than_days")
         if self.keep_last < 1:
             raise InvalidArgumentError(
                 f"keep_last must be at least 1, not {self.keep_last}: the newest version of each model "

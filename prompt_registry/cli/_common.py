@@ -94,6 +94,9 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+ERROR_CHARS = 1000  # the longest error line the CLI prints
+
+
 class Group(click.Group):
     """Turns our errors into one line + exit 1 (a traceback only with --debug)."""
 
@@ -103,5 +106,8 @@ class Group(click.Group):
         except PromptRegistryError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            message = str(exc)
+            if len(message) > ERROR_CHARS:  # a net: messages echo values through _util.echo already
+                message = f"{message[:ERROR_CHARS // 2]} ... {message[-ERROR_CHARS // 4:]}"
+            click.echo(f"error: {message}", err=True)
             sys.exit(1)

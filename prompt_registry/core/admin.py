@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .. import liveness
+from .. import liveness, validation
 from .._context import Context
 from .._util import preview
 from ..audit import deletion, retention
@@ -145,6 +145,8 @@ class AdminService:
         (``foreign``). ``dry_run`` lists what would go. ``ConflictError`` for ``keep_last < 1``.
         """
         now = self.ctx.now()
+        grace_seconds = validation.duration(grace_seconds, "grace_seconds") or 0.0
+        stale_after_seconds = validation.duration(stale_after_seconds, "stale_after_seconds") or 0.0
         policy = retention.RetentionPolicy.from_options(keep_last, older_than_days)
         sets: list[retention.DoomedSet] = []
         if policy is not None and dry_run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from .. import validation
 from .._context import Context
 from .._util import aware
 from ..db import lookups, mappers
@@ -112,6 +113,7 @@ class AliasService:
 
     def tag(self, ref: int | str | PromptSet, name: str, value: str | None = None) -> PromptSet:
         """Attach (or update) tag ``name`` on a set. Tags are mutable labels; versions are not."""
+        validation.label(name, "tag name")
         with write_session(self.ctx.engine) as session:
             row = lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)
             existing = session.get(TagRow, (row.id, name))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from .. import validation
 from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
@@ -74,7 +75,7 @@ class ArtifactService:
     def get_artifact(self, artifact_id: int) -> Artifact:
         """An adapter or head by id (``UnknownArtifactError`` if none)."""
         with read_session(self.ctx.engine) as session:
-            row = session.get(ArtifactRow, int(artifact_id))
+            row = session.get(ArtifactRow, validation.as_id(artifact_id, "an artifact id"))
             if row is None:
                 raise UnknownArtifactError(f"no artifact with id {artifact_id}; see `prompt-registry adapter list`")
             return mappers.artifact_entity(session, row)

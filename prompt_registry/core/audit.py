@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from .. import validation
 from .._context import Context
 from ..audit import queries
 from ..audit.entities import AliasMove, BlastRadius, EvaluationDiff, Lineage, RunCost, UserHistory
@@ -30,7 +31,7 @@ class AuditService:
         set. ``UnknownSetError`` if there is no such set."""
         with read_session(self.ctx.engine) as session:
             row = lookups.audited_set(session, self.ctx.caches.pair_ids, ref)
-            return queries.lineage(session, row.id, down=down, max_depth=max_depth)
+            return queries.lineage(session, row.id, down=down, max_depth=validation.count(max_depth, "max_depth"))
 
     def user_history(self, user: str) -> UserHistory:
         """All of a user's prompt versions across models and tasks (written or inherited through an
@@ -71,10 +72,11 @@ class AuditService:
             if set is not None:
                 set_id = lookups.audited_set(session, self.ctx.caches.pair_ids, set).id
             elif adapter is not None:
-                art = session.get(ArtifactRow, int(adapter))
+                art = session.get(ArtifactRow, validation.as_id(adapter, "an adapter id"))
                 if art is None or art.kind != "adapter":
                     raise UnknownArtifactError(f"no adapter with id {adapter}; see `prompt-registry adapter list`")
-            return queries.blast_radius(session, adapter_id=adapter if set is None else None, set_id=set_id, user_limit=user_limit)
+            limit = validation.count(user_limit, "user_limit")
+            return queries.blast_radius(session, adapter_id=adapter if set is None else None, set_id=set_id, user_limit=limit)
 
     def diff_evaluations(self, set_a: int | str | PromptSet, set_b: int | str | PromptSet, *, split: str = "test",
                          dataset: str | None = None, metric: str | None = None, limit: int | None = 100) -> EvaluationDiff:
@@ -84,5 +86,5 @@ class AuditService:
         no such evaluation."""
         with read_session(self.ctx.engine) as session:
             a, b = lookups.audited_set(session, self.ctx.caches.pair_ids, set_a), lookups.audited_set(session, self.ctx.caches.pair_ids, set_b)
-            return queries.evaluation_diff(session, a.id, b.id, split=split, dataset=dataset, metric=metric, limit=limit)
+            return queries.evaluation_diff(session, a.id, b.id, split=split, dataset=dataset, metric=metric, limit=validation.count(limit, "limit"))
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from .. import liveness
+from .. import liveness, validation
 from .._context import Context
 from .._util import aware, preview
 from ..db import lookups, mappers
@@ -76,7 +76,8 @@ class RunService:
         """Close a run with its status, cost ledger, and results (stored in ``cost['results']``)."""
         if status not in ("succeeded", "failed"):
             raise InvalidArgumentError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
-        self.ctx.heartbeat.discard(int(run_id))
+        run_id = validation.as_id(run_id, "a run id")
+        self.ctx.heartbeat.discard(run_id)
         with write_session(self.ctx.engine) as session:
             row = lookups.run_row(session, run_id)
             if row.status != "running":
@@ -101,7 +102,7 @@ class RunService:
     def list_runs(self, *, kind: str | None = None, limit: int = 100) -> list[Run]:
         """Runs, newest first, optionally of one kind."""
         with read_session(self.ctx.engine) as session:
-            stmt = select(RunRow).order_by(RunRow.id.desc()).limit(limit)
+            stmt = select(RunRow).order_by(RunRow.id.desc()).limit(validation.count(limit, "limit", allow_none=False))
             if kind is not None:
                 stmt = stmt.where(RunRow.kind == kind)
             return [mappers.run_entity(session, r) for r in session.scalars(stmt)]
@@ -140,7 +141,7 @@ class RunService:
     def get_evaluation(self, evaluation_id: int, *, per_user: bool = True) -> Evaluation:
         """An evaluation with (by default) its per-user metrics."""
         with read_session(self.ctx.engine) as session:
-            row = session.get(EvaluationRow, int(evaluation_id))
+            row = session.get(EvaluationRow, validation.as_id(evaluation_id, "an evaluation id"))
             if row is None:
                 raise NotFoundError(f"no evaluation with id {evaluation_id}")
             return mappers.evaluation_entity(session, row, with_users=per_user)
@@ -158,7 +159,7 @@ class RunService:
     def audit_events(self, *, object_kind: str | None = None, object_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
         """The append-only audit log, newest first."""
         with read_session(self.ctx.engine) as session:
-            stmt = select(AuditEventRow).order_by(AuditEventRow.id.desc()).limit(limit)
+            stmt = select(AuditEventRow).order_by(AuditEventRow.id.desc()).limit(validation.count(limit, "limit", allow_none=False))
             if object_kind is not None:
                 stmt = stmt.where(AuditEventRow.object_kind == object_kind)
             if object_id is not None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import func, select
 
+from .. import validation
 from .._context import Context
 from .._util import aware, preview
 from ..db import lookups
@@ -24,6 +25,9 @@ def check_user_ids(users: Iterable[str], *, what: str) -> list[str]:
     if min(lengths) < 1 or max(lengths) > 200 or any(map(str.isspace, ids)):  # C loops: 100,000 ids in ms
         bad = [u for u in ids if not u.strip() or len(u) > 200]
         raise InvalidArgumentError(f"invalid user id(s) {preview(bad)}: ids are 1-200 non-blank characters")
+    controlled = validation.with_control_characters(ids)
+    if controlled:
+        raise InvalidArgumentError(f"invalid user id(s) {preview(controlled)}: ids may not hold control characters (NUL, tab, newline, ...)")
     if len(set(ids)) != len(ids):
         dupes = sorted(u for u, n in collections.Counter(ids).items() if n > 1)
         raise DuplicateUserError(f"user id(s) given more than once: {preview(dupes)}; each user may appear once")
@@ -58,10 +62,10 @@ class UserService:
     def list_users(self, *, limit: int | None = 100, offset: int = 0, include_deleted: bool = False) -> list[User]:
         """Users in registration order (``limit=None`` for all)."""
         with read_session(self.ctx.engine) as session:
-            stmt = select(UserRow).order_by(UserRow.id).offset(offset)
+            stmt = select(UserRow).order_by(UserRow.id).offset(validation.count(offset, "offset", allow_none=False))
             if not include_deleted:
                 stmt = stmt.where(UserRow.deleted_at.is_(None))
-            if limit is not None:
+            if validation.count(limit, "limit") is not None:
                 stmt = stmt.limit(limit)
             return [User(r.id, r.external_id, aware(r.created_at), aware(r.deleted_at)) for r in session.scalars(stmt)]
 

@@ -13,7 +13,8 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .._util import QUERY_BATCH, batched, utcnow
+from .. import validation
+from .._util import QUERY_BATCH, batched, echo, utcnow, word
 from ..entities import PromptSet
 from ..errors import (
     ConflictError,
@@ -86,15 +87,15 @@ def referenced_keys(session: Session) -> set[str]:
 def user_row(session: Session, user: str) -> UserRow:
     row = session.scalars(select(UserRow).where(UserRow.external_id == str(user))).one_or_none()
     if row is None:
-        raise UnknownUserError(f"no user {user!r}; see `prompt-registry user list --include-deleted`")
+        raise UnknownUserError(f"no user {echo(user)}; see `prompt-registry user list --include-deleted`")
     return row
 
 
 def audited_set(session: Session, pair_ids: PairIds, ref: int | str | PromptSet) -> PromptSetRow:
     """Like ``resolve_set``, but a numeric id may name a deleted set: audits cover history."""
     set_id = ref.id if isinstance(ref, PromptSet) else ref
-    if isinstance(set_id, int) or str(set_id).strip().isdigit():
-        row = session.get(PromptSetRow, int(set_id))
+    if isinstance(set_id, int) or validation.is_id_text(str(set_id).strip()):
+        row = session.get(PromptSetRow, validation.as_id(set_id, "a set id"))
         if row is None:
             raise UnknownSetError(f"no prompt set with id {set_id}; list them with `prompt-registry prompt list`")
         return row
@@ -113,8 +114,8 @@ def model_row(session: Session, name: str, *, lock: bool = False) -> BaseModelRo
     if row is None:
         known = session.scalars(select(BaseModelRow.name).order_by(BaseModelRow.name).limit(10)).all()
         raise UnknownModelError(
-            f"unknown model {name!r} (registered: {', '.join(known) or 'none'}); "
-            f"register it with `prompt-registry model add {name} --path DIR`"
+            f"unknown model {echo(name)} (registered: {', '.join(known) or 'none'}); "
+            f"register it with `prompt-registry model add {word(name, 'NAME')} --path DIR`"
         )
     return row
 
@@ -124,8 +125,8 @@ def task_row(session: Session, name: str) -> TaskRow:
     if row is None:
         known = session.scalars(select(TaskRow.name).order_by(TaskRow.name).limit(10)).all()
         raise UnknownTaskError(
-            f"unknown task {name!r} (known: {', '.join(known) or 'none'}); "
-            f"create it with `prompt-registry task add {name} --kind rating|click`"
+            f"unknown task {echo(name)} (known: {', '.join(known) or 'none'}); "
+            f"create it with `prompt-registry task add {word(name, 'NAME')} --kind rating|click`"
         )
     return row
 
@@ -162,14 +163,14 @@ def insert_users(session: Session, users: Sequence[str]) -> None:
 
 
 def run_row(session: Session, run_id: int) -> RunRow:
-    row = session.get(RunRow, int(run_id))
+    row = session.get(RunRow, validation.as_id(run_id, "a run id"))
     if row is None:
         raise UnknownRunError(f"no run with id {run_id}; see `prompt-registry audit runs`")
     return row
 
 
 def artifact_for(session: Session, artifact_id: int, kind: str, model_row: BaseModelRow) -> ArtifactRow:
-    row = session.get(ArtifactRow, int(artifact_id))
+    row = session.get(ArtifactRow, validation.as_id(artifact_id, "an artifact id"))
     if row is None or row.kind != kind:
         raise UnknownArtifactError(f"no {kind} with id {artifact_id}; see `prompt-registry adapter list`")
     if row.target_fingerprint != model_row.fingerprint:
@@ -190,7 +191,7 @@ def alias_row(session: Session, name: str, model: str, task: str, *, lock: bool 
     stmt = select(AliasRow).where(AliasRow.name == name, AliasRow.model_id == model_id, AliasRow.task_id == task_id)
     row = session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
     if row is None:
-        raise UnknownAliasError(f"no alias {name!r} for {model}/{task}; see `prompt-registry alias list`")
+        raise UnknownAliasError(f"no alias {echo(name)} for {model}/{task}; see `prompt-registry alias list`")
     return row
 
 
@@ -200,13 +201,13 @@ def check_set_matches(session: Session, row: PromptSetRow, model: str | None, ta
         other = model_row(session, model)
         raise ModelMismatchError(
             f"prompt set {row.id} holds prompts for model {set_model.name!r} (fingerprint "
-            f"{set_model.fingerprint[:12]}), not for {model!r} ({other.fingerprint[:12]}); a prompt "
-            f"only works on the model it was made for: migrate it to {model!r} first"
+            f"{set_model.fingerprint[:12]}), not for {echo(model)} ({other.fingerprint[:12]}); a prompt "
+            f"only works on the model it was made for: migrate it to {echo(model)} first"
         )
     if task is not None:
         set_task = session.get_one(TaskRow, row.task_id)
         if task != set_task.name:
-            raise ConflictError(f"prompt set {row.id} is for task {set_task.name!r}, not {task!r}")
+            raise ConflictError(f"prompt set {row.id} is for task {set_task.name!r}, not {echo(task)}")
 
 
 def pair(session: Session, pair_ids: PairIds, model: str, task: str) -> tuple[int, int]:
@@ -227,20 +228,20 @@ def select_set(session: Session, pair_ids: PairIds, model: str, task: str, selec
         row = session.scalars(_LATEST_SET, ids).one_or_none()
         if row is None:
             raise UnknownSetError(
-                f"model {model!r} has no prompt sets for task {task!r} yet; import some with "
+                f"model {echo(model)} has no prompt sets for task {echo(task)} yet; import some with "
                 f"`prompt-registry prompt import --model {model} --task {task} FILE`"
             )
         return row
     if version:
-        row = session.scalars(_SET_VERSION, {**ids, "version": int(version.group(1))}).one_or_none()
+        row = session.scalars(_SET_VERSION, {**ids, "version": validation.as_id(version.group(1), "a version number")}).one_or_none()
         if row is None:
             raise UnknownSetError(f"{model}/{task} has no version {version.group(1)}; see `prompt-registry prompt list --model {model}`")
         return row  # a deleted version is reported as such by the caller
     alias = session.scalars(_ALIAS, {**ids, "name": selector}).one_or_none()
     if alias is None:
         raise UnknownAliasError(
-            f"no alias {selector!r} for {model}/{task}; set it with "
-            f"`prompt-registry alias set {selector} {model}/{task}@latest`"
+            f"no alias {echo(selector)} for {model}/{task}; set it with "
+            f"`prompt-registry alias set {word(selector, 'ALIAS')} {model}/{task}@latest`"
         )
     return session.get_one(PromptSetRow, alias.set_id)
 
@@ -250,14 +251,14 @@ def resolve_set(session: Session, pair_ids: PairIds, ref: int | str | PromptSet,
     if isinstance(ref, PromptSet):
         ref = ref.id
     text = str(ref).strip()
-    if text.isdigit():
-        row = session.get(PromptSetRow, int(text))
+    if text.isdigit():  # ASCII digits only, in range: as_id says so
+        row = session.get(PromptSetRow, validation.as_id(text, "a set id"))
         if row is None:
             raise UnknownSetError(f"no prompt set with id {text}; list them with `prompt-registry prompt list`")
     else:
         if "@" not in text or "/" not in text.split("@")[0]:
             raise UnknownSetError(
-                f"cannot parse set reference {text!r}: use a set id or MODEL/TASK@ALIAS "
+                f"cannot parse set reference {echo(text)}: use a set id or MODEL/TASK@ALIAS "
                 "(ALIAS may be `latest` or `vN`)"
             )
         head, selector = text.rsplit("@", 1)

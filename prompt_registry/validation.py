@@ -1,0 +1,90 @@
+"""Validation of what callers pass in, in one place, identical on every catalogue backend.
+
+Limits (documented in README "Limits"):
+
+* ids and counts are integers in ``0 .. 2**63 - 1`` (what both SQLite and Postgres store); a
+  reference to an object by id is written in ASCII digits (``'²'`` is a digit to Python, not to us);
+* user ids are 1-200 characters, not blank, without control characters (NUL, newlines, ...);
+* tag names are 1-100 characters and actors 1-200, not blank, without control characters;
+* durations (days, seconds) are finite and not negative.
+
+Errors raise ``InvalidArgumentError`` naming the argument and the rule, and echo at most
+``_util.ECHO_CHARS`` characters of the offending value (a hostile 10,000-character id stays out of logs).
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Iterable
+
+from ._util import echo
+from .errors import InvalidArgumentError
+
+MAX_INT = 2**63 - 1  # the largest id or count a catalogue column holds (BIGINT / SQLite INTEGER)
+MAX_USER_ID_CHARS = 200
+MAX_LABEL_CHARS = 100
+
+
+def is_id_text(text: str) -> bool:
+    """Whether ``text`` is an id written as ASCII digits (any size: ``as_id`` checks the range)."""
+    return text.isascii() and text.isdigit()
+
+
+def as_id(value: object, what: str) -> int:
+    """An object id: an int, or ASCII digits, in ``1 .. 2**63 - 1``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidArgumentError(f"{what} must be a whole number, not {echo(value)}")
+    original = value
+    if isinstance(value, str):
+        text = value.strip()
+        if not is_id_text(text):
+            raise InvalidArgumentError(f"{what} must be written in the digits 0-9, not {echo(value)}")
+        value = int(text[:40])  # beyond 40 digits it is out of range anyway; int() of a huge string is slow
+    if not 1 <= value <= MAX_INT:
+        raise InvalidArgumentError(f"{what} must be between 1 and {MAX_INT}, not {echo(original)}")
+    return value
+
+
+def count(value: int | None, what: str, *, allow_none: bool = True) -> int | None:
+    """A limit, offset or depth: ``None`` (no limit, where allowed) or an int in ``0 .. 2**63 - 1``."""
+    if value is None:
+        if allow_none:
+            return None
+        raise InvalidArgumentError(f"{what} is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{what} must be a whole number, not {echo(value)}")
+    if not 0 <= value <= MAX_INT:
+        raise InvalidArgumentError(f"{what} must be between 0 and {MAX_INT}, not {echo(value)}")
+    return value
+
+
+def duration(value: float | None, what: str) -> float | None:
+    """Days or seconds: ``None``, or a finite number >= 0 (not NaN, not infinite)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(f"{what} must be a finite number of 0 or more, not {echo(value)}")
+    return float(value)
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
+def with_control_characters(ids: Iterable[str]) -> list[str]:
+    """The ids that hold a control character (NUL, tab, newline, ...). The common case costs one C
+    loop: only ids that are not all printable are looked at character by character."""
+    ids = list(ids)
+    if all(map(str.isprintable, ids)):
+        return []
+    return [u for u in ids if _has_control(u)]
+
+
+def label(value: str, what: str, max_chars: int = MAX_LABEL_CHARS) -> str:
+    """A tag name or an actor: 1-``max_chars`` characters, not blank, without control characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > max_chars or _has_control(value):
+        raise InvalidArgumentError(
+            f"invalid {what} {echo(value)}: use 1-{max_chars} characters, not blank, without control characters"
+        )
+    return value

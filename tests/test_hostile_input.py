@@ -1,0 +1,124 @@
+"""Hostile arguments get one clear error line and a non-zero exit, never a traceback, and the same
+answer on SQLite and Postgres (validated once, before the database: ``prompt_registry.validation``).
+
+The cases are the ones a hostile probe of 475e28c found raising tracebacks or passing on one backend
+and failing on the other: ids beyond 64 bits, a non-ASCII digit as an id, NaN and infinite
+durations, negative limits, NUL in user ids, over-long tag names and actors, 10,000-character ids
+echoed back whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_fake_model, prompts, user_ids
+
+import prompt_registry as pr
+from prompt_registry import Registry
+from prompt_registry.cli.main import main
+
+HUGE = "99999999999999999999"  # beyond 2**63 - 1
+LONG = "x" * 10_000
+
+CLI_CASES = [
+    ("prompt", "show", "u001", "--model", "a", "--task", "rate", "--version", HUGE),
+    ("alias", "set", "production", HUGE),
+    ("audit", "lineage", HUGE),
+    ("audit", "blast-radius", HUGE),
+    ("user", "list", "--limit", HUGE),
+    ("user", "list", "--limit", "-5"),
+    ("prompt", "export", "²", "out.npy"),
+    ("prompt", "export", "a/rate@v²", "out.npy"),
+    ("gc", "--older-than", "nan"),
+    ("gc", "--older-than", "inf"),
+    ("gc", "--grace", "nan"),
+    ("gc", "--keep-last", HUGE),
+    ("prompt", "tag", "1", "t" * 300),
+    ("prompt", "show", LONG, "--model", "a", "--task", "rate"),
+    ("audit", "user", LONG),
+    ("adapter", "show", HUGE),
+]
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    base = ["--registry", str(tmp_path / "reg"), "--actor", "probe"]
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(main, [*base, *args], catch_exceptions=True)
+
+    assert run("init").exit_code == 0
+    assert run("model", "add", "a", "--path", str(make_fake_model(tmp_path / "a", 16))).exit_code == 0
+    assert run("task", "add", "rate", "--kind", "rating").exit_code == 0
+    with Registry.open(tmp_path / "reg") as reg:
+        reg.import_prompts("a", "rate", prompts(3), user_ids(3), create_users=True)
+    return run
+
+
+@pytest.mark.parametrize("args", CLI_CASES, ids=lambda a: " ".join(x[:12] for x in a))
+def test_hostile_cli_arguments_get_one_error_line(hostile, args):
+    result = hostile(*args)
+    output = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code != 0, output
+    assert "Traceback" not in output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) <= 3 and all(len(line) < 400 for line in lines), output[:500]
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("call, match", [
+    (lambda r: r.add_users(["ok", "nul\x00byte"]), "control characters"),
+    (lambda r: r.add_users(["tab\tinside"]), "control characters"),
+    (lambda r: r.import_prompts("a", "rate", prompts(1), ["new\nline"], create_users=True), "control characters"),
+    (lambda r: r.tag("a/rate@v1", "t" * 300), "1-100 characters"),
+    (lambda r: r.list_users(limit=-1), "between 0 and"),
+    (lambda r: r.list_users(offset=-1), "between 0 and"),
+    (lambda r: r.list_runs(limit=2**64), "between 0 and"),
+    (lambda r: r.get_run(2**64), "between 1 and"),
+    (lambda r: r.get_set(2**64), "between 1 and"),
+    (lambda r: r.get_set("a/rate@v" + HUGE), "between 1 and"),
+    (lambda r: r.get_artifact("²"), "digits 0-9"),
+    (lambda r: r.gc(older_than_days=float("nan")), "finite"),
+    (lambda r: r.gc(grace_seconds=float("-inf")), "finite"),
+    (lambda r: r.lineage("a/rate@v1", max_depth=-3), "between 0 and"),
+])
+def test_hostile_api_arguments_are_refused_the_same_on_every_backend(populated, call, match):
+    populated.import_prompts("a", "rate", prompts(3), user_ids(3))
+    before = (populated.count_users(), len(populated.list_sets()), len(populated.list_runs()))
+    with pytest.raises(pr.InvalidArgumentError, match=match):
+        call(populated)
+    assert (populated.count_users(), len(populated.list_sets()), len(populated.list_runs())) == before
+
+
+@pytest.mark.registry
+def test_long_hostile_ids_are_not_echoed_whole(populated):
+    populated.import_prompts("a", "rate", prompts(3), user_ids(3))
+    for call, error in ((lambda: populated.import_prompts("a", "rate", prompts(1), [LONG]), pr.InvalidArgumentError),
+                        (lambda: populated.get_prompt(LONG, "a", "rate"), pr.UnknownUserError),
+                        (lambda: populated.user_history(LONG), pr.UnknownUserError),
+                        (lambda: populated.get_model(LONG), pr.UnknownModelError)):
+        with pytest.raises(error) as err:
+            call()
+        assert len(str(err.value)) < 400 and "10000 characters" in str(err.value), str(err.value)[:200]
+
+
+@pytest.mark.registry
+def test_an_over_long_actor_is_refused(backend):
+    location, store = backend
+    Registry.init(location, store=store).close()
+    with pytest.raises(pr.InvalidArgumentError, match="actor"):
+        Registry.open(location, store=store, actor="a" * 201)
+    with Registry.open(location, store=store, actor="a" * 200) as reg:
+        assert reg.actor == "a" * 200
+
+
+def test_spaces_and_unicode_in_user_ids_stay_accepted(tmp_path):
+    with Registry.init(tmp_path / "reg") as reg:
+        reg.register_model("a", make_fake_model(tmp_path / "a", 16))
+        reg.add_task("rate", "rating")
+        ids = ["Zoë Ünïcode", "用户 7", "a b c"]
+        s = reg.import_prompts("a", "rate", prompts(3), ids, create_users=True)
+        np.testing.assert_array_equal(reg.get_prompts(ids, set=s.id).numpy(), prompts(3))
