@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidFileError
+from .errors import DTypeError, InvalidFileError
 
 PICKLE_MAGIC = b"\x80"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save() files are zip archives holding a pickle
@@ -30,7 +30,7 @@ def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
     """Read a CSV with a ``user_id`` column (other columns are ignored)."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: the byte-order mark Excel writes
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or "user_id" not in reader.fieldnames:
                 raise InvalidFileError(
@@ -91,7 +91,30 @@ def load_prompt_file(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     return _load_safetensors(path)
 
 
+def _check_npy_size(path: Path) -> None:
+    """Refuse a header that declares more data than the file holds, before numpy allocates it (a
+    few bytes can declare a petabyte)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            header = np.lib.format.read_array_header_1_0(fh) if version == (1, 0) else np.lib.format.read_array_header_2_0(fh)
+            data_start = fh.tell()
+    except (ValueError, OSError, EOFError):
+        return  # np.load reports a malformed header in its own words
+    shape, _, dtype = header
+    if dtype.hasobject:
+        return  # refused by allow_pickle=False below
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    available = path.stat().st_size - data_start
+    if declared != available:
+        raise InvalidFileError(
+            f"{path} declares {shape} {dtype} ({declared:,} bytes) but holds {max(available, 0):,} bytes of data: "
+            "it is truncated or its header is wrong"
+        )
+
+
 def _load_npy(path: Path) -> np.ndarray:
+    _check_npy_size(path)
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -124,17 +147,23 @@ def _load_safetensors(path: Path) -> tuple[np.ndarray, list[str] | None]:
         raise InvalidFileError(f"{path} holds no tensors")
 
     def to_numpy(t: torch.Tensor) -> np.ndarray:
-        if t.dtype == torch.bfloat16:
-            t = t.to(torch.float32)  # numpy has no bfloat16; the cast is exact
-        return t.numpy()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.to(torch.float32)  # bfloat16 and float8: numpy has neither; the cast is exact
+        try:
+            return t.numpy()
+        except TypeError as exc:  # e.g. complex or unsigned types numpy cannot take from torch
+            raise DTypeError(f"{path} holds a {t.dtype} tensor ({exc}); store prompts as float32 or float16") from None
 
     if PROMPTS_KEY in tensors:
         users = None
         if "users" in metadata:
             try:
-                users = [str(u) for u in json.loads(metadata["users"])]
+                listed = json.loads(metadata["users"])
             except ValueError:
-                raise InvalidFileError(f"{path}: metadata 'users' is not a JSON list") from None
+                listed = None
+            if not isinstance(listed, list) or not all(isinstance(u, (str, int)) and not isinstance(u, bool) for u in listed):
+                raise InvalidFileError(f"{path}: metadata 'users' must be a JSON list of user ids (strings), like [\"alice\", \"bob\"]")
+            users = [str(u) for u in listed]
         return to_numpy(tensors[PROMPTS_KEY]), users
     users = list(tensors)
     shapes = {tuple(t.shape) for t in tensors.values()}

@@ -122,3 +122,80 @@ def test_spaces_and_unicode_in_user_ids_stay_accepted(tmp_path):
         ids = ["Zoë Ünïcode", "用户 7", "a b c"]
         s = reg.import_prompts("a", "rate", prompts(3), ids, create_users=True)
         np.testing.assert_array_equal(reg.get_prompts(ids, set=s.id).numpy(), prompts(3))
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def test_a_users_csv_with_a_byte_order_mark_is_read(tmp_path):
+    from prompt_registry.fileio import read_users_csv
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffuser_id,name\nalice,A\nbob,B\n".encode())
+    assert read_users_csv(path) == ["alice", "bob"]
+
+
+@pytest.mark.parametrize("users_meta", ['"abcd"', "7", "null", '{"a": 1}', '[["nested"]]', "[true]", "not json"])
+def test_safetensors_metadata_users_must_be_a_list_of_ids(tmp_path, users_meta):
+    from safetensors.numpy import save_file
+
+    from prompt_registry.fileio import load_prompt_file
+
+    path = tmp_path / "p.safetensors"
+    save_file({"prompts": prompts(4)}, str(path), metadata={"users": users_meta})
+    with pytest.raises(pr.InvalidFileError, match="list of user ids"):
+        load_prompt_file(path)
+
+
+def test_float8_and_bfloat16_prompts_load_exactly_as_float32(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from prompt_registry.fileio import load_prompt_file
+
+    data = torch.tensor(prompts(3, width=4))
+    for dtype in (torch.float8_e4m3fn, torch.bfloat16):
+        path = tmp_path / f"p-{dtype}.safetensors"
+        save_file({"prompts": data.to(dtype)}, str(path), metadata={"users": '["a", "b", "c"]'})
+        array, users = load_prompt_file(path)
+        assert users == ["a", "b", "c"] and array.dtype == np.float32
+        np.testing.assert_array_equal(array, data.to(dtype).to(torch.float32).numpy())
+
+
+def test_an_npy_header_declaring_a_petabyte_is_refused_without_allocating(tmp_path):
+    from prompt_registry.fileio import load_prompt_file
+
+    path = tmp_path / "huge.npy"
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 1, 1024)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(b"\0" * 64)
+    with pytest.raises(pr.InvalidFileError, match="declares"):
+        load_prompt_file(path)
+    truncated = tmp_path / "short.npy"
+    np.save(truncated, prompts(10))
+    truncated.write_bytes(truncated.read_bytes()[:-8])
+    with pytest.raises(pr.InvalidFileError, match="truncated"):
+        load_prompt_file(truncated)
+
+
+# ------------------------------------------------------------------------------ system errors
+
+
+def test_system_and_database_errors_reach_the_cli_as_one_line(hostile, monkeypatch, tmp_path):
+    import errno
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "reg" / "store"))
+
+    monkeypatch.setattr(Registry, "add_users", disk_full)
+    users = tmp_path / "u.csv"
+    users.write_text("user_id\nzed\n")
+    result = hostile("user", "import", str(users))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "disk is full" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+    runner = CliRunner()
+    down = runner.invoke(main, ["--registry", "postgresql+psycopg://postgres@127.0.0.1:1/none", "--store", str(tmp_path / "s"),
+                                "model", "list"])
+    assert down.exit_code == 1 and "Traceback" not in down.output and len(down.stderr.strip().splitlines()) == 1

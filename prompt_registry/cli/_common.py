@@ -6,12 +6,14 @@ Command modules import this module and the library, never ``main`` (which import
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from prompt_registry import PromptRegistryError, Registry
 
@@ -103,11 +105,33 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except PromptRegistryError as exc:
+        except (PromptRegistryError, OSError, DBAPIError) as exc:
             if ctx.params.get("debug"):
                 raise
-            message = str(exc)
+            message = _one_line(exc)
             if len(message) > ERROR_CHARS:  # a net: messages echo values through _util.echo already
                 message = f"{message[:ERROR_CHARS // 2]} ... {message[-ERROR_CHARS // 4:]}"
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
+
+
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space and run the command again (nothing half-written is visible; "
+                  "`prompt-registry gc` removes the orphan bytes)",
+    errno.EROFS: "the file system is read-only: reads work, writes need a writable registry",
+    errno.EACCES: "permission denied: run as the registry's owner, or ask for write access",
+    errno.EDQUOT: "the disk quota is exhausted: free space and run the command again",
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    """Our errors say what and how to fix; system and database errors get their first line and advice."""
+    if isinstance(exc, PromptRegistryError):
+        return str(exc)
+    if isinstance(exc, DBAPIError):
+        first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        return f"the catalogue database failed: {first} (check --registry / PROMPT_REGISTRY_URL and that the server is up); --debug shows more"
+    assert isinstance(exc, OSError)
+    where = f" ({exc.filename})" if exc.filename else ""
+    advice = _OS_ADVICE.get(exc.errno or 0, "--debug shows more")
+    return f"{exc.strerror or exc}{where}: {advice}"

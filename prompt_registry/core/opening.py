@@ -136,7 +136,11 @@ def open_existing(location: Where, store: Where, actor: str | None) -> Context:
         raise
     except Exception as exc:  # connection refused, bad URL, ...
         engine.dispose()
-        raise RegistryNotFoundError(f"cannot open the catalogue at {loc.display}: {exc}") from exc
+        cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapper
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise RegistryNotFoundError(
+            f"cannot open the catalogue at {loc.display}: {first}; check --registry / PROMPT_REGISTRY_URL and that the server is up"
+        ) from exc
     try:
         tensor_store = open_store(loc.store, create=False)
         catalog_id = bind_store(engine, tensor_store, loc)
