@@ -78,6 +78,7 @@ class Context:
 
     def audit(self, session: Session, action: str, kind: str, obj: Any, details: dict[str, Any], reason: str | None = None) -> None:
         """Append an audit event inside ``session``'s transaction."""
+        validation.text(reason, "reason")
         session.add(AuditEventRow(at=self.now(), actor=self.actor, action=action, object_kind=kind,
                                   object_id=str(obj), reason=reason, details=details))
 

@@ -179,20 +179,24 @@ def save_prompt_file(path: Path, array: np.ndarray, users: list[str], metadata: 
     """Write prompts as ``.safetensors`` (users in metadata and beside it) or ``.npy`` + users csv."""
     suffix = path.suffix.lower()
     users_path = users_csv_path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file({PROMPTS_KEY: np.ascontiguousarray(array)}, str(tmp), metadata={**metadata, "users": json.dumps(users)})
-        fmt = "safetensors"
-    elif suffix == ".npy":
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-        fmt = "npy"
-    else:
+    if suffix not in (".safetensors", ".npy"):
         raise InvalidFileError(f"cannot export to {path}: use a .safetensors or .npy file name")
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    write_users_csv(users_path, users)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({PROMPTS_KEY: np.ascontiguousarray(array)}, str(tmp), metadata={**metadata, "users": json.dumps(users)})
+            fmt = "safetensors"
+        else:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            fmt = "npy"
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        write_users_csv(users_path, users)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed export (disk full, no such folder) leaves nothing behind
+        raise
     return fmt, users_path

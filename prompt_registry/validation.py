@@ -6,7 +6,8 @@ Limits (documented in README "Limits"):
   reference to an object by id is written in ASCII digits (``'²'`` is a digit to Python, not to us);
 * user ids are 1-200 characters, not blank, without control characters (NUL, newlines, ...);
 * tag names are 1-100 characters and actors 1-200, not blank, without control characters;
-* durations (days, seconds) are finite and not negative.
+* durations (days, seconds) are finite and not negative;
+* free text (reasons, notes, tag values) holds no NUL character.
 
 Errors raise ``InvalidArgumentError`` naming the argument and the rule, and echo at most
 ``_util.ECHO_CHARS`` characters of the offending value (a hostile 10,000-character id stays out of logs).
@@ -87,4 +88,16 @@ def label(value: str, what: str, max_chars: int = MAX_LABEL_CHARS) -> str:
         raise InvalidArgumentError(
             f"invalid {what} {echo(value)}: use 1-{max_chars} characters, not blank, without control characters"
         )
+    return value
+
+
+def text(value: str | None, what: str) -> str | None:
+    """Free text (a reason, a note, a tag value): any characters but NUL, which Postgres cannot
+    store in a text column (SQLite can: refusing it on both keeps them alike)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be text, not {echo(value)}")
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{what} {echo(value)} holds a NUL character; remove it")
     return value

@@ -199,3 +199,44 @@ def test_system_and_database_errors_reach_the_cli_as_one_line(hostile, monkeypat
     down = runner.invoke(main, ["--registry", "postgresql+psycopg://postgres@127.0.0.1:1/none", "--store", str(tmp_path / "s"),
                                 "model", "list"])
     assert down.exit_code == 1 and "Traceback" not in down.output and len(down.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("call", [
+    lambda r: r.set_alias("production", "a/rate@v1", reason="why\x00not"),
+    lambda r: r.import_prompts("a", "rate", prompts(3), user_ids(3), note="n\x00te"),
+    lambda r: r.tag("a/rate@v1", "reviewed", "by\x00me"),
+    lambda r: r.purge_user("u000", reason="\x00"),
+])
+def test_nul_in_free_text_is_refused_on_both_backends(populated, call):
+    populated.import_prompts("a", "rate", prompts(3), user_ids(3))
+    objects = len(populated.store.list_objects())
+    with pytest.raises(pr.InvalidArgumentError, match="NUL"):
+        call(populated)
+    assert len(populated.list_sets()) == 1 and populated.list_aliases() == [] and len(populated.store.list_objects()) == objects
+    assert populated.get_set("a/rate@v1").tags == {} and populated.doctor().ok
+
+
+def test_db_upgrade_of_a_newer_schema_names_the_fix(tmp_path):
+    import sqlalchemy as sa
+
+    Registry.init(tmp_path / "reg").close()
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'reg' / 'registry.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(pr.SchemaError, match="does not know .* upgrade the package"):
+        Registry.upgrade(tmp_path / "reg")
+    result = CliRunner().invoke(main, ["--registry", str(tmp_path / "reg"), "db", "upgrade"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "upgrade the package" in result.stderr
+
+
+def test_a_failed_export_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    from prompt_registry import fileio
+
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError):
+        fileio.save_prompt_file(tmp_path / "out.npy", prompts(3), user_ids(3), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -191,6 +191,7 @@ class AdminService:
         readable and checksum-valid. The audit log records the deletion (sets, row count, who,
         why), never the data. ``dry_run`` reports what would go and changes nothing.
         ``UnknownUserError`` if no such user; ``IntegrityError`` if the store kept the bytes."""
+        validation.text(reason, "reason")  # before the bytes are zeroed, which happens ahead of the commit
         now = self.ctx.now()
         session_scope = read_session if dry_run else write_session
         with session_scope(self.ctx.engine) as session:

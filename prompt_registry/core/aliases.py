@@ -114,6 +114,7 @@ class AliasService:
     def tag(self, ref: int | str | PromptSet, name: str, value: str | None = None) -> PromptSet:
         """Attach (or update) tag ``name`` on a set. Tags are mutable labels; versions are not."""
         validation.label(name, "tag name")
+        validation.text(value, "tag value")
         with write_session(self.ctx.engine) as session:
             row = lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)
             existing = session.get(TagRow, (row.id, name))

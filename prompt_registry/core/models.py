@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from .. import validation
 from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
@@ -29,6 +30,8 @@ class ModelService:
         Idempotent for the same fingerprint; ``ModelConflictError`` if ``name`` is registered with
         other weights (register the new weights under a new name).
         """
+        validation.text(revision, "revision")
+        validation.text(reason, "reason")
         if not NAME_RE.match(name):
             raise InvalidArgumentError(f"invalid model name {name!r}: use letters, digits and . _ - / : (max 200)")
         desc = describe_model(path)

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import fileio
+from .. import fileio, validation
 from .._context import Context
 from .._util import preview
 from ..db import lookups, mappers
@@ -217,6 +217,8 @@ class SetWriter:
         ``UnknownTaskError``, ``InvalidFileError`` for unreadable files. Nothing stays written then
         (unknown or deleted users are found while the bytes are in flight; those bytes are removed).
         """
+        validation.text(note, "note")
+        validation.text(reason, "reason")
         started = time.perf_counter()
         started_at = self.ctx.now()
         array, user_ids, source = self._normalize_prompt_input(prompts, users)
@@ -267,6 +269,8 @@ class SetWriter:
         """
         from tqdm.auto import tqdm
 
+        validation.text(note, "note")
+        validation.text(reason, "reason")
         started, started_at = time.perf_counter(), self.ctx.now()
         user_ids = check_user_ids(users, what="users to write")
         if key is not None and not re.fullmatch(r"[0-9a-f]{16,64}", key):

@@ -47,10 +47,21 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Bring the schema to ``revision``; returns (revision before, revision after)."""
     before = current_revision(engine)
+    if before is not None and before not in known_revisions():
+        raise SchemaError(
+            f"the catalogue is at schema revision {before}, which this version of prompt-registry does not know "
+            "(written by a newer release?): upgrade the package (`pip install -U prompt-registry`), or downgrade the "
+            "schema with the release that wrote it"
+        )
     command.upgrade(alembic_config(engine), revision)
     after = current_revision(engine)
     assert after is not None
     return before, after
+
+
+def known_revisions() -> set[str]:
+    """Every revision the packaged migrations know."""
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config_for_scripts()).walk_revisions()}
 
 
 def check_schema(engine: Engine, where: str) -> None:
@@ -70,9 +81,7 @@ def check_schema(engine: Engine, where: str) -> None:
             f"the catalogue at {where} has no prompt-registry schema; "
             f"run `prompt-registry init` (new registry) or `{UPGRADE_COMMAND}`"
         )
-    script = ScriptDirectory.from_config(alembic_config_for_scripts())
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current not in known:
+    if current not in known_revisions():
         raise SchemaError(
             f"the catalogue at {where} is at schema revision {current}, which this version of "
             "prompt-registry does not know (written by a newer release?); upgrade the package"
