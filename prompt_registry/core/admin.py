@@ -41,8 +41,12 @@ class AdminService:
         another registry's objects) is foreign and is never deleted.
         """
         referenced = lookups.referenced_keys(session)
-        loose = [o for o in self.ctx.store.list_objects() if o.key not in referenced]
-        return [o for o in loose if keys.owner(o.key) == self.ctx.catalog_id], [o for o in loose if keys.owner(o.key) != self.ctx.catalog_id]
+        own: list[StoredObject] = []
+        foreign: list[StoredObject] = []
+        for obj in self.ctx.store.list_objects():
+            if obj.key not in referenced:
+                (own if keys.owner(obj.key) == self.ctx.catalog_id else foreign).append(obj)
+        return own, foreign
 
     def _running_runs(self, session: Session) -> Sequence[RunRow]:
         return session.scalars(select(RunRow).where(RunRow.status == "running").order_by(RunRow.id)).all()
@@ -65,12 +69,9 @@ class AdminService:
             orphans, foreign = self._unreferenced(session)
             for row in sets:
                 rows_checked += self._check_set(session, row, checksums, problems)
-            now, me = self.ctx.now(), liveness.current()
-            for run in self._running_runs(session):
-                why = liveness.stale_reason(run, now, stale_after_seconds, me)
-                if why is not None:
-                    problems.append(Problem("stale-run", f"run {run.id} ({run.kind})", f"is still 'running' but {why}",
-                                            "run `prompt-registry gc` to close it as failed (a rerun of the operation closes it too)"))
+            for run, why in runs.stale_runs(self._running_runs(session), self.ctx.now(), liveness.current(), stale_after_seconds):
+                problems.append(Problem("stale-run", f"run {run.id} ({run.kind})", f"is still 'running' but {why}",
+                                        "run `prompt-registry gc` to close it as failed (a rerun of the operation closes it too)"))
         for art in artifacts:
             try:
                 data = self.ctx.store.get_blob(art.store_key)

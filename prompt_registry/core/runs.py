@@ -20,20 +20,22 @@ from ..entities import AuditEvent, CostLedger, Evaluation, PromptSet, Run
 from ..errors import ConflictError, InvalidArgumentError, NotFoundError, UnknownUserError
 
 
+def stale_runs(runs: Sequence[RunRow], now: dt.datetime, me: liveness.ProcessIdentity, stale_after: float) -> list[tuple[RunRow, str]]:
+    """The stale ones of ``runs`` (status ``running``), each with why (``liveness.stale_reason``)."""
+    found = ((run, liveness.stale_reason(run, now, stale_after, me)) for run in runs)
+    return [(run, why) for run, why in found if why is not None]
+
+
 def close_stale_runs(ctx: Context, session: Session, runs: Sequence[RunRow], now: dt.datetime, me: liveness.ProcessIdentity,
-                      stale_after: float, *, reason: str, dry_run: bool = False) -> list[int]:
+                     stale_after: float, *, reason: str, dry_run: bool = False) -> list[int]:
     """Mark the stale ones of ``runs`` (status ``running``) failed; returns their ids."""
-    closed = []
-    for run in runs:
-        why = liveness.stale_reason(run, now, stale_after, me)
-        if why is None:
-            continue
-        closed.append(run.id)
-        if not dry_run:
+    stale = stale_runs(runs, now, me, stale_after)
+    if not dry_run:
+        for run, why in stale:
             run.status, run.finished_at = "failed", now
             run.error = f"stale: {why}; closed when {reason}"
             ctx.audit(session, "close_stale_run", "run", run.id, {"why": why, "closed_by": reason})
-    return closed
+    return [run.id for run, _ in stale]
 
 
 class RunService:
