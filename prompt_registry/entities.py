@@ -276,6 +276,8 @@ class MigrationReport(_Entity):
     reference: str | None  # name of the row compared against: "retrain", else the first source
     share_worse: float | None  # users worse than under the reference
     worst_users: list[dict[str, Any]]
+    # share of retrain's gain over random-init recovered, when both references exist on the target
+    recovered: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,8 @@ from prompt_registry.training.config import TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SELECTION = SelectionConfig(method="group", budget=40, n_clusters=5, min_per_cluster=3)
-FAST = MigrationConfig(epochs=8, lr=1e-3, selection=SELECTION)
+# a tiny world: 300 steps (the default 1,000 would cost more than this world's retrain)
+FAST = MigrationConfig(epochs=8, lr=1e-3, min_steps=300, valid_every=50, selection=SELECTION)
 
 
 # ------------------------------------------------------------------------------ adapter and selection
@@ -52,6 +53,43 @@ def test_phi_maps_widths_and_aggregates_sources():
     for bad in (dict(source_widths=()), dict(source_widths=(4,), dropout=1.0), dict(source_widths=(4,), norm_match=True)):
         with pytest.raises(pr.InvalidArgumentError):
             AdapterConfig(target_width=8, **bad)
+
+
+def test_phi_variants_map_restore_and_start_where_they_should():
+    x = torch.randn(6, 2, 16)
+    for kind in ("mlp", "linear", "lowrank", "linear+mlp"):
+        config = AdapterConfig((16,), 24, hidden=32, kind=kind, rank=4, output_scale=True, target_norm=2.5)
+        phi = Phi(config).eval()
+        phi.init_output_scale(x)
+        out = phi(x)
+        assert out.shape == (6, 2, 24)
+        assert abs(float(out.detach().norm(dim=-1).mean()) - 2.5) < 1e-4  # the learned scale starts at the target's token norm
+        restored = PumaMethod.restore(PumaConfig(phi=kind), config.to_dict(), PumaMethod(PumaConfig(phi=kind), phi).tensors())
+        torch.testing.assert_close(restored.map(x), out, rtol=0, atol=0)
+    low = Phi(AdapterConfig((16,), 24, kind="lowrank", rank=4))
+    assert low.down.weight.shape == (4, 16) and sum(p.numel() for p in low.parameters()) == 4 * 16 + 24 * 4 + 24
+    both = Phi(AdapterConfig((16,), 24, hidden=32, kind="linear+mlp")).eval()
+    torch.testing.assert_close(both(x), both.linear(x))  # the residual starts at zero: the map starts linear
+    with pytest.raises(pr.InvalidArgumentError, match="unknown adapter kind"):
+        AdapterConfig((16,), 24, kind="deep")
+    with pytest.raises(pr.InvalidArgumentError, match="phi must be one of"):
+        PumaConfig(phi="deep")
+    # an adapter stored before the variants records no kind: it restores as the paper's mlp
+    old = Phi(AdapterConfig.from_dict({"source_widths": [16], "target_width": 24, "hidden": 32, "dropout": 0.1,
+                                       "norm_match": False, "target_norm": None}))
+    assert old.config.kind == "mlp" and hasattr(old, "ff_src")
+
+
+def test_clusters_scale_with_the_budget_and_nearly_empty_strata_are_reported():
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(2000)]
+    prompts, variance = rng.normal(size=(2000, 4)), rng.gamma(2, 0.5, size=2000)
+    assert [SelectionConfig().clusters_for(b) for b in (20, 100, 600, 5000)] == [2, 2, 12, 15]
+    assert SelectionConfig(n_clusters=7).clusters_for(5000) == 7
+    scaled = select_users(users, prompts, variance, SelectionConfig(budget=600, seed=1))
+    assert scaled.summary()["clusters"] == 12 and not scaled.warnings
+    thin = select_users(users, prompts, variance, SelectionConfig(budget=30, n_clusters=15, min_per_cluster=2, seed=1))
+    assert thin.summary()["clusters"] == 15 and "nearly empty" in thin.summary()["warnings"][0]
 
 
 def test_group_selection_covers_every_cluster_and_is_deterministic():
@@ -232,7 +270,8 @@ def test_migrated_prompts_beat_random_init_and_approach_retrain(world):
     retrain = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=15, lr=5e-3), progress=False, evaluate_split="test")
     result = reg.migrate(["src"], "dst", "rate", data, config=FAST, progress=False)
     rows = {r["name"]: r["rmse"] for r in result.report.rows}
-    assert set(rows) == {"migrated", "source (src)", "retrain"} and result.report.reference == "retrain"
+    assert set(rows) == {"migrated", "source (src)", "retrain", "random-init"} and result.report.reference == "retrain"
+    assert result.report.recovered >= 0.8, result.report.recovered  # of retrain's gain over random-init
     migrated, random_init, scratch = rows["migrated"], rand.evaluation.metrics["rmse"], retrain.evaluation.metrics["rmse"]
     assert migrated < random_init - 0.1, (migrated, random_init)
     assert migrated < scratch + 0.12, (migrated, scratch)
@@ -296,7 +335,7 @@ def test_aggregated_migration_from_three_sources(world):
 def test_a_second_method_runs_end_to_end_through_migrate_and_apply(world):
     reg, data = world["reg"], world["data"]
     source_set = world["source"].set
-    config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=2), selection=SELECTION)
+    config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=2), selection=SELECTION, min_steps=0)
     result = reg.migrate([source_set.id], "dst", "rate", data, config=config, progress=False, evaluate=False)
     mapped, adapter = result.set, result.adapter
     everyone = reg.list_set_users(source_set.id)
@@ -351,7 +390,8 @@ def test_gate_refuses_to_move_the_alias_when_worse_than_reference(world):
 
 def test_decoder_target_with_norm_match_and_refinement(world):
     reg, data = world["reg"], world["data"]
-    config = MigrationConfig(epochs=6, lr=1e-3, norm_match=True, refine_epochs=3, refine_lr=5e-3, selection=SELECTION)
+    config = MigrationConfig(method_config=PumaConfig(epochs=6, lr=1e-3, norm_match=True, output_scale=False), min_steps=300,
+                             refine_epochs=3, refine_lr=5e-3, selection=SELECTION)
     result = reg.migrate(["src"], "llama", "rate", data, config=config, progress=False)
     mapped = reg.get_prompts(["user0001", "user0002"], set=result.set.id)
     from prompt_registry.backbones.loader import load_backbone
@@ -368,11 +408,13 @@ def test_cli_migrate_apply_and_adapters(world):
     base = ["--registry", str(world["root"] / "reg")]
     runner = CliRunner()
     res = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
-                               "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "2", "--lr", "1e-3", "--json"],
+                               "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "2", "--lr", "1e-3", "--min-steps", "0",
+                               "--phi", "linear", "--json"],
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["selection"]["selected"] == 30 and out["report"]["rows"][0]["name"] == "migrated"
+    assert out["run"]["config"]["method_config"]["phi"] == "linear" and out["run"]["config"]["min_steps"] == 0
     adapter_id = out["adapter"]["id"]
     listed = json.loads(runner.invoke(main, [*base, "adapter", "list", "--json"]).stdout)
     assert adapter_id in [a["id"] for a in listed]
@@ -382,7 +424,8 @@ def test_cli_migrate_apply_and_adapters(world):
     applied = runner.invoke(main, [*base, "migrate", "apply", "--adapter", str(adapter_id)])
     assert applied.exit_code == 0 and f"mapped set {out['set']['id']}" in applied.stdout  # idempotent
     text = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
-                                "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "1", "--gate", "-5", "--alias", "canary"])
+                                "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "1", "--gate", "-5", "--alias", "canary",
+                                "--min-steps", "0"])
     assert text.exit_code == 0 and "did NOT move alias canary" in text.stdout and "token-passes" in text.stdout
     bad = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "src", "--task", "rate", "--data", str(world["data"])])
     assert bad.exit_code == 1 and "same model" in bad.stderr
@@ -448,3 +491,65 @@ def test_sigkill_during_apply_then_rerun_gives_a_complete_valid_set(world, tmp_p
     reg.get_prompts(everyone, set=result.id, verify=True)  # every row checksum-valid
     assert reg.doctor().ok
     assert reg.apply_adapter(adapter.id, sources=[bigger.id], progress=False).id == result.id  # idempotent
+
+
+# ------------------------------------------------------------------------------ quality machinery
+
+
+def test_the_head_refit_sets_a_floor_at_random_init(world):
+    """A map that carries nothing (uniform noise for every user) with a barely trained head: the
+    refit on every user's rows from cached features brings it to random-init quality."""
+    reg, data = world["reg"], world["data"]
+    users = reg.list_set_users(world["source"].set.id)
+    noise = reg.import_prompts("src", "rate", np.random.default_rng(9).normal(0, 1, size=(len(users), 1, 48)).astype(np.float32), users)
+    rand = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=1, freeze_prompts=True), progress=False, evaluate_split="test")
+    assert rand.run.backward_tokens == 0 and rand.run.cost["steps"] > 0  # fitted on cached features, no backward pass
+    config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=1), selection=SelectionConfig(method="random", budget=5),
+                             min_steps=0, warm_start_head=False)
+    kept = reg.migrate([noise.id], "dst", "rate", data, config=dataclasses.replace(config, head_refit=False), progress=False)
+    refit = reg.migrate([noise.id], "dst", "rate", data, config=config, progress=False)
+    rows = {r["name"]: r["rmse"] for r in refit.report.rows}
+    assert rows["migrated"] <= rand.evaluation.metrics["rmse"] + 0.02, (rows, rand.evaluation.metrics)
+    assert kept.report.rows[0]["rmse"] > rows["migrated"] + 0.05, (kept.report.rows[0]["rmse"], rows["migrated"])
+    summary = reg.get_run(refit.run.id).cost["head_refit"]
+    assert summary["refit"] and summary["valid_after"] <= summary["valid_before"] and summary["token_passes"] > 0
+    assert refit.run.backward_tokens == 0
+
+
+def test_anchor_ridge_keeps_anchors_retrained_and_maps_the_rest(world):
+    reg, data = world["reg"], world["data"]
+    source_set = world["source"].set
+    config = MigrationConfig(method="anchor-ridge", method_config={"epochs": 10, "lr": 5e-3}, min_steps=200, valid_every=50,
+                             selection=SELECTION)
+    result = reg.migrate([source_set.id], "dst", "rate", data, config=config, progress=False)
+    adapter = result.adapter
+    assert adapter.config["method"] == "anchor-ridge" and adapter.config["adapter"]["lambda"] in config.method_config.lambdas
+    selected = reg.get_run(result.run.id).config["selected_users"]
+    others = [u for u in reg.list_set_users(source_set.id) if u not in set(selected)]
+    _, tensors = reg.load_artifact(adapter.id)
+    source = reg.get_prompts(others, set=source_set.id)
+    mapped = reg.get_prompts(others, set=result.set.id)
+    torch.testing.assert_close(mapped, source @ tensors["weight"] + tensors["bias"], rtol=1e-5, atol=1e-5)
+    anchors_mapped = reg.get_prompts(selected, set=result.set.id)
+    anchors_ridge = reg.get_prompts(selected, set=source_set.id) @ tensors["weight"] + tensors["bias"]
+    assert not torch.allclose(anchors_mapped, anchors_ridge, atol=1e-3)  # anchors keep their retrained prompts
+    rows = {r["name"]: r["rmse"] for r in result.report.rows}
+    assert rows["migrated"] < rows["random-init"] - 0.1, rows
+    assert result.run.backward_tokens > 0 and result.run.cost["fit"]["token_passes"] > 0
+    # the stored adapter maps everyone (anchors too) through the ridge map
+    applied = reg.apply_adapter(adapter.id, sources=[source_set.id], progress=False)
+    torch.testing.assert_close(reg.get_prompts(selected, set=applied.id), anchors_ridge, rtol=1e-5, atol=1e-5)
+
+
+def test_selective_refinement_refines_only_the_worst_users_as_an_incremental_version(world):
+    reg, data = world["reg"], world["data"]
+    config = dataclasses.replace(FAST, refine_epochs=2, refine_share=0.2, refine_lr=5e-3)
+    result = reg.migrate(["src"], "dst", "rate", data, config=config, progress=False)
+    refined, mapped = result.refined, result.set
+    assert refined is not None and refined.base_id == mapped.id and refined.n_rows == 20 and refined.n_users == mapped.n_users
+    assert refined.head_id == mapped.head_id  # the head stays fixed: it serves everyone else's mapped prompts
+    part = result.run.cost["refine"]
+    assert part["users"] == 20 and part["token_passes"] > 0 and part["head_trained"] is False
+    changed = [u for u in reg.list_set_users(mapped.id)
+               if not torch.equal(reg.get_prompt(u, set=refined.id), reg.get_prompt(u, set=mapped.id))]
+    assert 0 < len(changed) <= 20

@@ -200,3 +200,29 @@ def test_injected_prompt_equals_the_token_it_copies(reg, model):
             else:
                 hidden = backbone.model(input_ids=ids).last_hidden_state[0].mean(dim=0)
                 torch.testing.assert_close(got[i], hidden, rtol=1e-4, atol=1e-4)
+
+
+def test_the_loop_budgets_steps_warms_up_and_never_decays_to_zero():
+    from prompt_registry.training.loop import LoopConfig
+
+    config = LoopConfig(epochs=4, batch_size=32, eval_batch_size=64, seed=0, checkpoint_every=100, patience=None,
+                        min_steps=1000, warmup_steps=100, schedule="cosine", final_lr=0.1)
+    assert config.total_epochs(25) == 40 and config.total_epochs(400) == 4  # steps, not epochs, when epochs are short
+    factor = config.lr_factor(1000)
+    assert factor(0) == pytest.approx(0.01) and factor(99) == pytest.approx(1.0) and factor(100) == pytest.approx(1.0)
+    assert factor(550) == pytest.approx(0.55) and factor(1000) == pytest.approx(0.1) and factor(5000) == pytest.approx(0.1)
+    assert min(factor(s) for s in range(1200)) >= 0.01
+    constant = LoopConfig(epochs=1, batch_size=1, eval_batch_size=1, seed=0, checkpoint_every=1, patience=None)
+    assert constant.lr_factor(10)(7) == 1.0
+    with pytest.raises(pr.InvalidArgumentError, match="unknown schedule"):
+        LoopConfig(epochs=1, batch_size=1, eval_batch_size=1, seed=0, checkpoint_every=1, patience=None, schedule="step")
+
+
+def test_min_steps_and_sparse_validation_are_recorded(reg, assets):
+    config = TrainConfig(epochs=1, lr=5e-3, min_steps=200, valid_every=60, warmup_steps=10, schedule="cosine")
+    result = reg.train_prompts("bert", "rate", assets["rating"], config=config, progress=False)
+    cost = result.run.cost
+    assert cost["steps"] >= 200 and cost["epochs_run"] > 1
+    steps = [h["step"] for h in result.history]
+    assert steps[0] >= 60 and steps[-1] == cost["steps"] and all(b - a >= 60 for a, b in zip(steps[:-2], steps[1:-1]))
+    assert cost["validations"] == len(steps) < cost["epochs_run"]

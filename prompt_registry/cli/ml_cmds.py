@@ -10,7 +10,9 @@ from __future__ import annotations
 import click
 
 from prompt_registry.fileio import read_users_csv
+from prompt_registry.migration.base import available_methods
 from prompt_registry.migration.config import MigrationConfig
+from prompt_registry.migration.puma.adapter import KINDS
 from prompt_registry.migration.puma.config import PumaConfig
 from prompt_registry.migration.puma.selection import ALLOCATIONS, METHODS, SelectionConfig
 from prompt_registry.training.config import TrainConfig
@@ -146,18 +148,27 @@ def migrate() -> None:
 @click.option("--to", "target", required=True, help="Target model.")
 @click.option("--task", required=True)
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--method", default=_MIGRATION.method, show_default=True, help=f"Migration method: {', '.join(available_methods())}.")
 @click.option("--budget", type=float, help="Users that train the adapter: a count, or a fraction < 1. Default: all.")
 @click.option("--selection", type=click.Choice(METHODS), default=_SELECTION.method, show_default=True)
-@click.option("--clusters", type=int, default=_SELECTION.n_clusters, show_default=True, help="KMeans clusters (group selection).")
+@click.option("--clusters", type=int, help="KMeans clusters (group selection). Default: about budget/50, within 2..15.")
 @click.option("--min-per-cluster", type=int, default=_SELECTION.min_per_cluster, show_default=True)
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=_SELECTION.allocation, show_default=True)
-@click.option("--epochs", type=int, default=_PUMA.epochs, show_default=True)
-@click.option("--lr", type=float, default=_PUMA.lr, show_default=True, help="Adapter learning rate.")
+@click.option("--epochs", type=int, help=f"Adapter epochs (PUMA default {_PUMA.epochs}; --min-steps may add more).")
+@click.option("--lr", type=float, help=f"Adapter learning rate (PUMA default {_PUMA.lr:g}).")
+@click.option("--phi", type=click.Choice(KINDS), help=f"PUMA's adapter: {', '.join(KINDS)} (default {_PUMA.phi}).")
+@click.option("--min-steps", type=int, default=_MIGRATION.min_steps, show_default=True, help="Optimizer steps at least, whatever the epochs.")
+@click.option("--warmup-steps", type=int, default=_MIGRATION.warmup_steps, show_default=True)
 @click.option("--head-lr", type=float, default=_MIGRATION.head_lr, show_default=True)
 @click.option("--batch-size", type=int, default=_MIGRATION.batch_size, show_default=True)
 @click.option("--hidden", type=int, help="Adapter hidden width (default: 2x the widest width, 256..4096).")
 @click.option("--norm-match", is_flag=True, help="Rescale mapped prompts to the target's token-embedding norm.")
-@click.option("--refine-epochs", type=int, default=_MIGRATION.refine_epochs, show_default=True, help="Warm-start refinement of every mapped prompt.")
+@click.option("--validate-on", type=click.Choice(["all", "selected"]), default=_MIGRATION.validate_on, show_default=True,
+              help="Whose validation rows pick the best adapter state.")
+@click.option("--no-head-refit", is_flag=True, help="Keep the head trained with the map (no refit on every user's rows).")
+@click.option("--refine-epochs", type=int, default=_MIGRATION.refine_epochs, show_default=True, help="Warm-start refinement of mapped prompts.")
+@click.option("--refine-share", type=float, default=_MIGRATION.refine_share, show_default=True,
+              help="Refine only this share of users, the worst on validation after mapping (< 1: the head stays fixed).")
 @click.option("--refine-lr", type=float, default=_MIGRATION.refine_lr, show_default=True)
 @click.option("--seed", type=int, default=_MIGRATION.seed, show_default=True, help="Seeds the selection and the adapter training.")
 @device_option
@@ -167,14 +178,17 @@ def migrate() -> None:
 @click.option("--resume", is_flag=True, help="Continue adapter training from its checkpoint after a crash.")
 @json_option
 @pass_ctx
-def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: str, budget: float | None, selection: str,
-                clusters: int, min_per_cluster: int, allocation: str, epochs: int, lr: float, head_lr: float, batch_size: int,
-                hidden: int | None, norm_match: bool, refine_epochs: int, refine_lr: float, seed: int, device: str,
+def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: str, method: str, budget: float | None, selection: str,
+                clusters: int | None, min_per_cluster: int, allocation: str, epochs: int | None, lr: float | None, phi: str | None,
+                min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
+                validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, seed: int, device: str,
                 alias: str | None, gate: float | None, no_eval: bool, resume: bool, as_json: bool) -> None:
-    """Migrate prompts FROM source model(s) TO a target model with PUMA, and report quality and cost."""
+    """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost."""
     config = MigrationConfig(
-        epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match,
-        refine_epochs=refine_epochs, refine_lr=refine_lr, seed=seed,
+        method=method, method_config={"phi": phi} if phi else None,
+        epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,
+        min_steps=min_steps, warmup_steps=warmup_steps, validate_on=validate_on, head_refit=not no_head_refit,
+        refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, seed=seed,
         selection=SelectionConfig(method=selection, budget=budget, n_clusters=clusters, min_per_cluster=min_per_cluster,
                                   allocation=allocation, seed=seed),
     )
@@ -186,6 +200,8 @@ def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: st
     run = result.run
     click.echo(f"adapter {result.adapter.id} trained on {result.selection['selected']} selected users "
                f"({result.selection['method']}); mapped set {result.set.id} = {result.set.ref} ({result.set.n_users} users)")
+    for warning in result.selection.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if result.refined is not None:
         click.echo(f"refined set {result.refined.id} = {result.refined.ref}")
     click.echo(f"cost: {run.wall_seconds:.1f} s on {run.device}, {run.examples_seen} examples, "
@@ -194,6 +210,8 @@ def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: st
         metric = result.report.metric
         rows = [{"set": r["name"], "id": r["set_id"], "model": r["model"], metric: round(r[metric], 4)} for r in result.report.rows]
         print_table(rows, list(rows[0]))
+        if result.report.recovered is not None:
+            click.echo(f"recovered {result.report.recovered:.1%} of retrain's gain over random-init")
         if result.report.share_worse is not None:
             click.echo(f"users worse than {result.report.reference}: {result.report.share_worse:.1%}; worst: "
                        + ", ".join(f"{w['user']} ({w['delta']:+.3f})" for w in result.report.worst_users))

@@ -4,4 +4,4 @@ Importing the package registers the built-in methods; a further method is a fold
 ``__init__`` calls ``register_method`` once, imported below.
 """
 
-from . import puma  # noqa: F401  (registers "puma")
+from . import anchor_ridge, puma  # noqa: F401  (they register "anchor-ridge" and "puma")

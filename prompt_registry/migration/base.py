@@ -40,14 +40,18 @@ The contract, step by step:
    prompt length; ``backbone`` is the frozen target (e.g. its ``token_norm``).
 2. ``describe()`` is recorded in the run's config (``adapter``) before training starts and stored
    as the adapter artifact's ``config["adapter"]``.
-3. ``fit(ctx)`` trains on the target model's task loss (or however the method likes) over the
-   selected users only. ``ctx.sources`` holds their source prompts (one table per source, rows in
-   the order of ``ctx.train.user_index``); ``ctx.head`` is a fresh target head that must come out
-   trained too (every mapped set is stored with a head); ``ctx.training_loop(...)`` builds the
-   shared training loop (seeded order, best epoch on the validation tail, token-pass ledger,
-   checkpoints and ``resume``). ``fit`` returns the loop whose best epoch it kept, with that
-   epoch's weights loaded into the map and the head: its ``best_head`` is stored, its ledger is
-   the run's cost.
+3. ``fit(ctx)`` trains on the target model's task loss (or however the method likes) from the
+   selected users' data only. ``ctx.sources`` holds every candidate's source prompts (one table
+   per source); ``ctx.selected`` says which rows were selected; ``ctx.train`` holds the selected
+   users' rows and ``ctx.valid`` every candidate's validation tail (``user_index`` of both indexes
+   ``ctx.sources``). ``ctx.head`` is the target head (fresh, or the source head when both read
+   the same features) and must come out trained too; ``ctx.training_loop(...)`` builds the shared
+   training loop (seeded order, a budget of at least ``min_steps`` optimizer steps, warm-up and
+   schedule, the best validation kept, token-pass ledger, checkpoints and ``resume``). ``fit``
+   returns the loop whose best state it kept, loaded into the map and the head. The cost of the
+   fit is the sum of the ledgers of every loop it built plus ``ctx.extra_forward_tokens`` (forward
+   passes outside a loop, e.g. choosing a regulariser). After ``fit`` the orchestration refits the
+   head on every candidate's training rows from cached features of the mapped prompts.
 4. ``map(*sources)`` must be deterministic (eval mode, no gradients): mapping is resumable and
    idempotent only if the same inputs give the same bytes.
 5. ``tensors()`` and ``restore(config, spec, tensors)`` are symmetric: ``restore`` of what
@@ -66,6 +70,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,17 +113,25 @@ class MappingSpec:
 
 @dataclasses.dataclass
 class FitContext:
-    """Everything a method's ``fit`` gets: the frozen target, the selected users' data and sources,
-    a fresh target head, and the loop settings shared by every method."""
+    """Everything a method's ``fit`` gets: the frozen target, the data and source prompts, a target
+    head, and the loop settings shared by every method.
+
+    ``sources`` hold the prompts of every *candidate* (each user with a source prompt and data),
+    ``selected`` the rows of the users the method may train on. ``train`` holds the selected users'
+    training rows; ``valid`` the validation tails of every candidate (forward only: model selection
+    sees the users the map never trained on), ``valid_selected`` those of the selected users only.
+    ``user_index`` of all three indexes the rows of ``sources``."""
 
     backbone: Backbone
     encoder: PromptEncoder
     task_kind: str
-    head: TaskHead  # fresh, on the backbone's device: train it with the map
+    head: TaskHead  # on the backbone's device, fresh or warm-started from the source head: train it with the map
     head_lr: float
-    sources: list[torch.Tensor]  # per source: (n_selected, prompt_len, width), on the backbone's device
-    train: Examples  # user_index indexes the rows of ``sources``
+    sources: list[torch.Tensor]  # per source: (n_candidates, prompt_len, width), on the backbone's device
+    selected: np.ndarray  # int64 rows of ``sources`` whose users were selected
+    train: Examples
     valid: Examples
+    valid_selected: Examples
     batch_size: int
     eval_batch_size: int
     seed: int
@@ -127,19 +140,32 @@ class FitContext:
     checkpoint: Path | None
     resume: bool
     progress: bool
+    min_steps: int = 0
+    warmup_steps: int = 0
+    final_lr: float = 0.1
+    valid_every: int = 0
     steps_hint: str = "adapter"
-    loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (the last one's ledger is the run's)
+    extra_forward_tokens: int = 0  # forward passes a method ran outside a training loop
+    loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (their ledgers add up to the fit's cost)
+
+    def loop_config(self, epochs: int, schedule: str = "constant") -> LoopConfig:
+        return LoopConfig(epochs=epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size, seed=self.seed,
+                          checkpoint_every=self.checkpoint_every, patience=self.patience, min_steps=self.min_steps,
+                          warmup_steps=self.warmup_steps, schedule=schedule, final_lr=self.final_lr, valid_every=self.valid_every)
 
     def training_loop(self, provider: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                      schedulers: Mapping[str, Any] | None = None, *, epochs: int) -> TrainingLoop:
-        """The shared training loop over ``ctx.train``/``ctx.valid`` for ``provider`` (user index ->
-        prompts) and ``ctx.head``, restored from the run's checkpoint when resuming."""
+                      schedulers: Mapping[str, Any] | None = None, *, epochs: int, schedule: str = "constant",
+                      valid: Examples | None = None, checkpoint: Path | None | bool = True) -> TrainingLoop:
+        """The shared training loop over ``ctx.train`` (validated on ``valid``, default ``ctx.valid``)
+        for ``provider`` (user index -> prompts) and ``ctx.head``, at least ``min_steps`` steps with
+        warm-up and ``schedule``; restored from the run's checkpoint when resuming. A method that runs
+        several loops passes ``checkpoint=False`` for all but one (one checkpoint file per run)."""
+        path = self.checkpoint if checkpoint is True else (checkpoint or None)
         loop = TrainingLoop(encoder=self.encoder, head=self.head, provider=provider, optimizers=optimizers,
-                            schedulers=schedulers or {}, train=self.train, valid=self.valid, task_kind=self.task_kind,
-                            checkpoint=self.checkpoint, steps_hint=self.steps_hint,
-                            config=LoopConfig(epochs, self.batch_size, self.eval_batch_size, self.seed,
-                                              self.checkpoint_every, self.patience))
-        if self.resume:
+                            schedulers=schedulers or {}, train=self.train, valid=self.valid if valid is None else valid,
+                            task_kind=self.task_kind, checkpoint=path, steps_hint=self.steps_hint,
+                            config=self.loop_config(epochs, schedule))
+        if self.resume and path is not None:
             loop.restore()
         self.loops.append(loop)
         return loop
@@ -190,6 +216,12 @@ class MigrationMethod(abc.ABC, Generic[ConfigT]):
     @abc.abstractmethod
     def restore(cls, config: ConfigT, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> MigrationMethod[ConfigT]:
         """Rebuild a fitted method from ``describe()`` and ``tensors()`` of an earlier one."""
+
+    def retained(self) -> dict[int, torch.Tensor]:
+        """Prompts the fit produced directly for some users, by row of ``ctx.sources``, that the
+        migrated set keeps instead of their mapped prompt (e.g. anchors retrained on the target).
+        Only the migration run uses them; reusing the stored adapter maps everyone. Default: none."""
+        return {}
 
 
 _METHODS: dict[str, type[MigrationMethod[Any]]] = {}

@@ -18,12 +18,18 @@ class MigrationConfig:
     method's config dataclass, a dict of its fields, or None for its defaults), and what every
     method shares.
 
-    Shared: the target head's learning rate (``head_lr`` 1e-3: every method trains a fresh head,
-    and one shared 1e-3 stalled PUMA's Phi in a reference run), the batch size, the loop settings
-    (the best epoch on a validation tail of the selected users' training rows is kept), user
-    selection, the prompt template, the data split, and two steps after the map: applying it to
-    everyone, and ``refine_epochs`` > 0, which continues training every user's mapped prompt on
-    the target (warm start), written as a second set whose source is the mapped one.
+    Shared: the target head's learning rate (``head_lr`` 1e-3: one shared 1e-3 stalled PUMA's
+    Phi in a reference run), the batch size, the budget and schedule (at least ``min_steps``
+    optimizer steps with ``warmup_steps`` of warm-up: small subsets make few steps per epoch, and a
+    map trained for 125-330 steps was measured still improving when its schedule hit zero), model
+    selection on the validation tails of every candidate (``validate_on="all"``, forward only) or
+    of the selected users only, user selection, the prompt template, the data split, and what
+    follows the map: ``head_refit`` (the head refitted on every candidate's training rows from
+    cached backbone features: one forward pass; the head trained with the map saw only the
+    selected users), applying the map to everyone, and ``refine_epochs`` > 0, which continues
+    training the mapped prompts on the target (warm start) of every user or, with
+    ``refine_share`` < 1, only of the share whose validation loss after mapping is worst, written as
+    an incremental version of the mapped set.
 
     ``epochs``, ``lr``, ``cosine``, ``hidden``, ``dropout``, ``norm_match`` are write-only
     shorthands: given (not None), they replace the field of the same name in ``method_config``
@@ -43,6 +49,14 @@ class MigrationConfig:
     patience: int | None = None
     refine_epochs: int = 0
     refine_lr: float = 5e-4
+    refine_share: float = 1.0  # refine only this share of users: those worst on validation after mapping
+    min_steps: int = 1000  # optimizer steps at least, however few epochs the selected users' rows make
+    warmup_steps: int = 100
+    final_lr: float = 0.1  # the cosine schedule ends at this share of the peak, never at zero
+    valid_every: int = 100  # steps between validations (at epoch ends)
+    validate_on: str = "all"  # whose validation tails pick the best state: every candidate's, or the selected users'
+    head_refit: bool = True  # refit the head on every candidate's training rows from cached features
+    warm_start_head: bool = True  # start the target head from the source head when both read the same features
     apply_batch_users: int = 4096
     checkpoint_every: int = 200
     eval_batch_size: int = 128
@@ -71,6 +85,10 @@ class MigrationConfig:
             (self.head_lr > 0 and self.refine_lr > 0, "learning rates must be > 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.refine_epochs >= 0, "refine_epochs must be >= 0"),
+            (0 < self.refine_share <= 1, "refine_share must be in (0, 1]"),
+            (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
+            (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
+            (self.validate_on in ("all", "selected"), "validate_on must be 'all' or 'selected'"),
             (self.apply_batch_users >= 1, "apply_batch_users must be >= 1"),
             (0 < self.test_fraction < 1 and 0 <= self.valid_fraction < 1, "split fractions out of range"),
         ]

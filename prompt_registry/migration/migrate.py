@@ -29,16 +29,16 @@ from ..backbones.loader import load_backbone, resolve_device
 from ..backbones.prompting import PromptEncoder, Template
 from ..core.services import Services
 from ..data.dataset import Dataset
-from ..entities import Artifact, CostLedger, Evaluation, MigrationReport, MigrationResult, PromptSet
+from ..entities import Artifact, CostLedger, MigrationResult, PromptSet
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
-from ..training import metrics
-from ..training.config import TrainConfig
-from ..training.evaluate import evaluate_set
-from ..training.loop import LoopConfig, PromptTable, TrainingLoop
+from ..training.loop import TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
 from .base import FitContext, MappingSpec, MigrationMethod, artifact_config, get_method, load_method
 from .config import MigrationConfig
+from .head import HeadRefit, refit_head, warm_start_head
 from .puma.selection import label_variance, select_users
+from .refine import Refinement, refine, worst_users
+from .report import move_alias, quality_report
 
 
 def resolve_sources(services: Services, sources: Sequence[str | int], task: str) -> list[PromptSet]:
@@ -71,15 +71,22 @@ def _common_users(services: Services, sets: Sequence[PromptSet]) -> list[str]:
     return sorted(common or ())
 
 
-def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], base: int | None) -> str:
-    blob = json.dumps([adapter.sha256, [(s.id, s.sha256) for s in sets], hashlib.sha256("\n".join(users).encode()).hexdigest(), base])
-    return hashlib.sha256(blob.encode()).hexdigest()
+def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], base: int | None,
+                 overrides: dict[str, np.ndarray] | None = None) -> str:
+    parts: list[Any] = [adapter.sha256, [(s.id, s.sha256) for s in sets], hashlib.sha256("\n".join(users).encode()).hexdigest(), base]
+    if overrides:
+        digest = hashlib.sha256()
+        for user in sorted(overrides):
+            digest.update(user.encode() + b"\0" + np.ascontiguousarray(overrides[user], dtype=np.float32).tobytes())
+        parts.append(digest.hexdigest())
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
               target: str, task: str, head_id: int, run_id: int | None, device: str, batch_users: int,
-              base: int | None = None, progress: bool = False) -> PromptSet:
-    """Stream ``users``' source rows through the fitted method into a new target set (idempotent, resumable)."""
+              base: int | None = None, progress: bool = False, overrides: dict[str, np.ndarray] | None = None) -> PromptSet:
+    """Stream ``users``' source rows through the fitted method into a new target set (idempotent,
+    resumable); ``overrides`` (user -> prompt) replace the mapped prompt of those users."""
     method = method.to(device)
 
     def produce(start: int, stop: int) -> np.ndarray:
@@ -90,10 +97,15 @@ def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifac
             with torch.no_grad():
                 inputs = [services.reads.get_prompts(part, set=s.id).to(device).float() for s in sets]
                 out.append(method.map(*inputs).cpu().numpy())
-        return np.concatenate(out)
+        rows = np.concatenate(out)
+        if overrides:
+            for i, user in enumerate(chunk):
+                if user in overrides:
+                    rows[i] = overrides[user]
+        return rows
 
     return services.writes.write_prompts(
-        target, task, users, produce, prompt_len=sets[0].prompt_len, key=_mapping_key(adapter, sets, users, base),
+        target, task, users, produce, prompt_len=sets[0].prompt_len, key=_mapping_key(adapter, sets, users, base, overrides),
         run_id=run_id, head=head_id, adapter=adapter.id, sources=[s.id for s in sets], base=base, progress=progress,
         note=f"mapped by adapter {adapter.id} from sets {', '.join(str(s.id) for s in sets)}",
     )
@@ -129,33 +141,46 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     template = Template(config.template)
     encoder = PromptEncoder(backbone, template, source_sets[0].prompt_len, task_kind, config.max_length)
     keep = np.isin(dataset.users, np.array(selection.users))
-    sub_split = dataclasses.replace(split, train=split.train[keep[split.train]], valid=split.valid[keep[split.valid]])
-    train, valid = prepare_examples(dataset, sub_split, list(selection.users), encoder, template)
+    selected_split = dataclasses.replace(split, train=split.train[keep[split.train]], valid=split.valid[keep[split.valid]])
+    # user_index of every example set indexes the candidates (the rows of the source tables)
+    train, valid_selected = prepare_examples(dataset, selected_split, candidates, encoder, template)
+    all_train, valid_all = prepare_examples(dataset, split, candidates, encoder, template)
     spec = MappingSpec(tuple(s.width for s in source_sets), target_info.hidden_size, source_sets[0].prompt_len)
     torch.manual_seed(config.seed)  # the method's initialisation, then the head's: reproducible for a seed
     method = method_class.create(config.method_config, spec, backbone)
     head = TaskHead(task_kind, backbone.decoder, encoder.feature_size, float(train.labels.mean())).to(backbone.device)
+    head_from = warm_start_head(services, head, source_sets) if config.warm_start_head else None
     key = checkpoint_key("migrate", [s.sha256 for s in source_sets], target_info.fingerprint, task, dataset.fingerprint, config.to_dict())
     checkpoint = services.ctx.scratch_dir() / "checkpoints" / f"migrate-{key}.safetensors"
     if not resume and checkpoint.exists():
         checkpoint.unlink()
     context = FitContext(backbone=backbone, encoder=encoder, task_kind=task_kind, head=head, head_lr=config.head_lr,
-                         sources=[t[picked].to(backbone.device) for t in source_tables], train=train, valid=valid,
+                         sources=[t.to(backbone.device) for t in source_tables], selected=picked, train=train,
+                         valid=valid_all if config.validate_on == "all" else valid_selected, valid_selected=valid_selected,
                          batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
                          checkpoint_every=config.checkpoint_every, patience=config.patience, checkpoint=checkpoint,
-                         resume=resume, progress=progress, steps_hint=f"adapter -> {target}")
+                         resume=resume, progress=progress, min_steps=config.min_steps, warmup_steps=config.warmup_steps,
+                         final_lr=config.final_lr, valid_every=config.valid_every, steps_hint=f"adapter -> {target}")
     run = services.runs.start_run("migrate", model=target, task=task, seeds={"seed": config.seed, "selection": config.selection.seed}, config={
         **config.to_dict(), "sources": [{"set_id": s.id, "model": s.model, "sha256": s.sha256} for s in source_sets],
         "target_fingerprint": target_info.fingerprint, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
         "candidates": len(candidates), "selected_users": list(selection.users), "selection_summary": selection.summary(),
-        "adapter": method.describe(), "n_train": len(train), "n_valid": len(valid), "device": backbone.device,
+        "adapter": method.describe(), "n_train": len(train), "n_valid": len(context.valid), "device": backbone.device,
+        "head_warm_start_from": head_from,
     })
     loop: TrainingLoop | None = None
     try:
         loop = method.fit(context)
         if not isinstance(loop, TrainingLoop):
             raise TypeError(f"{method_class.__qualname__}.fit must return the TrainingLoop whose best epoch it kept")
-        head_artifact = save_head(services, loop.best_head, head, encoder, task=task, model=target, run_id=run.id)
+        mapped_table = _map_table(method, source_tables, backbone.device, config.apply_batch_users)
+        retained = method.retained()
+        for row, prompt in retained.items():
+            mapped_table[row] = prompt.detach().cpu().to(mapped_table.dtype)
+        head.load_state_dict(loop.best_head)
+        refit = refit_head(head, encoder, mapped_table, all_train, valid_all, lr=config.head_lr, batch_size=config.eval_batch_size,
+                           seed=config.seed, refit=config.head_refit)
+        head_artifact = save_head(services, refit.state, head, encoder, task=task, model=target, run_id=run.id)
         adapter = services.artifacts.put_artifact(
             "adapter", f"{'+'.join(s.model for s in source_sets)}->{target}/{task}", method.tensors(),
             task=task, target_model=target, source_models=[s.model for s in source_sets], run_id=run.id,
@@ -163,60 +188,68 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
                     "selection": selection.summary(), "best_epoch": loop.state.best_epoch},
         )
         applied = time.perf_counter()
+        overrides = {candidates[row]: mapped_table[row].numpy() for row in retained}
         mapped = map_users(services, method, adapter, source_sets, everyone, target=target, task=task, head_id=head_artifact.id,
-                           run_id=run.id, device=backbone.device, batch_users=config.apply_batch_users, progress=progress)
+                           run_id=run.id, device=backbone.device, batch_users=config.apply_batch_users, progress=progress,
+                           overrides=overrides)
         apply_seconds = time.perf_counter() - applied
-        refined, refine_state = None, None
+        refinement = None
         if config.refine_epochs > 0:
-            refined, refine_state = _refine(services, mapped, head, encoder, dataset, split, candidates, config,
-                                            backbone.device, task_kind, target, task, run.id, progress)
-        ledger = loop.ledger(backbone.device, apply_seconds=round(apply_seconds, 3), mapped_users=len(everyone),
-                             selected_users=len(selection.users))
-        if refine_state is not None:
-            ledger = dataclasses.replace(
-                ledger, wall_seconds=round(ledger.wall_seconds + refine_state.wall_seconds, 3),
-                examples_seen=ledger.examples_seen + refine_state.examples_seen,
-                forward_tokens=ledger.forward_tokens + refine_state.forward_tokens,
-                backward_tokens=ledger.backward_tokens + refine_state.backward_tokens,
-                extra={**ledger.extra, "refine": {"examples_seen": refine_state.examples_seen,
-                                                  "token_passes": refine_state.forward_tokens + refine_state.backward_tokens,
-                                                  "best_epoch": refine_state.best_epoch, "wall_seconds": refine_state.wall_seconds}},
-            )
-        finished = services.runs.finish_run(run.id, ledger=ledger, results={"best_epoch": loop.state.best_epoch, "history": loop.state.history,
-                                                                        "mapped_set": mapped.id, "refined_set": refined.id if refined else None})
+            chosen = candidates if config.refine_share >= 1 else worst_users(candidates, refit.valid_loss, config.refine_share)
+            refinement = refine(services, mapped, head, encoder, dataset, split, chosen, config, head_id=head_artifact.id,
+                                target=target, task=task, run_id=run.id, progress=progress)
+        ledger = _fit_ledger(context, loop, backbone.device, refit, refinement, apply_seconds=round(apply_seconds, 3),
+                             mapped_users=len(everyone), selected_users=len(selection.users), retained_users=len(retained))
+        finished = services.runs.finish_run(run.id, ledger=ledger, results={
+            "best_epoch": loop.state.best_epoch, "best_step": loop.state.best_step, "history": loop.state.history,
+            "head_refit": refit.summary, "mapped_set": mapped.id, "refined_set": refinement.set.id if refinement else None,
+            "refined_users": refinement.users if refinement else 0})
     except BaseException as exc:
         partial = loop or (context.loops[-1] if context.loops else None)
         services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
-                            error=f"{type(exc).__name__}: {exc}")
+                                 error=f"{type(exc).__name__}: {exc}")
         raise
     checkpoint.unlink(missing_ok=True)
+    refined = refinement.set if refinement else None
     final = refined or mapped
-    report = quality_report(services, final, source_sets, dataset, config, device) if evaluate or gate is not None else None
-    alias_outcome = _move_alias(services, alias, final, report, gate) if alias else None
+    report = quality_report(services, final, source_sets, dataset, config, device, seen=selection.users) if evaluate or gate is not None else None
+    alias_outcome = move_alias(services, alias, final, report, gate) if alias else None
     return MigrationResult(mapped, refined, adapter, head_artifact.id, finished, selection.summary(), report, alias_outcome)
 
 
-def _refine(services: Services, mapped: PromptSet, head: TaskHead, encoder: PromptEncoder, dataset: Dataset, split: Any,
-            candidates: list[str], config: MigrationConfig, device: str, task_kind: str, target: str, task: str,
-            run_id: int, progress: bool) -> tuple[PromptSet, Any]:
-    """Warm start: continue training every user's mapped prompt on the target (and the head)."""
-    start = services.reads.get_prompts(candidates, set=mapped.id).float()
-    train, valid = prepare_examples(dataset, split, candidates, encoder, encoder.template)
-    table = PromptTable(start).to(device)
-    loop = TrainingLoop(encoder=encoder, head=head, provider=table, schedulers={}, train=train, valid=valid, task_kind=task_kind,
-                        optimizers={"prompts": torch.optim.SparseAdam(table.parameters(), lr=config.refine_lr),
-                                    "head": torch.optim.AdamW(head.parameters(), lr=config.head_lr)},
-                        config=LoopConfig(config.refine_epochs, config.batch_size, config.eval_batch_size, config.seed,
-                                          config.checkpoint_every, config.patience),
-                        checkpoint=None, steps_hint=f"refine {target}")
-    loop.fit(progress)
-    loop.use_best()
-    head_artifact = save_head(services, loop.best_head, head, encoder, task=task, model=target, run_id=run_id)
-    prompts = loop.best_provider["rows.weight"].reshape(len(candidates), mapped.prompt_len, -1).numpy()
-    # an incremental version of the mapped set: users without training data keep their mapped prompt
-    refined = services.writes.import_prompts(target, task, prompts, candidates, base=mapped.id, run_id=run_id, head=head_artifact.id,
-                                      note=f"warm-start refinement of set {mapped.id}")
-    return refined, loop.state
+def _map_table(method: MigrationMethod[Any], tables: Sequence[torch.Tensor], device: str, batch: int) -> torch.Tensor:
+    """Every candidate's mapped prompt (CPU), in the order of the source tables' rows."""
+    method = method.to(device)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(tables[0]), batch):
+            out.append(method.map(*[t[start : start + batch].to(device) for t in tables]).float().cpu())
+    return torch.cat(out)
+
+
+def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRefit, refinement: Refinement | None,
+                **extra: Any) -> CostLedger:
+    """The run's cost: every loop the method built, its extra forward passes, the head refit (one
+    forward pass over every candidate's rows) and the refinement."""
+    loops = ctx.loops or [loop]
+    states = [lp.state for lp in loops]
+    forward = sum(s.forward_tokens for s in states) + ctx.extra_forward_tokens + refit.forward_tokens
+    backward = sum(s.backward_tokens for s in states)
+    examples = sum(s.examples_seen for s in states) + refit.examples
+    wall = sum(s.wall_seconds for s in states)
+    parts: dict[str, Any] = {"fit": {"token_passes": sum(s.forward_tokens + s.backward_tokens for s in states) + ctx.extra_forward_tokens,
+                                     "steps": sum(s.global_step for s in states), "loops": len(states)},
+                             "head_refit": {"token_passes": refit.forward_tokens, **refit.summary}}
+    if refinement is not None:
+        r = refinement.state
+        forward, backward = forward + r.forward_tokens, backward + r.backward_tokens
+        examples, wall = examples + r.examples_seen, wall + r.wall_seconds
+        parts["refine"] = {"examples_seen": r.examples_seen, "token_passes": r.forward_tokens + r.backward_tokens, "steps": r.global_step,
+                           "best_epoch": r.best_epoch, "wall_seconds": r.wall_seconds, "users": refinement.users,
+                           "head_trained": refinement.head_trained}
+    base = loop.ledger(device, **extra)
+    return dataclasses.replace(base, wall_seconds=round(wall, 3), examples_seen=examples, forward_tokens=forward,
+                               backward_tokens=backward, extra={**base.extra, **parts})
 
 
 def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str | int] | None = None, users: Sequence[str] | None = None,
@@ -262,74 +295,3 @@ def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str 
     return result
 
 
-def _evaluate(services: Services, prompt_set: PromptSet, dataset: Dataset, config: MigrationConfig, device: str) -> Evaluation | None:
-    if prompt_set.head_id is None:
-        return None
-    # a set's evaluation on the same data and split is deterministic: reuse a stored one
-    dataset_label = f"{dataset.root}#{dataset.fingerprint[:12]}"
-    for earlier in services.runs.list_evaluations(prompt_set.id, split="test"):
-        recorded = services.runs.get_run(earlier.run_id).config if earlier.run_id is not None else {}
-        if earlier.dataset == dataset_label and recorded.get("test_fraction") == config.test_fraction \
-                and recorded.get("valid_fraction") == config.valid_fraction:
-            return services.runs.get_evaluation(earlier.id)
-    split_config = TrainConfig(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction)
-    evaluation = evaluate_set(services, prompt_set.id, dataset, split="test", config=split_config, device=device)
-    return services.runs.get_evaluation(evaluation.id)
-
-
-def _scratch_reference(services: Services, target_set: PromptSet) -> PromptSet | None:
-    """The newest from-scratch (trained) set of the target model and task, if any."""
-    for candidate in services.reads.list_sets(model=target_set.model, task=target_set.task):
-        if candidate.run_id is not None and services.runs.get_run(candidate.run_id).kind == "train":
-            return candidate
-    return None
-
-
-def quality_report(services: Services, new_set: PromptSet, source_sets: Sequence[PromptSet], dataset: Dataset,
-                   config: MigrationConfig, device: str) -> MigrationReport:
-    kind = next(t.kind for t in services.models.list_tasks() if t.name == new_set.task)
-    metric, lower = ("rmse", True) if kind == "rating" else ("auc", False)
-    rows: list[dict[str, Any]] = []
-    new_eval = _evaluate(services, new_set, dataset, config, device)
-    assert new_eval is not None
-    rows.append({"name": "migrated", "set_id": new_set.id, "model": new_set.model, **_plain(new_eval.metrics)})
-    for s in source_sets:
-        ev = _evaluate(services, s, dataset, config, device)
-        if ev is not None:
-            rows.append({"name": f"source ({s.model})", "set_id": s.id, "model": s.model, **_plain(ev.metrics), "_eval": ev})
-    scratch = _scratch_reference(services, new_set)
-    if scratch is not None:
-        ev = _evaluate(services, scratch, dataset, config, device)
-        if ev is not None:  # None for a set stored without a head, as for the sources
-            rows.append({"name": "retrain", "set_id": scratch.id, "model": scratch.model, **_plain(ev.metrics), "_eval": ev})
-    reference_row = next((r for r in rows if r["name"] == "retrain"), None) or next((r for r in rows[1:]), None)
-    share, worst = None, []
-    if reference_row is not None and new_eval.per_user:
-        ref_users = reference_row["_eval"].per_user
-        share = metrics.share_worse(new_eval.per_user, ref_users, metric if kind == "rating" else "auc", lower)
-        deltas = [(u, new_eval.per_user[u][metric] - ref_users[u][metric]) for u in new_eval.per_user
-                  if u in ref_users and metric in new_eval.per_user[u] and metric in ref_users[u]]
-        deltas.sort(key=lambda d: -d[1] if lower else d[1])
-        worst = [{"user": u, "delta": round(d, 4)} for u, d in deltas[:5]]
-    for r in rows:
-        r.pop("_eval", None)
-    return MigrationReport(metric, lower, rows, None if reference_row is None else reference_row["name"], share, worst)
-
-
-def _plain(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if k in ("rmse", "mae", "auc", "uauc", "n", "baselines")}
-
-
-def _move_alias(services: Services, alias: str, final: PromptSet, report: MigrationReport | None, gate: float | None) -> dict[str, Any]:
-    if gate is not None:
-        if report is None or report.reference is None:
-            return {"alias": alias, "moved": False, "why": "gate asked but there is no reference set to compare with"}
-        new = report.rows[0][report.metric]
-        ref_row = next(r for r in report.rows[1:] if r["name"] == report.reference)
-        ref = ref_row[report.metric]
-        worse_by = (new - ref) if report.lower_is_better else (ref - new)
-        if worse_by > gate:
-            return {"alias": alias, "moved": False, "why": f"{report.metric} {new:.4f} is worse than {ref_row['name']} "
-                    f"{ref:.4f} by {worse_by:.4f} > gate {gate}", "set_id": final.id}
-    services.aliases.set_alias(alias, final.id, reason="migration" + (f" (gate {gate} passed)" if gate is not None else ""))
-    return {"alias": alias, "moved": True, "set_id": final.id}

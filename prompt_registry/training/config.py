@@ -7,6 +7,7 @@ from typing import Any
 
 from ..backbones.prompting import DEFAULT_TEMPLATE, HISTORY_TEMPLATE, Template
 from ..errors import InvalidArgumentError
+from .loop import SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,12 @@ class TrainConfig:
     init: str = "token-norm"  # random direction scaled to the mean token-embedding norm
     checkpoint_every: int = 200  # steps
     eval_batch_size: int = 128
-    freeze_prompts: bool = False  # train the head only: the "random-init prompts" baseline
+    freeze_prompts: bool = False  # train the head only (on cached features): the "random-init prompts" baseline
+    min_steps: int = 0  # at least this many optimizer steps, however few the epochs hold
+    warmup_steps: int = 0
+    schedule: str = "constant"  # or "cosine" (decays to final_lr x the peak, never to zero)
+    final_lr: float = 0.1
+    valid_every: int = 0  # steps between validations (at epoch ends); 0: every epoch
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,6 +54,9 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, "patience must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.max_length >= 8, "max_length must be >= 8"),
+            (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

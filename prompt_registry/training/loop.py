@@ -9,6 +9,7 @@ the same result as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,19 +22,61 @@ from torch import nn
 from ..backbones.heads import TaskHead
 from ..backbones.prompting import PromptEncoder
 from ..entities import CostLedger
+from ..errors import InvalidArgumentError
 from . import metrics
 from .checkpoint import flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from .examples import Examples
 
+SCHEDULES = ("constant", "cosine")
+
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
+    """How long and how a loop trains. The budget is ``epochs`` or ``min_steps`` optimizer steps,
+    whichever is more: on small data a few epochs are a few dozen steps, too few for anything to
+    learn (every method here shows a flat start of ~200-300 steps). ``warmup_steps`` ramp every
+    learning rate up linearly; ``schedule="cosine"`` then decays it to ``final_lr`` x its peak (not to
+    zero: a curve still falling when the rate reaches zero is wasted). Validation runs at the end of
+    an epoch once ``valid_every`` steps have passed since the last one (and after the last epoch);
+    ``patience`` counts validations without improvement."""
+
     epochs: int
     batch_size: int
     eval_batch_size: int
     seed: int
     checkpoint_every: int
     patience: int | None
+    min_steps: int = 0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    final_lr: float = 0.1
+    valid_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise InvalidArgumentError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.min_steps < 0 or self.warmup_steps < 0 or self.valid_every < 0:
+            raise InvalidArgumentError("min_steps, warmup_steps and valid_every must be >= 0")
+        if not 0 <= self.final_lr <= 1:
+            raise InvalidArgumentError("final_lr must be in [0, 1] (a share of the peak learning rate)")
+
+    def total_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs to run: ``epochs``, or more when they hold fewer than ``min_steps`` steps."""
+        return max(self.epochs, -(-self.min_steps // max(steps_per_epoch, 1)))
+
+    def lr_factor(self, total_steps: int) -> Callable[[int], float]:
+        """The schedule as a multiplier of each optimizer's learning rate, by step."""
+        warmup, floor, cosine = self.warmup_steps, self.final_lr, self.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min(step - warmup, total_steps - warmup) / max(total_steps - warmup, 1)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return factor
 
 
 @dataclasses.dataclass
@@ -45,6 +88,10 @@ class LoopState:
     global_step: int = 0
     best_metric: float = float("nan")
     best_epoch: int = -1
+    best_step: int = 0
+    validations: int = 0
+    best_validation: int = 0  # which validation was the best (1-based; patience counts from it)
+    last_valid_step: int = 0
     examples_seen: int = 0
     forward_tokens: int = 0
     backward_tokens: int = 0
@@ -99,8 +146,12 @@ class TrainingLoop:
                  schedulers: Mapping[str, Any], train: Examples, valid: Examples, config: LoopConfig, task_kind: str,
                  checkpoint: Path | None, steps_hint: str = "train") -> None:
         self.encoder, self.head, self.provider = encoder, head, provider
-        self.optimizers, self.schedulers = optimizers, schedulers
         self.train, self.valid, self.config, self.task_kind = train, valid, config, task_kind
+        self.optimizers = optimizers
+        if not schedulers and (config.schedule != "constant" or config.warmup_steps):
+            factor = config.lr_factor(self.total_steps)
+            schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in optimizers.items()}
+        self.schedulers = schedulers
         self.checkpoint, self.desc = checkpoint, steps_hint
         self.state = LoopState()
         self.best_provider = _cpu_state(provider)
@@ -109,6 +160,14 @@ class TrainingLoop:
     @property
     def steps_per_epoch(self) -> int:
         return -(-len(self.train) // self.config.batch_size)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.total_epochs(self.steps_per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_epochs * self.steps_per_epoch
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> None:
@@ -186,12 +245,12 @@ class TrainingLoop:
 
         cfg = self.config
         key = "rmse" if self.task_kind == "rating" else "auc"
-        bar = tqdm(total=cfg.epochs * self.steps_per_epoch, initial=self.state.global_step, disable=not progress,
-                   desc=self.desc, unit="step")
+        epochs = self.total_epochs
+        bar = tqdm(total=self.total_steps, initial=self.state.global_step, disable=not progress, desc=self.desc, unit="step")
         self.provider.train()
         self.head.train()
         try:
-            while self.state.epoch < cfg.epochs:
+            while self.state.epoch < epochs:
                 started = time.perf_counter()
                 order = self.epoch_order(self.state.epoch)
                 losses = []
@@ -207,24 +266,32 @@ class TrainingLoop:
                         self.save()
                     if on_step is not None:
                         on_step(self.state.global_step)
-                valid = self.validate()
-                metric = valid.get(key, float("nan"))
-                self.state.history.append({"epoch": self.state.epoch + 1,
-                                           "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                                           **{f"valid_{k}": v for k, v in valid.items()}})
-                if not valid or _better(self.task_kind, metric, self.state.best_metric):
-                    self.state.best_metric, self.state.best_epoch = metric, self.state.epoch + 1
-                    self.best_provider, self.best_head = _cpu_state(self.provider), _cpu_state(self.head)
+                last = self.state.epoch + 1 == epochs
+                if last or self.state.global_step - self.state.last_valid_step >= cfg.valid_every:
+                    self._validate_and_keep(key, losses)
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
                 self.state.wall_seconds += time.perf_counter() - started
                 self.save()
-                if cfg.patience is not None and self.state.epoch - self.state.best_epoch >= cfg.patience:
+                if cfg.patience is not None and self.state.validations - self.state.best_validation >= cfg.patience:
                     break
         finally:
             bar.close()
         self.provider.eval()
         self.head.eval()
+
+    def _validate_and_keep(self, key: str, losses: list[float]) -> None:
+        valid = self.validate()
+        metric = valid.get(key, float("nan"))
+        self.state.validations += 1
+        self.state.last_valid_step = self.state.global_step
+        self.state.history.append({"epoch": self.state.epoch + 1, "step": self.state.global_step,
+                                   "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                                   **{f"valid_{k}": v for k, v in valid.items()}})
+        if not valid or _better(self.task_kind, metric, self.state.best_metric):
+            self.state.best_metric, self.state.best_epoch = metric, self.state.epoch + 1
+            self.state.best_step, self.state.best_validation = self.state.global_step, self.state.validations
+            self.best_provider, self.best_head = _cpu_state(self.provider), _cpu_state(self.head)
 
     def use_best(self) -> None:
         """Load the best epoch's weights into the provider and head."""
@@ -236,5 +303,6 @@ class TrainingLoop:
             wall_seconds=round(self.state.wall_seconds, 3), device=device, examples_seen=self.state.examples_seen,
             forward_tokens=self.state.forward_tokens, backward_tokens=self.state.backward_tokens,
             extra={"torch_threads": torch.get_num_threads(), "epochs_run": self.state.epoch,
-                   "best_epoch": self.state.best_epoch, "steps": self.state.global_step, **extra},
+                   "best_epoch": self.state.best_epoch, "steps": self.state.global_step,
+                   "best_step": self.state.best_step, "validations": self.state.validations, **extra},
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..entities import Artifact, TrainResult
 from ..errors import ConflictError
 from .config import TrainConfig
 from .examples import Examples, build_examples, user_histories
+from .headfit import HeadFitConfig, cached_features, fit_head
 from .loop import LoopConfig, PromptTable, TrainingLoop
 
 
@@ -72,7 +74,9 @@ def _optimizers(table: PromptTable, head: TaskHead, config: TrainConfig) -> dict
 
 def loop_config(config: TrainConfig) -> LoopConfig:
     return LoopConfig(epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                      seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience)
+                      seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience,
+                      min_steps=config.min_steps, warmup_steps=config.warmup_steps, schedule=config.schedule,
+                      final_lr=config.final_lr, valid_every=config.valid_every)
 
 
 def train_prompts(services: Services, model: str, task: str, data: str | os.PathLike[str] | Dataset, *, users: Sequence[str] | None = None,
@@ -115,7 +119,10 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
                   "resumed_from_step": loop.state.global_step if resumed else None}
     run = services.runs.start_run("train", model=model, task=task, config=run_config, seeds={"seed": config.seed})
     try:
-        loop.fit(progress, on_step)
+        if config.freeze_prompts:
+            _fit_head_only(loop, encoder, table, config)  # prompts fixed: one forward pass, then the head on cached features
+        else:
+            loop.fit(progress, on_step)
         loop.use_best()
         head_artifact = save_head(services, loop.best_head, head, encoder, task=task, model=model, run_id=run.id)
         prompts = loop.best_provider["rows.weight"].reshape(len(train_users), config.prompt_len, -1)
@@ -133,6 +140,24 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
 
         evaluation = evaluate_set(services, prompt_set.id, dataset, split=evaluate_split, config=config, device=device, backbone=backbone)
     return TrainResult(prompt_set, head_artifact.id, finished, loop.state.best_epoch, loop.state.history, evaluation)
+
+
+def _fit_head_only(loop: TrainingLoop, encoder: PromptEncoder, table: PromptTable, config: TrainConfig) -> None:
+    """The random-init baseline: the head fitted on cached features of the fixed prompts; the
+    loop's state records its cost (forward tokens only) and best epoch, as a trained run would."""
+    started = time.perf_counter()
+    train = cached_features(encoder, table, loop.train, config.eval_batch_size)
+    valid = cached_features(encoder, table, loop.valid, config.eval_batch_size)
+    fit = fit_head(loop.head, train, valid, HeadFitConfig(lr=config.head_lr), seed=config.seed)
+    state = loop.state
+    state.wall_seconds += time.perf_counter() - started
+    state.forward_tokens += train.forward_tokens + valid.forward_tokens
+    state.examples_seen += len(loop.train) + len(loop.valid)
+    state.epoch, state.best_epoch, state.global_step, state.best_metric = fit.epochs_run, fit.best_epoch, fit.steps, fit.best_metric
+    state.history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "valid_" + ("rmse" if loop.task_kind == "rating" else "auc"): h["valid"]}
+                     for h in fit.history]
+    loop.best_head = fit.state
+    loop.best_provider = {k: v.detach().cpu().clone() for k, v in table.state_dict().items()}
 
 
 def save_head(services: Services, state: dict[str, torch.Tensor], head: TaskHead, encoder: PromptEncoder, *,

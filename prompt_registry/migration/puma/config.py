@@ -6,6 +6,7 @@ import dataclasses
 
 from ...errors import InvalidArgumentError
 from ..base import MethodConfig
+from .adapter import KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,9 @@ class PumaConfig(MethodConfig):
     hidden: int | None = None
     dropout: float = 0.1
     norm_match: bool = False
+    phi: str = "linear"  # the map: linear, mlp (the paper's), lowrank, linear+mlp (adapter.py); see the class docstring
+    rank: int = 32  # lowrank only
+    output_scale: bool = True  # a learned output scale, initialised to the target's token norm
 
     def __post_init__(self) -> None:
         checks = [
@@ -31,6 +35,8 @@ class PumaConfig(MethodConfig):
             (self.lr > 0, "learning rates must be > 0"),
             (self.hidden is None or self.hidden >= 1, "hidden must be >= 1"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.phi in KINDS, f"phi must be one of {', '.join(KINDS)}"),
+            (self.rank >= 1, "rank must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,14 +15,11 @@ if TYPE_CHECKING:
     from ...training.loop import TrainingLoop
 
 
-def _cosine(total_steps: int) -> Any:
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
 class PumaMethod(MigrationMethod[PumaConfig]):
     """Phi (``adapter.py``) maps the frozen source prompts; Phi and the head train jointly with
-    AdamW (Phi at ``lr``, the head at the migration's ``head_lr``), cosine-decayed over all steps;
-    the best epoch on the validation tail is kept. The artifact holds Phi's state dict."""
+    AdamW (Phi at ``lr``, the head at the migration's ``head_lr``) for at least the migration's
+    ``min_steps``, warmed up and cosine-decayed to ``final_lr`` of the peak; the best validation
+    on every candidate's validation tail is kept. The artifact holds Phi's state dict."""
 
     config_class = PumaConfig
 
@@ -34,7 +30,8 @@ class PumaMethod(MigrationMethod[PumaConfig]):
     @classmethod
     def create(cls, config: PumaConfig, spec: MappingSpec, backbone: Backbone) -> PumaMethod:
         adapter = AdapterConfig(spec.source_widths, spec.target_width, config.hidden, config.dropout, config.norm_match,
-                                backbone.token_norm if config.norm_match else None)
+                                backbone.token_norm if (config.norm_match or config.output_scale) else None,
+                                kind=config.phi, rank=config.rank, output_scale=config.output_scale)
         return cls(config, Phi(adapter).to(backbone.device))
 
     def describe(self) -> dict[str, Any]:
@@ -43,12 +40,10 @@ class PumaMethod(MigrationMethod[PumaConfig]):
     def fit(self, ctx: FitContext) -> TrainingLoop:
         config = self.config
         provider = MappedPrompts(self.phi, ctx.sources)
-        total_steps = config.epochs * -(-len(ctx.train) // ctx.batch_size)
+        self.phi.init_output_scale(*[t[torch.as_tensor(ctx.selected, device=t.device)] for t in ctx.sources])
         optimizers = {"phi": torch.optim.AdamW(self.phi.parameters(), lr=config.lr),
                       "head": torch.optim.AdamW(ctx.head.parameters(), lr=ctx.head_lr)}
-        schedulers = ({name: torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total_steps)) for name, opt in optimizers.items()}
-                      if config.cosine else {})
-        loop = ctx.training_loop(provider, optimizers, schedulers, epochs=config.epochs)
+        loop = ctx.training_loop(provider, optimizers, epochs=config.epochs, schedule="cosine" if config.cosine else "constant")
         loop.fit(ctx.progress)
         loop.use_best()
         return loop

@@ -1,6 +1,8 @@
 """Which users train the adapter: PUMA's group-based selection, random, or all.
 
-``group`` (the paper's method): KMeans (k=15) on the users' source prompts; each user's sample
+``group`` (the paper's method): KMeans on the users' source prompts (k = 15 in the paper; by
+default here k scales with the budget, about one cluster per ``users_per_cluster`` = 50 selected
+users, within [2, 15]: 15 clusters of 2-3 picks each measure noise, not structure); each user's sample
 variance of training labels; 5 quantile bins of variance inside each cluster, weighted
 ``exp(-x^2/2) + 0.1`` over ``linspace(-2, 2, 5)`` (typical users first, extremes still present);
 each cluster gets a minimum (default 50, capped by its size), the rest of the budget goes to
@@ -31,7 +33,8 @@ ALLOCATIONS = ("largest-remainder", "reference")
 class SelectionConfig:
     method: str = "group"
     budget: float | None = None  # users (>= 1) or a fraction of them (< 1); None means all
-    n_clusters: int = 15
+    n_clusters: int | None = None  # None: about budget / users_per_cluster, within [2, 15]
+    users_per_cluster: int = 50
     min_per_cluster: int = 50
     n_bins: int = 5
     allocation: str = "largest-remainder"
@@ -44,8 +47,14 @@ class SelectionConfig:
             raise InvalidArgumentError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
         if self.budget is not None and self.budget <= 0:
             raise InvalidArgumentError("budget must be a positive number of users or a fraction in (0, 1)")
-        if self.n_clusters < 1 or self.n_bins < 1 or self.min_per_cluster < 0:
-            raise InvalidArgumentError("n_clusters and n_bins must be >= 1, min_per_cluster >= 0")
+        if (self.n_clusters is not None and self.n_clusters < 1) or self.n_bins < 1 or self.min_per_cluster < 0 or self.users_per_cluster < 1:
+            raise InvalidArgumentError("n_clusters, n_bins and users_per_cluster must be >= 1, min_per_cluster >= 0")
+
+    def clusters_for(self, budget: int) -> int:
+        """KMeans clusters for a budget of ``budget`` users: ``n_clusters`` if set, else scaled."""
+        if self.n_clusters is not None:
+            return self.n_clusters
+        return int(min(15, max(2, round(budget / self.users_per_cluster))))
 
     def resolve_budget(self, n_users: int) -> int:
         if self.method == "all" or self.budget is None:
@@ -62,6 +71,7 @@ class Selection:
     budget: int
     clusters: dict[str, int]  # user -> cluster (group method; empty otherwise)
     variance_quintile: dict[str, int]  # user -> quintile of label variance among all users
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """Counts per cluster and the share of picks per variance quintile (for reports/runs)."""
@@ -72,8 +82,8 @@ class Selection:
             if u in self.clusters:
                 per_cluster[self.clusters[u]] = per_cluster.get(self.clusters[u], 0) + 1
         return {"method": self.method, "budget": self.budget, "selected": len(self.users),
-                "per_cluster": dict(sorted(per_cluster.items())),
-                "variance_quintile_share": [round(float(s), 4) for s in shares]}
+                "clusters": len(set(self.clusters.values())), "per_cluster": dict(sorted(per_cluster.items())),
+                "variance_quintile_share": [round(float(s), 4) for s in shares], "warnings": list(self.warnings)}
 
 
 def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
@@ -138,7 +148,7 @@ def select_users(users: Sequence[str], prompts: np.ndarray, variance: np.ndarray
         return Selection(tuple(users[i] for i in picked), "random", budget, {}, quintile)
     from sklearn.cluster import KMeans
 
-    k = min(config.n_clusters, n)
+    k = min(config.clusters_for(budget), n)
     labels = KMeans(n_clusters=k, random_state=config.seed, n_init=10).fit_predict(prompts.reshape(n, -1).astype(np.float64))
     members = [np.flatnonzero(labels == c) for c in range(k)]
     sizes = np.array([len(m) for m in members])
@@ -151,6 +161,11 @@ def select_users(users: Sequence[str], prompts: np.ndarray, variance: np.ndarray
     allocate = largest_remainder if config.allocation == "largest-remainder" else reference_allocation
     weights = bin_weights(config.n_bins)
     chosen: list[int] = []
+    sparse = [c for c, want in enumerate(quota.tolist()) if 0 < want < config.n_bins]
+    warnings = []
+    if sparse:
+        warnings.append(f"{len(sparse)} of {k} clusters get fewer picks than the {config.n_bins} variance bins "
+                        f"(budget {budget}): their strata are nearly empty; raise the budget or lower n_clusters")
     for cluster, want in zip(members, quota.tolist()):
         if want <= 0 or not len(cluster):
             continue
@@ -164,4 +179,4 @@ def select_users(users: Sequence[str], prompts: np.ndarray, variance: np.ndarray
         rest = np.setdiff1d(np.arange(n), np.array(chosen, dtype=np.int64))
         chosen += rng.choice(rest, size=budget - len(chosen), replace=False).tolist()
     picked = sorted(chosen)
-    return Selection(tuple(users[i] for i in picked), "group", budget, dict(zip(users, labels.tolist())), quintile)
+    return Selection(tuple(users[i] for i in picked), "group", budget, dict(zip(users, labels.tolist())), quintile, tuple(warnings))
