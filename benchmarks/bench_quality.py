@@ -101,10 +101,10 @@ def migration_rows(args: argparse.Namespace, setting: str) -> list[tuple[str, di
     """(row name, MigrationConfig keywords) of every migration row."""
     rows: list[tuple[str, dict[str, Any]]] = []
     real = setting == "movielens"
-    lr = args.adapter_lr or (1e-4 if real else 1e-3)
+    lr = args.adapter_lr or (1e-4 if real else 3e-3)
     for budget in args.budgets:
-        for phi in args.phis:
-            for sel in ("group", "random"):
+        for i, phi in enumerate(args.phis):
+            for sel in ("group", "random") if i < args.random_phis else ("group",):
                 rows.append((f"puma {phi} {sel} b={budget:g}", {"method": "puma", "method_config": {"phi": phi, "lr": lr, "output_scale": phi != "mlp"},
                                                                "selection": {"method": sel, "budget": budget}}))
         rows.append((f"anchor-ridge group b={budget:g}", {"method": "anchor-ridge", "method_config": {"lr": args.train_lr},
@@ -150,7 +150,8 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
         record("retrain", retrain.evaluation, retrain.run, time.perf_counter() - started, retrain.set.id)
         for name, spec in migration_rows(args, setting):
             selection = SelectionConfig(seed=seed, **spec.pop("selection"))
-            config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, **spec)
+            head_lr = args.head_lr or (1e-3 if setting == "movielens" else 1e-2)
+            config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, head_lr=head_lr, **spec)
             started = time.perf_counter()
             result = reg.migrate([source], target, "task", data, config=config, progress=False)
             final = result.refined or result.set
@@ -294,7 +295,9 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=MigrationConfig().min_steps)
     parser.add_argument("--train-epochs", type=int, default=15)
     parser.add_argument("--train-lr", type=float, default=5e-3)
-    parser.add_argument("--adapter-lr", type=float)
+    parser.add_argument("--adapter-lr", type=float, help="default: 3e-3 on the tiny pair, 1e-4 (the library's) on real models")
+    parser.add_argument("--head-lr", type=float, help="migration head lr; default: 1e-2 on the tiny pair, 1e-3 (the library's) on real models")
+    parser.add_argument("--random-phis", type=int, default=2, help="random selection is run for the first N Phi variants")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=HERE / ".work" / "quality")

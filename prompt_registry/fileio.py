@@ -127,6 +127,8 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InvalidFileError(f"{path} is not a valid .npy file ({exc})") from None
     if not isinstance(array, np.ndarray):
         raise InvalidFileError(f"{path} holds an archive, not one array; use one .npy per set")
+    if array.dtype.kind not in "fiubc":  # strings, bytes, dates, structured records: never prompts
+        raise DTypeError(f"{path} holds {array.dtype} values, not numbers; save prompts with `np.save(path, array.astype(np.float32))`")
     return array
 
 

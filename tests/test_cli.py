@@ -245,12 +245,15 @@ def test_option_defaults_are_the_library_defaults():
     assert {k: train[k] for k in train_fields} == {k: getattr(TrainConfig(), k) for k in train_fields}
     migration, selection = MigrationConfig(), SelectionConfig()
     run = defaults("migrate", "run")
-    assert {k: run[k] for k in ("epochs", "lr", "head_lr", "batch_size", "refine_epochs", "refine_lr", "seed")} == {
-        "epochs": PumaConfig().epochs, "lr": PumaConfig().lr, "head_lr": migration.head_lr, "batch_size": migration.batch_size,
-        "refine_epochs": migration.refine_epochs, "refine_lr": migration.refine_lr, "seed": migration.seed,
-    }
-    assert (run["selection"], run["clusters"], run["min_per_cluster"], run["allocation"]) == (
-        selection.method, selection.n_clusters, selection.min_per_cluster, selection.allocation)
+    shared = ("method", "head_lr", "batch_size", "min_steps", "warmup_steps", "validate_on", "refine_epochs", "refine_share", "refine_lr", "seed")
+    assert {k: run[k] for k in shared} == {k: getattr(migration, k) for k in shared}
+    # the adapter's own options are the method's: not given, its config's defaults apply (and the help names them)
+    params = {p.name: p for p in main.commands["migrate"].commands["run"].params}
+    assert all(not isinstance(run[k], (int, float, str)) for k in ("epochs", "lr", "phi"))
+    assert f"default {PumaConfig().epochs}" in params["epochs"].help and f"{PumaConfig().lr:g}" in params["lr"].help
+    assert f"default {PumaConfig().phi}" in params["phi"].help
+    assert (run["selection"], run["min_per_cluster"], run["allocation"]) == (selection.method, selection.min_per_cluster, selection.allocation)
+    assert selection.n_clusters is None and not isinstance(run["clusters"], int)  # scaled with the budget
     assert defaults("gc")["grace_seconds"] == DEFAULT_GC_GRACE_SECONDS
     choices = {p.name: tuple(p.type.choices) for p in main.commands["task"].commands["add"].params if p.name == "kind"}
     assert choices == {"kind": TASK_KINDS}

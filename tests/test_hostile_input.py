@@ -162,6 +162,16 @@ def test_float8_and_bfloat16_prompts_load_exactly_as_float32(tmp_path):
         np.testing.assert_array_equal(array, data.to(dtype).to(torch.float32).numpy())
 
 
+def test_an_npy_of_strings_or_dates_is_refused_as_a_dtype_error(tmp_path):
+    from prompt_registry.fileio import load_prompt_file
+
+    for name, array in (("text", np.array([], dtype="<U4")), ("dates", np.zeros(3, dtype="datetime64[s]")),
+                        ("bytes", np.array([b"ab"], dtype="S2"))):  # the first: found by Hypothesis
+        np.save(tmp_path / f"{name}.npy", array)
+        with pytest.raises(pr.DTypeError, match="not numbers"):
+            load_prompt_file(tmp_path / f"{name}.npy")
+
+
 def test_an_npy_header_declaring_a_petabyte_is_refused_without_allocating(tmp_path):
     from prompt_registry.fileio import load_prompt_file
 

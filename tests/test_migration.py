@@ -34,7 +34,7 @@ from prompt_registry.training.config import TrainConfig
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SELECTION = SelectionConfig(method="group", budget=40, n_clusters=5, min_per_cluster=3)
 # a tiny world: 300 steps (the default 1,000 would cost more than this world's retrain)
-FAST = MigrationConfig(epochs=8, lr=1e-3, min_steps=300, valid_every=50, selection=SELECTION)
+FAST = MigrationConfig(epochs=8, lr=1e-3, min_steps=300, max_fit_epochs=None, valid_every=50, selection=SELECTION)
 
 
 # ------------------------------------------------------------------------------ adapter and selection
@@ -553,3 +553,17 @@ def test_selective_refinement_refines_only_the_worst_users_as_an_incremental_ver
     changed = [u for u in reg.list_set_users(mapped.id)
                if not torch.equal(reg.get_prompt(u, set=refined.id), reg.get_prompt(u, set=mapped.id))]
     assert 0 < len(changed) <= 20
+
+
+def test_head_prefit_and_validation_on_the_selected_users_only(world):
+    reg, data = world["reg"], world["data"]
+    config = dataclasses.replace(FAST, head_prefit=True, validate_on="selected", min_steps=60)
+    result = reg.migrate(["src"], "dst", "rate", data, config=config, progress=False, evaluate=False)
+    run = reg.get_run(result.run.id)
+    prefit = run.cost["head_prefit"]
+    assert prefit["token_passes"] > 0 and prefit["valid_after"] <= prefit["valid_before"]
+    assert run.cost["fit"]["token_passes"] >= prefit["token_passes"]
+    everyone = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=1, freeze_prompts=True), progress=False).run.config["n_valid"]
+    assert run.config["n_valid"] < everyone  # validated on the 40 selected users' rows, not on all 100
+    assert reg.get_run(reg.migrate(["src"], "dst", "rate", data, config=dataclasses.replace(config, validate_on="all"), progress=False,
+                                   evaluate=False).run.id).config["n_valid"] == everyone

@@ -289,19 +289,20 @@ def assets_fetch(mpnet: bool, as_json: bool) -> None:
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to build models, data and the registry (default: a temp dir).")
 @click.option("--real", is_flag=True, help="MiniLM -> MPNet on MovieLens-100k (offline via PyPI packages; see `assets fetch`).")
-@click.option("--users", "n_users", type=int, help="How many users (default 160 synthetic, 200 real).")
+@click.option("--users", "n_users", type=int, help="How many users (default 300 synthetic, 200 real).")
 @click.option("--per-user", type=int, help="Interactions per user (default 30 synthetic, 40 real).")
 @click.option("--budget", type=float, default=0.3, show_default=True, help="Share (or number) of users that train the adapter.")
 @click.option("--train-epochs", type=int, help="Epochs for source prompts, random-init and retrain.")
-@click.option("--adapter-epochs", type=int, help="Epochs for the PUMA adapter.")
+@click.option("--adapter-epochs", type=int, help="Epochs for the PUMA adapter (the step budget may add more).")
+@click.option("--threads", type=int, help="Torch threads (default: 1 for the tiny models, the free cores for real ones).")
 @json_option
 def demo(workdir: str | None, real: bool, n_users: int | None, per_user: int | None, budget: float,
-         train_epochs: int | None, adapter_epochs: int | None, as_json: bool) -> None:
-    """The whole story: registry basics, then source prompts, random-init, retrain and PUMA side by side."""
+         train_epochs: int | None, adapter_epochs: int | None, threads: int | None, as_json: bool) -> None:
+    """The whole story: registry basics, then source prompts, random-init, retrain and the default migration side by side."""
     from prompt_registry.demo import run_demo
 
     result = run_demo(workdir, echo=None if as_json else click.echo, real=real, n_users=n_users, per_user=per_user,
-                      budget=budget, train_epochs=train_epochs, adapter_epochs=adapter_epochs)
+                      budget=budget, train_epochs=train_epochs, adapter_epochs=adapter_epochs, threads=threads)
     if as_json:
         print_json(result)
     else:

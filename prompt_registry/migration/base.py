@@ -146,12 +146,32 @@ class FitContext:
     valid_every: int = 0
     steps_hint: str = "adapter"
     extra_forward_tokens: int = 0  # forward passes a method ran outside a training loop
+    head_prefit: bool = True
+    prefit: dict[str, Any] = dataclasses.field(default_factory=dict)  # what prefit_head did
     loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (their ledgers add up to the fit's cost)
 
     def loop_config(self, epochs: int, schedule: str = "constant") -> LoopConfig:
         return LoopConfig(epochs=epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size, seed=self.seed,
                           checkpoint_every=self.checkpoint_every, patience=self.patience, min_steps=self.min_steps,
                           warmup_steps=self.warmup_steps, schedule=schedule, final_lr=self.final_lr, valid_every=self.valid_every)
+
+    def prefit_head(self, provider: nn.Module) -> None:
+        """Fit ``ctx.head`` on cached features of the selected users' training rows with the prompts
+        ``provider`` gives now (the unfitted map), before the map trains: a fresh head otherwise
+        spends the first ~200-300 steps learning item effects while the map learns nothing. One
+        forward pass (counted in ``extra_forward_tokens``); a no-op when ``head_prefit`` is off."""
+        if not self.head_prefit:
+            return
+        from ..training.headfit import HeadFitConfig, cached_features, fit_head
+
+        with torch.no_grad():
+            train = cached_features(self.encoder, provider, self.train, self.eval_batch_size)
+            valid = cached_features(self.encoder, provider, self.valid_selected, self.eval_batch_size)
+        fit = fit_head(self.head, train, valid, HeadFitConfig(lr=self.head_lr), seed=self.seed)
+        self.extra_forward_tokens += train.forward_tokens + valid.forward_tokens
+        self.prefit = {"token_passes": train.forward_tokens + valid.forward_tokens, "epochs": fit.epochs_run, "best_epoch": fit.best_epoch,
+                       "valid_before": fit.before_metric, "valid_after": fit.best_metric}
+        self.head.train()
 
     def training_loop(self, provider: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
                       schedulers: Mapping[str, Any] | None = None, *, epochs: int, schedule: str = "constant",

@@ -51,10 +51,14 @@ class MigrationConfig:
     refine_lr: float = 5e-4
     refine_share: float = 1.0  # refine only this share of users: those worst on validation after mapping
     min_steps: int = 1000  # optimizer steps at least, however few epochs the selected users' rows make
+    # ... but no more steps than this many epochs over every candidate's training rows (a default
+    # retrain runs 15): on a small user base 1,000 steps would cost more than retraining everyone
+    max_fit_epochs: float | None = 1.5
     warmup_steps: int = 100
     final_lr: float = 0.1  # the cosine schedule ends at this share of the peak, never at zero
     valid_every: int = 100  # steps between validations (at epoch ends)
     validate_on: str = "all"  # whose validation tails pick the best state: every candidate's, or the selected users'
+    head_prefit: bool = False  # fit the head on cached features of the unfitted map's prompts before the map trains
     head_refit: bool = True  # refit the head on every candidate's training rows from cached features
     warm_start_head: bool = True  # start the target head from the source head when both read the same features
     apply_batch_users: int = 4096
@@ -88,6 +92,7 @@ class MigrationConfig:
             (0 < self.refine_share <= 1, "refine_share must be in (0, 1]"),
             (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
             (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
+            (self.max_fit_epochs is None or self.max_fit_epochs > 0, "max_fit_epochs must be > 0 (or None: no cap)"),
             (self.validate_on in ("all", "selected"), "validate_on must be 'all' or 'selected'"),
             (self.apply_batch_users >= 1, "apply_batch_users must be >= 1"),
             (0 < self.test_fraction < 1 and 0 <= self.valid_fraction < 1, "split fractions out of range"),

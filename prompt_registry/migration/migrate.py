@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -145,6 +146,9 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     # user_index of every example set indexes the candidates (the rows of the source tables)
     train, valid_selected = prepare_examples(dataset, selected_split, candidates, encoder, template)
     all_train, valid_all = prepare_examples(dataset, split, candidates, encoder, template)
+    min_steps = config.min_steps
+    if config.max_fit_epochs is not None:
+        min_steps = min(min_steps, math.ceil(config.max_fit_epochs * len(all_train) / config.batch_size))
     spec = MappingSpec(tuple(s.width for s in source_sets), target_info.hidden_size, source_sets[0].prompt_len)
     torch.manual_seed(config.seed)  # the method's initialisation, then the head's: reproducible for a seed
     method = method_class.create(config.method_config, spec, backbone)
@@ -159,14 +163,15 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
                          valid=valid_all if config.validate_on == "all" else valid_selected, valid_selected=valid_selected,
                          batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
                          checkpoint_every=config.checkpoint_every, patience=config.patience, checkpoint=checkpoint,
-                         resume=resume, progress=progress, min_steps=config.min_steps, warmup_steps=config.warmup_steps,
-                         final_lr=config.final_lr, valid_every=config.valid_every, steps_hint=f"adapter -> {target}")
+                         resume=resume, progress=progress, min_steps=min_steps, warmup_steps=min(config.warmup_steps, min_steps // 5),
+                         final_lr=config.final_lr, valid_every=config.valid_every, head_prefit=config.head_prefit,
+                         steps_hint=f"adapter -> {target}")
     run = services.runs.start_run("migrate", model=target, task=task, seeds={"seed": config.seed, "selection": config.selection.seed}, config={
         **config.to_dict(), "sources": [{"set_id": s.id, "model": s.model, "sha256": s.sha256} for s in source_sets],
         "target_fingerprint": target_info.fingerprint, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
         "candidates": len(candidates), "selected_users": list(selection.users), "selection_summary": selection.summary(),
         "adapter": method.describe(), "n_train": len(train), "n_valid": len(context.valid), "device": backbone.device,
-        "head_warm_start_from": head_from,
+        "head_warm_start_from": head_from, "min_steps_effective": min_steps,
     })
     loop: TrainingLoop | None = None
     try:
@@ -239,7 +244,7 @@ def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRef
     wall = sum(s.wall_seconds for s in states)
     parts: dict[str, Any] = {"fit": {"token_passes": sum(s.forward_tokens + s.backward_tokens for s in states) + ctx.extra_forward_tokens,
                                      "steps": sum(s.global_step for s in states), "loops": len(states)},
-                             "head_refit": {"token_passes": refit.forward_tokens, **refit.summary}}
+                             "head_prefit": ctx.prefit, "head_refit": {"token_passes": refit.forward_tokens, **refit.summary}}
     if refinement is not None:
         r = refinement.state
         forward, backward = forward + r.forward_tokens, backward + r.backward_tokens

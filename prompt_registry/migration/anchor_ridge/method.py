@@ -75,6 +75,7 @@ class AnchorRidgeMethod(MigrationMethod[AnchorRidgeConfig]):
         n, prompt_len = ctx.sources[0].shape[0], ctx.sources[0].shape[1]
         generator = torch.Generator().manual_seed(ctx.seed)
         table = PromptTable(init_prompts(n, prompt_len, ctx.backbone, config.init, generator)).to(ctx.backbone.device)
+        ctx.prefit_head(table)
         optimizers: dict[str, torch.optim.Optimizer] = {"prompts": torch.optim.SparseAdam(table.parameters(), lr=config.lr),
                                                         "head": torch.optim.AdamW(ctx.head.parameters(), lr=ctx.head_lr)}
         # the anchors' own validation rows pick their best epoch: nobody else has a trained prompt yet

@@ -41,6 +41,9 @@ class PumaMethod(MigrationMethod[PumaConfig]):
         config = self.config
         provider = MappedPrompts(self.phi, ctx.sources)
         self.phi.init_output_scale(*[t[torch.as_tensor(ctx.selected, device=t.device)] for t in ctx.sources])
+        provider.eval()
+        ctx.prefit_head(provider)  # the head learns item effects first, from the map as initialised
+        provider.train()
         optimizers = {"phi": torch.optim.AdamW(self.phi.parameters(), lr=config.lr),
                       "head": torch.optim.AdamW(ctx.head.parameters(), lr=ctx.head_lr)}
         loop = ctx.training_loop(provider, optimizers, epochs=config.epochs, schedule="cosine" if config.cosine else "constant")
