@@ -109,9 +109,10 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
     # the tiny models learn at higher rates than the real ones the defaults are set for (Phi 3e-3
     # and head 1e-2, measured on this world: 98% of the retrain's gain at 0.29 of its cost, vs 79%
     # at the real-model rates), and a step budget of 2 epochs over everyone's rows
-    tiny = {} if real else {"lr": 3e-3, "head_lr": 1e-2, "max_fit_epochs": 2.0}
-    migration = MigrationConfig(seed=seed, selection=SelectionConfig(seed=seed, budget=budget),
-                                **({"epochs": adapter_epochs} if adapter_epochs else {}), **tiny)
+    tiny: dict[str, Any] = {} if real else {"lr": 3e-3, "head_lr": 1e-2, "max_fit_epochs": 2.0}
+    if adapter_epochs:
+        tiny["epochs"] = adapter_epochs
+    migration = MigrationConfig(seed=seed, selection=SelectionConfig(seed=seed, budget=budget), **tiny)
     rows: list[dict[str, Any]] = []
 
     def row(name: str, model: str, rmse: float, run: Any, started: float) -> None:
