@@ -292,3 +292,37 @@ class MigrationResult(_Entity):
     selection: dict[str, Any]
     report: MigrationReport | None
     alias: dict[str, Any] | None  # what happened to the alias (moved, refused by the gate)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanStep(_Entity):
+    """One step of a migration plan: ``reuse`` a stored adapter, ``fit`` one with a method, or
+    ``retrain`` from scratch; with its estimate (and where each figure came from) and status."""
+
+    position: int
+    kind: str  # reuse | fit | retrain
+    sources: tuple[str, ...]  # source models (several: an aggregated step); empty for retrain
+    target: str
+    method: str | None
+    adapter_id: int | None
+    estimate: dict[str, Any]  # token_passes, seconds, basis (calibrated from run N, or prior), details
+    status: str = "pending"
+    run_id: int | None = None
+    result: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan(_Entity):
+    """A migration plan over the migration graph: which path, which adapters are reused or
+    fitted, which users it covers, and what it is estimated to cost. ``id`` is None until stored."""
+
+    id: int | None
+    task: str
+    target: str
+    strategy: str  # asked for: auto | direct | chain | aggregate | retrain
+    kind: str  # chosen: direct | chain | aggregate | retrain
+    steps: tuple[PlanStep, ...]
+    estimate: dict[str, Any]  # token_passes, seconds, users, uncovered users, alternatives considered
+    inputs: dict[str, Any]  # what the planner was asked and the graph it saw: planning again gives the same plan
+    status: str = "planned"
+    created_at: dt.datetime | None = None

@@ -14,12 +14,14 @@ derives from the builtin that fits, so callers may catch either::
     |   +-- UnknownAliasError
     |   +-- UnknownArtifactError
     |   +-- UnknownRunError
+    |   +-- UnknownPlanError
     +-- InvalidArgumentError                 (+ ValueError)         a bad argument: name, kind, number, option
     +-- ConflictError                        (+ ValueError)         would contradict what exists
     |   +-- ModelConflictError               same name, other fingerprint
     |   +-- DuplicateUserError
     |   +-- ModelMismatchError               prompt/artifact made for another model
     |   +-- StoreBindingError                the tensor store belongs to another catalogue
+    |   +-- NoPlanError                      no migration path meets the constraints (says what is missing)
     +-- InvalidPromptError                   (+ ValueError)         bad tensor values or shape
     |   +-- ShapeError
     |   +-- NonFiniteError
@@ -80,6 +82,10 @@ class UnknownRunError(NotFoundError):
     pass
 
 
+class UnknownPlanError(NotFoundError):
+    """No migration plan with that id."""
+
+
 class InvalidArgumentError(PromptRegistryError, ValueError):
     """An argument that is wrong on its own: a malformed name, an unknown kind, a number out of range."""
 
@@ -102,6 +108,11 @@ class ModelMismatchError(ConflictError):
 
 class StoreBindingError(ConflictError):
     """The tensor store belongs to another catalogue: a store serves exactly one."""
+
+
+class NoPlanError(ConflictError):
+    """No migration path from the sources to the target meets the constraints; the message says
+    what is missing (prompts, a stored adapter, a hop) and which constraint ruled a path out."""
 
 
 class InvalidPromptError(PromptRegistryError, ValueError):

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # annotations only: importing them loads torch
     from .backbones.loader import Backbone
     from .data.dataset import Dataset
     from .migration.config import MigrationConfig
+    from .planning import Planner
     from .training.config import TrainConfig
 
 __all__ = ["DEFAULT_GC_GRACE_SECONDS", "TASK_KINDS", "Registry"]
@@ -97,6 +98,12 @@ class Registry:
         """The catalogue's Alembic revision."""
         return migrations.current_revision(self._ctx.engine)
 
+    @property
+    def planner(self) -> Planner:
+        """Migration plans over the graph of models and adapters: plan, get, list, graph, dot (``planning.Planner``)."""
+        from .planning import Planner
+        return Planner(self._s)
+
     def scratch_dir(self) -> Path:
         """A local directory for working files (training checkpoints): beside the store."""
         return self._ctx.scratch_dir()
@@ -113,8 +120,7 @@ class Registry:
             device: str = "auto", backbone: Backbone | None = None, batch_size: int = 128) -> Evaluation:
         """Evaluate a set (with its head) on a data split; stored as an ``eval`` run + evaluation."""
         from .training.evaluate import evaluate_set
-        return evaluate_set(self._s, ref.id if isinstance(ref, PromptSet) else ref, data, split=split, config=config, device=device, backbone=backbone,
-            batch_size=batch_size)
+        return evaluate_set(self._s, ref, data, split=split, config=config, device=device, backbone=backbone, batch_size=batch_size)
 
     def migrate(self, sources: Sequence[str | int], target: str, task: str, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
             device: str = "auto", alias: str | None = None, gate: float | None = None, evaluate: bool = True, resume: bool = False,
@@ -175,8 +181,7 @@ class Registry:
             key: str | None = None, progress: bool = False, run_id: int | None = None, head: int | None = None, adapter: int | None = None,
             sources: Sequence[int | str | PromptSet] = (), alias: str | None = None, tags: Mapping[str, str | None] | Iterable[str] | None = None,
             note: str | None = None, reason: str | None = None, create_users: bool = False, base: int | str | PromptSet | None = None) -> PromptSet:
-        """Stream a new version chunk by chunk: ``produce(start, stop)`` returns the rows of
-        ``users[start:stop]`` (array or tensor, ``(stop - start, prompt_len, width)``)."""
+        """Stream a new version chunk by chunk: ``produce(start, stop)`` returns ``users[start:stop]``'s rows, ``(stop - start, prompt_len, width)``."""
         return self._s.writes.write_prompts(model, task, users, produce, prompt_len=prompt_len, dtype=dtype, key=key, progress=progress, run_id=run_id,
             head=head, adapter=adapter, sources=sources, alias=alias, tags=tags, note=note, reason=reason, create_users=create_users, base=base)
 
@@ -237,10 +242,9 @@ class Registry:
 
     def put_artifact(self, kind: str, name: str, tensors: Mapping[str, Any], *, task: str, target_model: str, source_models: Sequence[str] = (),
             config: Mapping[str, Any] | None = None, run_id: int | None = None) -> Artifact:
-        """Store an adapter or task head (safetensors) bound to model fingerprints; a new version of
-        ``name``."""
-        return self._s.artifacts.put_artifact(kind, name, tensors, task=task, target_model=target_model, source_models=source_models, config=config,
-            run_id=run_id)
+        """Store an adapter or task head (safetensors) bound to model fingerprints; a new version of ``name``."""
+        return self._s.artifacts.put_artifact(kind, name, tensors, task=task, target_model=target_model, source_models=source_models,
+            config=config, run_id=run_id)
 
     def get_artifact(self, artifact_id: int) -> Artifact:
         """An adapter or head by id (``UnknownArtifactError`` if none)."""
@@ -291,20 +295,17 @@ class Registry:
         return self._s.runs.audit_events(object_kind=object_kind, object_id=object_id, limit=limit)
 
     def lineage(self, ref: int | str | PromptSet, *, down: bool = False, max_depth: int | None = None) -> Lineage:
-        """Every ancestor (or, with ``down``, descendant) of a set through incremental bases and migration
-        sources, with the run and adapter on each edge. A numeric id may name a deleted set.
-        ``UnknownSetError`` if there is no such set."""
+        """Every ancestor (or, with ``down``, descendant) of a set through incremental bases and migration sources, with the run
+        and adapter on each edge. A numeric id may name a deleted set. ``UnknownSetError`` if there is no such set."""
         return self._s.audit.lineage(ref, down=down, max_depth=max_depth)
 
     def user_history(self, user: str) -> UserHistory:
-        """All of a user's prompt versions across models and tasks (written or inherited through an
-        incremental base), the run and adapter that made each, and every alias window that pointed at it.
-        Works for deleted users (their history is then empty). ``UnknownUserError``."""
+        """All of a user's prompt versions across models and tasks (written or inherited through an incremental base), the run and
+        adapter that made each, every alias window that pointed at it. Deleted users: empty history. ``UnknownUserError``."""
         return self._s.audit.user_history(user)
 
     def alias_timeline(self, name: str, *, model: str | None = None, task: str | None = None) -> list[AliasMove]:
-        """Every move of alias ``name`` with old and new versions, who, why, and until when it stood; oldest
-        first. ``UnknownAliasError`` if it was never set."""
+        """Every move of alias ``name`` (old and new version, who, why, until when it stood), oldest first; ``UnknownAliasError`` if never set."""
         return self._s.audit.alias_timeline(name, model=model, task=task)
 
     def cost_summary(self, *, since: dt.datetime | dt.date | None = None, kind: str | None = None, group_by: str | None = None) -> list[RunCost]:

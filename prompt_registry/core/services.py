@@ -11,6 +11,7 @@ from .aliases import AliasService
 from .artifacts import ArtifactService
 from .audit import AuditService
 from .models import ModelService
+from .plans import PlanService
 from .reads import SetReader
 from .runs import RunService
 from .users import UserService
@@ -29,8 +30,9 @@ class Services:
     runs: RunService
     audit: AuditService
     admin: AdminService
+    plans: PlanService
 
     @classmethod
     def build(cls, ctx: Context) -> Services:
         return cls(ctx, ModelService(ctx), UserService(ctx), SetWriter(ctx), SetReader(ctx), AliasService(ctx),
-                   ArtifactService(ctx), RunService(ctx), AuditService(ctx), AdminService(ctx))
+                   ArtifactService(ctx), RunService(ctx), AuditService(ctx), AdminService(ctx), PlanService(ctx))

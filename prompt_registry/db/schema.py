@@ -324,3 +324,40 @@ class UserMetricRow(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     metric: Mapped[str] = mapped_column(String(50), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class PlanRow(Base):
+    """A migration plan: its inputs (enough to plan it again), the steps' estimate, its status, and
+    the lease of the process running it."""
+
+    __tablename__ = "migration_plans"
+    __table_args__ = (CheckConstraint("status IN ('planned', 'running', 'done', 'failed')", name="status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    target_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    strategy: Mapped[str] = mapped_column(String(20))  # what was asked: auto | direct | chain | aggregate | retrain
+    kind: Mapped[str] = mapped_column(String(20))  # what was chosen: direct | chain | aggregate | retrain
+    status: Mapped[str] = mapped_column(String(20), default="planned")
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    estimate: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PlanStepRow(Base):
+    """One step of a plan (fit or reuse an adapter and map, or retrain), in order, with its status
+    and the run that executed it."""
+
+    __tablename__ = "migration_plan_steps"
+    __table_args__ = (CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="status"),)
+
+    plan_id: Mapped[int] = mapped_column(ForeignKey("migration_plans.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # reuse | fit | retrain
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # sources, target, method, adapter, estimate, why
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the set (and adapter) it made

@@ -49,6 +49,7 @@ class MigrationConfig:
     patience: int | None = None
     refine_epochs: int = 0
     refine_lr: float = 5e-4
+    refine_min_steps: int = 0  # refinement's step budget floor (refine_epochs or this many steps, whichever is more)
     refine_share: float = 1.0  # refine only this share of users: those worst on validation after mapping
     min_steps: int = 1000  # optimizer steps at least, however few epochs the selected users' rows make
     # ... but no more steps than this many epochs over every candidate's training rows (a default
@@ -90,6 +91,7 @@ class MigrationConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.refine_epochs >= 0, "refine_epochs must be >= 0"),
             (0 < self.refine_share <= 1, "refine_share must be in (0, 1]"),
+            (self.refine_min_steps >= 0, "refine_min_steps must be >= 0"),
             (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
             (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
             (self.max_fit_epochs is None or self.max_fit_epochs > 0, "max_fit_epochs must be > 0 (or None: no cap)"),

@@ -59,7 +59,8 @@ def refine(services: Services, mapped: PromptSet, head: TaskHead, encoder: Promp
     loop = TrainingLoop(encoder=encoder, head=head, provider=table, schedulers={}, train=train, valid=valid, task_kind=head.task_kind,
                         optimizers=optimizers, checkpoint=None, steps_hint=f"refine {target}",
                         config=LoopConfig(epochs=config.refine_epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                                          seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience))
+                                          seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience,
+                                          min_steps=config.refine_min_steps))
     try:
         loop.fit(progress)
     finally:

@@ -14,7 +14,7 @@ from ..backbones.loader import Backbone, load_backbone
 from ..backbones.prompting import PromptEncoder, Template
 from ..core.services import Services
 from ..data.dataset import Dataset
-from ..entities import CostLedger, Evaluation
+from ..entities import CostLedger, Evaluation, PromptSet
 from ..errors import ConflictError
 from . import metrics
 from .config import TrainConfig
@@ -34,7 +34,7 @@ def _split_fractions(services: Services, set_run_id: int | None, config: TrainCo
     return defaults.test_fraction, defaults.valid_fraction
 
 
-def evaluate_set(services: Services, ref: int | str, data: str | os.PathLike[str] | Dataset, *, split: str = "test",
+def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.PathLike[str] | Dataset, *, split: str = "test",
                  config: TrainConfig | None = None, device: str = "auto", backbone: Backbone | None = None,
                  batch_size: int = 128) -> Evaluation:
     """RMSE/MAE (rating) or AUC/uAUC (click) of a set on ``split``, overall and per user, next to

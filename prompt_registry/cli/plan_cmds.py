@@ -1,0 +1,117 @@
+"""CLI verbs of the migration planner: ``migrate plan`` (and ``show``, ``list``), ``graph show``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from prompt_registry.entities import Plan
+
+from ._common import Context, json_option, pass_ctx, print_json, print_table
+
+_STRATEGIES = ("auto", "direct", "chain", "aggregate", "retrain")  # planning.STRATEGIES (importing it loads torch); a test keeps them equal
+
+
+def _print_plan(plan: Plan) -> None:
+    est = plan.estimate
+    click.echo(f"plan {plan.id}: {plan.kind} ({plan.strategy} asked) {' -> '.join(est['path'])} for task {plan.task}: "
+               f"{est['token_passes']:,} token-passes, ~{est['seconds']:.0f} s, {est['users']} users"
+               + (f", {est['uncovered_users']} not covered by every source" if est.get("uncovered_users") else ""))
+    rows = [{"step": s.position, "kind": s.kind, "from": "+".join(s.sources) or "(scratch)", "to": s.target,
+             "method": s.method or "", "adapter": s.adapter_id or "", "token_passes": f"{s.estimate['token_passes']:,}",
+             "basis": s.estimate["basis"], "status": s.status} for s in plan.steps]
+    print_table(rows, list(rows[0]))
+    quality = est.get("quality", {})
+    click.echo(f"quality: {quality['metrics']} (evaluation {quality['evaluation_id']} of set {quality['set_id']})" if quality.get("recorded")
+               else f"quality: {quality.get('note', 'unknown')}")
+    for alt in est.get("alternatives", []):
+        click.echo(f"  also possible: {alt['kind']} {' -> '.join(alt['path'])}: {alt['token_passes']:,} token-passes")
+
+
+@click.group("plan", invoke_without_command=True)
+@click.option("--to", "target", help="Target model.")
+@click.option("--task")
+@click.option("--from", "sources", help="Source model(s), comma-separated. Default: every other model with prompts for the task.")
+@click.option("--strategy", type=click.Choice(_STRATEGIES), default="auto", show_default=True)
+@click.option("--via", help="A model the chain must pass through.")
+@click.option("--max-hops", type=int, default=3, show_default=True)
+@click.option("--reuse-only", is_flag=True, help="Only stored adapters: no fitting, no retrain.")
+@click.option("--exclude", multiple=True, help="A model no path may touch (repeatable).")
+@click.option("--method", default="puma", show_default=True, help="The migration method fits use.")
+@click.option("--max-token-passes", type=int, help="Budget: refuse plans estimated above it.")
+@json_option
+@click.pass_context
+def plan(click_ctx: click.Context, target: str | None, task: str | None, sources: str | None, strategy: str, via: str | None, max_hops: int,
+         reuse_only: bool, exclude: tuple[str, ...], method: str, max_token_passes: int | None, as_json: bool) -> None:
+    """Plan a migration TO a model over the graph of models and adapters; stored, with its id."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    if not target or not task:
+        raise click.UsageError("migrate plan needs --to MODEL and --task TASK (or a subcommand: show, list)")
+    obj: Context = click_ctx.obj
+    made = obj.registry.planner.plan(target, task, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
+                                     strategy=strategy, via=via, max_hops=max_hops, reuse_only=reuse_only, exclude=exclude, method=method,
+                                     max_token_passes=max_token_passes)
+    print_json(made.to_dict()) if as_json else _print_plan(made)
+
+
+@plan.command("show")
+@click.argument("plan_id", type=int)
+@json_option
+@pass_ctx
+def plan_show(obj: Context, plan_id: int, as_json: bool) -> None:
+    """A stored plan, its steps (with where each estimate came from) and their status."""
+    made = obj.registry.planner.get(plan_id)
+    print_json(made.to_dict()) if as_json else _print_plan(made)
+
+
+@plan.command("list")
+@click.option("--task")
+@click.option("--to", "target")
+@json_option
+@pass_ctx
+def plan_list(obj: Context, task: str | None, target: str | None, as_json: bool) -> None:
+    """Stored plans, newest first."""
+    plans = obj.registry.planner.list(task=task, target=target)
+    if as_json:
+        print_json([p.to_dict() for p in plans])
+        return
+    print_table([{"id": p.id, "task": p.task, "target": p.target, "kind": p.kind, "path": " -> ".join(p.estimate["path"]),
+                  "token_passes": f"{p.estimate['token_passes']:,}", "status": p.status} for p in plans],
+                ["id", "task", "target", "kind", "path", "token_passes", "status"])
+
+
+@click.group("graph")
+def graph() -> None:
+    """The migration graph: models, their prompts, stored adapters."""
+
+
+@graph.command("show")
+@click.option("--task", required=True)
+@click.option("--dot", "dot_file", type=click.Path(dir_okay=False), help="Write Graphviz text here.")
+@click.option("--plan", "plan_id", type=int, help="Highlight this plan's path (with --dot).")
+@json_option
+@pass_ctx
+def graph_show(obj: Context, task: str, dot_file: str | None, plan_id: int | None, as_json: bool) -> None:
+    """Print the graph of TASK (models with user counts and aliases, stored adapters), or write it as Graphviz."""
+    if dot_file:
+        Path(dot_file).write_text(obj.registry.planner.dot(task, plan_id=plan_id))
+        click.echo(f"wrote {dot_file}")
+        return
+    described: dict[str, Any] = obj.registry.planner.graph(task)
+    if as_json:
+        print_json(described)
+        return
+    models = [{"model": n["name"], "width": n["width"], "users": n["users"], "set": n["set_id"] or "", "aliases": ",".join(n["aliases"])}
+              for n in described["nodes"] if n["kind"] == "model"]
+    print_table(models, ["model", "width", "users", "set", "aliases"])
+    adapters = [{"adapter": e["adapter_id"], "from": e["from"], "to": e["to"], "method": e["method"]} for e in described["edges"] if e["kind"] == "reuse"]
+    click.echo("stored adapters:")
+    print_table(adapters, ["adapter", "from", "to", "method"])
+    click.echo(f"{described['possible_fit_edges']} possible fit edge(s); every model can be retrained")
+
+
+MIGRATE_COMMANDS = (plan,)  # added to `migrate` by main
+COMMANDS = (graph,)

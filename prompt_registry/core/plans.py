@@ -1,0 +1,80 @@
+"""Migration plans in the catalogue: stored with their steps, read back as entities."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import validation
+from .._context import Context
+from .._util import aware
+from ..db import lookups
+from ..db.engine import read_session, write_session
+from ..db.schema import BaseModelRow, PlanRow, PlanStepRow, TaskRow
+from ..entities import Plan, PlanStep
+from ..errors import UnknownPlanError
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _entity(session: Session, row: PlanRow) -> Plan:
+    task = session.get(TaskRow, row.task_id)
+    target = session.get(BaseModelRow, row.target_model_id)
+    assert task is not None and target is not None  # foreign keys
+    steps = session.scalars(select(PlanStepRow).where(PlanStepRow.plan_id == row.id).order_by(PlanStepRow.position)).all()
+    return Plan(row.id, task.name, target.name, row.strategy, row.kind, tuple(_step(s) for s in steps), dict(row.estimate),
+                dict(row.inputs), row.status, aware(row.created_at))
+
+
+def _step(row: PlanStepRow) -> PlanStep:
+    c = row.config
+    return PlanStep(row.position, row.kind, tuple(c.get("sources", ())), c["target"], c.get("method"), c.get("adapter_id"),
+                    dict(c.get("estimate", {})), row.status, row.run_id, dict(row.result or {}))
+
+
+class PlanService:
+    """Stores plans the planner made (``planning/``) and reads them back."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def save_plan(self, plan: Plan) -> Plan:
+        """Store ``plan`` (its ``id`` is ignored) with its steps, pending; returns it with its id."""
+        with write_session(self.ctx.engine) as session:
+            task = lookups.task_row(session, plan.task)
+            target = lookups.model_row(session, plan.target)
+            row = PlanRow(task_id=task.id, target_model_id=target.id, strategy=plan.strategy, kind=plan.kind, status="planned",
+                          inputs=_plain(plan.inputs), estimate=_plain(plan.estimate), created_at=self.ctx.now(), created_by=self.ctx.actor)
+            session.add(row)
+            session.flush()
+            for step in plan.steps:
+                config = {"sources": list(step.sources), "target": step.target, "method": step.method, "adapter_id": step.adapter_id,
+                          "estimate": _plain(step.estimate)}
+                session.add(PlanStepRow(plan_id=row.id, position=step.position, kind=step.kind, config=config, status="pending", result={}))
+            session.flush()
+            self.ctx.audit(session, "save_plan", "plan", row.id, {"task": plan.task, "target": plan.target, "kind": plan.kind,
+                                                                  "steps": len(plan.steps)})
+            return _entity(session, row)
+
+    def get_plan(self, plan_id: int) -> Plan:
+        """A stored plan with its steps and their status."""
+        with read_session(self.ctx.engine) as session:
+            row = session.get(PlanRow, validation.as_id(plan_id, "a plan id"))
+            if row is None:
+                raise UnknownPlanError(f"no migration plan with id {plan_id}; see `prompt-registry migrate plan list`")
+            return _entity(session, row)
+
+    def list_plans(self, *, task: str | None = None, target: str | None = None, limit: int = 100) -> list[Plan]:
+        """Stored plans, newest first, optionally for one task and/or target model."""
+        with read_session(self.ctx.engine) as session:
+            stmt = select(PlanRow).order_by(PlanRow.id.desc()).limit(validation.count(limit, "limit", allow_none=False))
+            if task is not None:
+                stmt = stmt.where(PlanRow.task_id == lookups.task_row(session, task).id)
+            if target is not None:
+                stmt = stmt.where(PlanRow.target_model_id == lookups.model_row(session, target).id)
+            return [_entity(session, r) for r in session.scalars(stmt)]

@@ -1,0 +1,50 @@
+"""Migration planning: the graph of models and adapters of a task (``graph.py``), what each edge
+costs (``cost.py``), the planner (``planner.py``), and ``Planner``, what ``Registry.planner``
+returns: plan (and store), show, list, draw."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..core.services import Services
+from ..entities import Plan
+from .graph import build_graph, describe, to_dot
+from .planner import STRATEGIES, PlanRequest, make_plan
+
+__all__ = ["STRATEGIES", "PlanRequest", "Planner"]
+
+
+class Planner:
+    """Plans over the migration graph, stored in the catalogue (``Registry.planner``)."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    def plan(self, target: str, task: str, *, sources: Sequence[str] | None = None, strategy: str = "auto", via: str | None = None,
+             max_hops: int = 3, reuse_only: bool = False, exclude: Sequence[str] = (), method: str = "puma",
+             max_token_passes: int | None = None, save: bool = True) -> Plan:
+        """The cheapest plan to bring ``task``'s prompts to ``target`` under the constraints (see
+        ``planning.planner``), stored with its steps (``save``) so that ``get`` and a run find it.
+        Raises ``NoPlanError`` saying what is missing when no path meets them."""
+        request = PlanRequest(target, task, tuple(sources) if sources is not None else None, strategy, via, max_hops, reuse_only,
+                              tuple(exclude), method, max_token_passes)
+        plan = make_plan(self._s, request)
+        return self._s.plans.save_plan(plan) if save else plan
+
+    def get(self, plan_id: int) -> Plan:
+        """A stored plan with its steps and their status (``UnknownPlanError`` if none)."""
+        return self._s.plans.get_plan(plan_id)
+
+    def list(self, *, task: str | None = None, target: str | None = None, limit: int = 100) -> list[Plan]:
+        """Stored plans, newest first."""
+        return self._s.plans.list_plans(task=task, target=target, limit=limit)
+
+    def graph(self, task: str) -> dict[str, Any]:
+        """The migration graph of ``task`` as JSON (models with users and aliases, stored adapters)."""
+        return describe(build_graph(self._s, task))
+
+    def dot(self, task: str, *, plan_id: int | None = None) -> str:
+        """The graph as Graphviz text, the path of plan ``plan_id`` highlighted."""
+        path = self.get(plan_id).estimate.get("path", []) if plan_id is not None else []
+        return to_dot(build_graph(self._s, task), list(zip(path, path[1:])))

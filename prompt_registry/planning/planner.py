@@ -1,0 +1,230 @@
+"""The planner: the cheapest way to get a task's prompts onto a target model, under constraints.
+
+Strategies: ``direct`` (A -> C: reuse a stored adapter, else fit one), ``chain`` (A -> B -> C,
+two hops or more, each hop reusing a stored adapter where one exists), ``aggregate`` (A + B ->
+C: one adapter over the concatenated source prompts, reused when one with exactly these sources
+is stored), ``retrain`` (from scratch on the target), and ``auto``: the cheapest of all of them
+in estimated token-passes (ties: fewer steps). Constraints: ``max_hops``, ``reuse_only`` (stored
+adapters only), ``exclude`` (models no path may touch), ``method`` (the one fits use), ``via`` (a
+model a chain must pass), ``max_token_passes`` (a budget). A plan records what it was asked and the
+graph it saw (the prompt set of every model, the stored adapters), so planning again from the same
+inputs on the same catalogue gives the same plan; each step explains where its figures came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import networkx as nx
+
+from ..core.services import Services
+from ..entities import Plan, PlanStep
+from ..errors import InvalidArgumentError, NoPlanError, UnknownModelError
+from ..migration.base import get_method
+from .cost import CostModel
+from .graph import SCRATCH, build_graph, combo_name
+
+STRATEGIES = ("auto", "direct", "chain", "aggregate", "retrain")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRequest:
+    """What to plan (see the module docstring for the strategies and constraints)."""
+
+    target: str
+    task: str
+    sources: tuple[str, ...] | None = None  # default: every other model holding prompts for the task
+    strategy: str = "auto"
+    via: str | None = None
+    max_hops: int = 3
+    reuse_only: bool = False
+    exclude: tuple[str, ...] = ()
+    method: str = "puma"
+    max_token_passes: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources) if self.sources is not None else None)
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.strategy not in STRATEGIES:
+            raise InvalidArgumentError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if self.max_hops < 1:
+            raise InvalidArgumentError("max_hops must be >= 1")
+        if self.max_token_passes is not None and self.max_token_passes < 0:
+            raise InvalidArgumentError("max_token_passes must be >= 0")
+        if self.via is not None and self.strategy not in ("auto", "chain"):
+            raise InvalidArgumentError(f"via makes a chain; it does not go with strategy {self.strategy!r}")
+        get_method(self.method)  # an unknown method names the registered ones
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "sources": list(self.sources) if self.sources is not None else None, "exclude": list(self.exclude)}
+
+
+@dataclasses.dataclass
+class _Candidate:
+    kind: str
+    steps: list[PlanStep]
+    users: int
+    uncovered: int = 0
+
+    @property
+    def token_passes(self) -> int:
+        return sum(int(s.estimate["token_passes"]) for s in self.steps)
+
+    @property
+    def seconds(self) -> float:
+        return round(sum(float(s.estimate["seconds"]) for s in self.steps), 1)
+
+    def path(self) -> list[str]:
+        if self.kind == "retrain":
+            return [SCRATCH, self.steps[0].target]
+        if self.kind == "aggregate":
+            return [combo_name(list(self.steps[0].sources)), self.steps[0].target]
+        return [self.steps[0].sources[0], *[s.target for s in self.steps]]
+
+
+def make_plan(services: Services, request: PlanRequest) -> Plan:
+    """The cheapest plan for ``request`` (not stored; ``Registry.plan_migration`` stores it).
+
+    Raises ``NoPlanError`` naming what is missing when no path meets the constraints."""
+    graph = build_graph(services, request.task, methods=(request.method,))
+    if request.target not in graph:
+        raise UnknownModelError(f"no model named {request.target!r}; register it first (`prompt-registry model add`)")
+    if request.target in request.exclude:
+        raise InvalidArgumentError(f"the target {request.target!r} cannot be excluded")
+    for name in (*request.exclude, *(request.sources or ()), *([request.via] if request.via else [])):
+        if name not in graph or graph.nodes[name]["kind"] != "model":
+            raise UnknownModelError(f"no model named {name!r}")
+    if request.via in request.exclude:
+        raise InvalidArgumentError(f"{request.via!r} is both the via model and excluded")
+    holders = [n for n, d in graph.nodes(data=True) if d["kind"] == "model" and d["users"] > 0]
+    if request.sources is not None:
+        sources = list(request.sources)
+        empty = [s for s in sources if graph.nodes[s]["users"] == 0]
+        if empty:
+            raise NoPlanError(f"model(s) {', '.join(empty)} hold no prompts for task {request.task!r}: nothing to migrate from")
+        if request.target in sources:
+            raise InvalidArgumentError(f"the target {request.target!r} is also a source")
+        blocked = [s for s in sources if s in request.exclude]
+        if blocked:
+            raise InvalidArgumentError(f"source(s) {', '.join(blocked)} are also excluded")
+    else:
+        sources = [n for n in holders if n != request.target and n not in request.exclude]
+    costs = CostModel(services, request.task)
+    reasons: list[str] = []
+    candidates: list[_Candidate] = []
+    want = request.strategy
+    if want in ("auto", "direct") and request.via is None:
+        for s in sources:
+            step = _hop(graph, costs, s, request.target, graph.nodes[s]["users"], request, 0, reasons)
+            if step is not None:
+                candidates.append(_Candidate("direct", [step], graph.nodes[s]["users"]))
+    if want in ("auto", "chain"):
+        candidates += _chains(graph, costs, sources, request, reasons)
+    if want in ("auto", "aggregate") and len(sources) >= 2 and request.via is None:
+        aggregate = _aggregate(services, graph, costs, sources, request, reasons)
+        if aggregate is not None:
+            candidates.append(aggregate)
+    elif want == "aggregate":
+        reasons.append(f"an aggregate needs two or more source models with prompts; found {', '.join(sources) or 'none'}")
+    if want in ("auto", "retrain") and request.via is None and not request.reuse_only:
+        users = max((graph.nodes[s]["users"] for s in sources), default=0) or graph.nodes[request.target]["users"]
+        estimate = costs.retrain(request.target, users)
+        candidates.append(_Candidate("retrain", [PlanStep(0, "retrain", (), request.target, None, None, estimate)], users))
+    elif want == "retrain" and request.reuse_only:
+        reasons.append("retrain trains from scratch: it is not allowed with reuse_only")
+    if not sources and want != "retrain":
+        reasons.append(f"no model other than {request.target!r} holds prompts for task {request.task!r}")
+    within = [c for c in candidates if request.max_token_passes is None or c.token_passes <= request.max_token_passes]
+    if request.max_token_passes is not None:
+        reasons += [f"{c.kind} {' -> '.join(c.path())} needs {c.token_passes:,} token-passes, over the budget {request.max_token_passes:,}"
+                    for c in candidates if c not in within]
+    if not within:
+        raise NoPlanError(f"no {want} plan to {request.target!r} for task {request.task!r}: " + ("; ".join(dict.fromkeys(reasons)) or "no path"))
+    within.sort(key=lambda c: (c.token_passes, len(c.steps), c.kind != "direct", c.path()))
+    best = within[0]
+    estimate = {
+        "token_passes": best.token_passes, "seconds": best.seconds, "users": best.users, "uncovered_users": best.uncovered,
+        "path": best.path(), "quality": _quality(services, best, request),
+        "alternatives": [{"kind": c.kind, "path": c.path(), "token_passes": c.token_passes} for c in within[1:6]],
+    }
+    inputs = {"request": request.to_dict(), "graph": _graph_state(graph)}
+    return Plan(None, request.task, request.target, request.strategy, best.kind, tuple(best.steps), estimate, inputs)
+
+
+def _hop(graph: nx.MultiDiGraph, costs: CostModel, a: str, b: str, users: int, request: PlanRequest, position: int,
+         reasons: list[str]) -> PlanStep | None:
+    """The cheapest way across one hop: a stored adapter (the newest), else a fit (unless reuse_only)."""
+    edges = graph.get_edge_data(a, b) or {}
+    stored = sorted((d for d in edges.values() if d["kind"] == "reuse"), key=lambda d: -d["adapter_id"])
+    if stored:
+        return PlanStep(position, "reuse", (a,), b, stored[0]["method"], stored[0]["adapter_id"], costs.reuse(users))
+    if request.reuse_only:
+        reasons.append(f"no stored adapter {a} -> {b} (reuse_only)")
+        return None
+    return PlanStep(position, "fit", (a,), b, request.method, None, costs.fit([a], b, users, request.method))
+
+
+def _chains(graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], request: PlanRequest, reasons: list[str]) -> list[_Candidate]:
+    models = [n for n, d in graph.nodes(data=True) if d["kind"] == "model" and n not in request.exclude]
+    hops: nx.DiGraph = nx.DiGraph()
+    hops.add_nodes_from(models)
+    for a, b, d in graph.edges(data=True):
+        if a in models and b in models and (d["kind"] == "reuse" or (d["kind"] == "fit" and not request.reuse_only)):
+            hops.add_edge(a, b)
+    out = []
+    for s in sources:
+        if s not in hops or request.target not in hops:
+            continue
+        for path in nx.all_simple_paths(hops, s, request.target, cutoff=request.max_hops):
+            if len(path) < 3 or (request.via is not None and request.via not in path[1:-1]):
+                continue
+            users = graph.nodes[s]["users"]
+            steps = [_hop(graph, costs, a, b, users, request, i, reasons) for i, (a, b) in enumerate(zip(path, path[1:]))]
+            if all(step is not None for step in steps):
+                out.append(_Candidate("chain", [s for s in steps if s is not None], users))
+    if not out and request.strategy == "chain":
+        reasons.append(f"no chain of 2..{request.max_hops} hops" + (f" via {request.via}" if request.via else "")
+                       + (" over stored adapters" if request.reuse_only else "") + f" from {', '.join(sources) or 'no source'}")
+    return out
+
+
+def _aggregate(services: Services, graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], request: PlanRequest,
+               reasons: list[str]) -> _Candidate | None:
+    users = [set(services.reads.list_set_users(graph.nodes[s]["set_id"])) for s in sources]
+    common = set.intersection(*users)
+    uncovered = len(set.union(*users) - common)
+    combo = combo_name(list(sources))
+    stored = sorted((d for d in (graph.get_edge_data(combo, request.target) or {}).values() if d["kind"] == "reuse"),
+                    key=lambda d: -d["adapter_id"]) if combo in graph else []
+    if stored:
+        step = PlanStep(0, "reuse", tuple(sources), request.target, stored[0]["method"], stored[0]["adapter_id"], costs.reuse(len(common)))
+    elif request.reuse_only:
+        reasons.append(f"no stored aggregated adapter {combo} -> {request.target} (reuse_only)")
+        return None
+    else:
+        step = PlanStep(0, "fit", tuple(sources), request.target, request.method, None, costs.fit(list(sources), request.target, len(common),
+                                                                                                  request.method))
+    step.estimate["details"] = {**step.estimate.get("details", {}), "common_users": len(common), "uncovered_users": uncovered,
+                                "uncovered_policy": "users without a prompt in every source are not mapped by this step"}
+    return _Candidate("aggregate", [step], len(common), uncovered)
+
+
+def _quality(services: Services, candidate: _Candidate, request: PlanRequest) -> dict[str, Any]:
+    """What recorded evaluations say about the sets the plan's last step would produce (only a
+    reused adapter has produced sets before)."""
+    last = candidate.steps[-1]
+    if last.kind == "reuse" and last.adapter_id is not None:
+        produced = [s for s in services.reads.list_sets(model=request.target, task=request.task) if s.adapter_id == last.adapter_id]
+        for prompt_set in produced:
+            evaluations = services.runs.list_evaluations(prompt_set.id, split="test")
+            if evaluations:
+                metrics = {k: v for k, v in evaluations[0].metrics.items() if k in ("rmse", "mae", "auc", "uauc")}
+                return {"recorded": True, "set_id": prompt_set.id, "evaluation_id": evaluations[0].id, "metrics": metrics}
+    return {"recorded": False, "note": "no recorded evaluation of a set this path produced: quality unknown until it runs"}
+
+
+def _graph_state(graph: nx.MultiDiGraph) -> dict[str, Any]:
+    return {"sets": {n: d["set_id"] for n, d in graph.nodes(data=True) if d["kind"] == "model"},
+            "adapters": sorted(d["adapter_id"] for _, _, d in graph.edges(data=True) if d["kind"] == "reuse")}

@@ -1,0 +1,178 @@
+"""The migration graph and planner on constructed catalogues (fake models, stored adapters), the
+cost model's calibration on a real tiny migration, and the CLI; on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_fake_model, prompts, user_ids
+
+import prompt_registry as pr
+from prompt_registry.cli import plan_cmds
+from prompt_registry.cli.main import main
+from prompt_registry.planning import STRATEGIES, PlanRequest
+from prompt_registry.planning.graph import SCRATCH, build_graph
+from prompt_registry.planning.planner import make_plan
+
+WIDTHS = {"a": 16, "b": 24, "c": 32, "d": 8}
+
+
+@pytest.fixture
+def world(registry, tmp_path):
+    """Models a, b, c, d; prompts for task ``rate`` on a (50 users) and d (40 of them + 5 others)."""
+    for i, (name, width) in enumerate(WIDTHS.items()):
+        registry.register_model(name, make_fake_model(tmp_path / name, width, seed=i + 1))
+    registry.add_task("rate", "rating")
+    registry.import_prompts("a", "rate", prompts(50, 16), user_ids(50), create_users=True, alias="production")
+    registry.import_prompts("d", "rate", prompts(45, 8), user_ids(40) + user_ids(5, 100), create_users=True)
+    return registry
+
+
+def adapter(reg, sources, target, method="puma"):
+    return reg.put_artifact("adapter", f"{'+'.join(sources)}->{target}", {"w": torch.zeros(2)}, task="rate", target_model=target,
+                            source_models=sources, config={"method": method})
+
+
+def test_the_graph_holds_models_prompts_stored_adapters_and_combinations(world):
+    ab = adapter(world, ["a"], "b")
+    agg = adapter(world, ["a", "d"], "c")
+    graph = build_graph(world._s, "rate")
+    assert graph.nodes["a"]["users"] == 50 and graph.nodes["a"]["aliases"] == ["production"] and graph.nodes["b"]["users"] == 0
+    assert graph.has_edge("a", "b", key=f"adapter:{ab.id}") and graph.has_edge(SCRATCH, "c", key="retrain")
+    assert graph.nodes["a+d"]["kind"] == "combo" and graph.has_edge("a+d", "c", key=f"adapter:{agg.id}")
+    assert graph.has_edge("a", "a+d", key="member") and graph.has_edge("d", "a+d", key="member")
+    assert not graph.has_edge("a", "c", key=f"adapter:{agg.id}")  # an aggregate is a hyperedge, never a chain
+    assert sum(1 for _, _, d in graph.edges(data=True) if d["kind"] == "fit") == 4 * 3 * 2  # ordered pairs x registered methods
+    described = world.planner.graph("rate")
+    assert {e["adapter_id"] for e in described["edges"] if e["kind"] == "reuse"} == {ab.id, agg.id}
+
+
+def test_reuse_beats_fit_and_chains_reuse_stored_adapters(world):
+    fit = world.planner.plan("c", "rate", sources=["a"], strategy="direct", save=False)
+    assert fit.kind == "direct" and [s.kind for s in fit.steps] == ["fit"] and fit.steps[0].estimate["basis"] == "prior"
+    assert fit.estimate["token_passes"] > 0 and fit.estimate["users"] == 50
+    ab, bc = adapter(world, ["a"], "b"), adapter(world, ["b"], "c")
+    auto = world.planner.plan("c", "rate", sources=["a"], save=False)
+    assert auto.kind == "chain" and [(s.kind, s.adapter_id) for s in auto.steps] == [("reuse", ab.id), ("reuse", bc.id)]
+    assert auto.estimate["token_passes"] == 0 and auto.estimate["path"] == ["a", "b", "c"]
+    assert {a["kind"] for a in auto.estimate["alternatives"]} >= {"direct", "retrain"}
+    ac = adapter(world, ["a"], "c")
+    direct = world.planner.plan("c", "rate", sources=["a"], save=False)
+    assert direct.kind == "direct" and direct.steps[0].adapter_id == ac.id  # one reuse beats two
+
+
+def test_every_constraint_is_respected_and_impossible_plans_say_what_is_missing(world):
+    adapter(world, ["a"], "b")
+    adapter(world, ["b"], "c")
+    with pytest.raises(pr.NoPlanError, match="no stored adapter a -> d"):
+        world.planner.plan("d", "rate", sources=["a"], reuse_only=True, strategy="direct")
+    excluded = world.planner.plan("c", "rate", sources=["a"], exclude=["b"], save=False)
+    assert "b" not in excluded.estimate["path"] and excluded.kind == "direct"
+    with pytest.raises(pr.NoPlanError, match="no chain"):
+        world.planner.plan("c", "rate", sources=["a"], strategy="chain", exclude=["b"], reuse_only=True)
+    via = world.planner.plan("c", "rate", sources=["a"], via="d", save=False)
+    assert via.kind == "chain" and via.estimate["path"] == ["a", "d", "c"] and [s.kind for s in via.steps] == ["fit", "fit"]
+    with pytest.raises(pr.NoPlanError, match="no chain of 2..1 hops"):
+        world.planner.plan("c", "rate", sources=["a"], strategy="chain", max_hops=1)
+    with pytest.raises(pr.NoPlanError, match="over the budget 10"):
+        world.planner.plan("d", "rate", sources=["a"], max_token_passes=10)
+    assert world.planner.plan("c", "rate", sources=["a"], reuse_only=True, max_token_passes=0, save=False).kind == "chain"
+    with pytest.raises(pr.NoPlanError, match="hold no prompts"):
+        world.planner.plan("a", "rate", sources=["b"])
+    with pytest.raises(pr.NoPlanError, match="not allowed with reuse_only"):
+        world.planner.plan("c", "rate", strategy="retrain", reuse_only=True)
+    for bad in (dict(strategy="teleport"), dict(max_hops=0), dict(via="b", strategy="direct"), dict(method="ghost")):
+        with pytest.raises(pr.InvalidArgumentError):
+            PlanRequest("c", "rate", **bad)
+    with pytest.raises(pr.UnknownModelError):
+        world.planner.plan("zeta", "rate")
+
+
+def test_aggregates_count_uncovered_users_and_reuse_a_stored_combination(world):
+    fit = world.planner.plan("c", "rate", sources=["a", "d"], strategy="aggregate", save=False)
+    step = fit.steps[0]
+    assert fit.kind == "aggregate" and step.sources == ("a", "d") and step.kind == "fit"
+    assert fit.estimate["users"] == 40 and fit.estimate["uncovered_users"] == 15  # 10 only on a, 5 only on d
+    assert step.estimate["details"]["uncovered_policy"]
+    agg = adapter(world, ["a", "d"], "c")
+    reused = world.planner.plan("c", "rate", sources=["a", "d"], strategy="aggregate", save=False)
+    assert reused.steps[0].kind == "reuse" and reused.steps[0].adapter_id == agg.id and reused.estimate["token_passes"] == 0
+    retrain = world.planner.plan("c", "rate", sources=["a"], strategy="retrain", save=False)
+    assert retrain.kind == "retrain" and retrain.steps[0].sources == () and retrain.estimate["token_passes"] > fit.estimate["token_passes"]
+
+
+def test_a_plan_is_stored_explained_and_reproducible_from_its_inputs(world):
+    adapter(world, ["a"], "b")
+    made = world.planner.plan("c", "rate", sources=["a"])
+    assert made.id is not None and made.status == "planned" and all(s.status == "pending" for s in made.steps)
+    again = world.planner.get(made.id)
+    assert again == made and [p.id for p in world.planner.list(task="rate")] == [made.id]
+    assert world.planner.list(target="b") == []
+    request = PlanRequest(**{**made.inputs["request"], "sources": tuple(made.inputs["request"]["sources"]),
+                             "exclude": tuple(made.inputs["request"]["exclude"])})
+    replanned = make_plan(world._s, request)
+    assert replanned.steps == made.steps and replanned.inputs["graph"] == made.inputs["graph"]
+    assert made.inputs["graph"]["sets"]["a"] is not None and made.inputs["graph"]["sets"]["c"] is None
+    assert made.estimate["quality"]["recorded"] is False and "unknown" in made.estimate["quality"]["note"]
+    with pytest.raises(pr.UnknownPlanError, match="no migration plan with id 999"):
+        world.planner.get(999)
+    dot = world.planner.dot("rate", plan_id=made.id)
+    assert dot.startswith("digraph") and '"a" -> "b"' in dot and "color=red" in dot
+
+
+def test_the_cli_plans_shows_lists_and_draws(world, backend, tmp_path):
+    location, store = backend
+    base = ["--registry", location] + (["--store", store] if store else [])
+    adapter(world, ["a"], "b")
+    runner = CliRunner()
+    res = runner.invoke(main, [*base, "migrate", "plan", "--to", "c", "--task", "rate", "--from", "a", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["id"] and out["kind"] in ("chain", "direct") and out["estimate"]["token_passes"] > 0
+    shown = runner.invoke(main, [*base, "migrate", "plan", "show", str(out["id"])])
+    assert shown.exit_code == 0 and f"plan {out['id']}" in shown.stdout and "token-passes" in shown.stdout
+    listed = json.loads(runner.invoke(main, [*base, "migrate", "plan", "list", "--json"]).stdout)
+    assert [p["id"] for p in listed] == [out["id"]]
+    graph = json.loads(runner.invoke(main, [*base, "graph", "show", "--task", "rate", "--json"]).stdout)
+    assert {n["name"] for n in graph["nodes"]} >= set(WIDTHS)
+    text = runner.invoke(main, [*base, "graph", "show", "--task", "rate"])
+    assert text.exit_code == 0 and "stored adapters:" in text.stdout
+    dot = tmp_path / "graph.dot"
+    assert runner.invoke(main, [*base, "graph", "show", "--task", "rate", "--dot", str(dot), "--plan", str(out["id"])]).exit_code == 0
+    assert dot.read_text().startswith("digraph")
+    bad = runner.invoke(main, [*base, "migrate", "plan", "--to", "a", "--task", "rate", "--from", "b"])
+    assert bad.exit_code == 1 and "hold no prompts" in bad.stderr
+    usage = runner.invoke(main, [*base, "migrate", "plan", "--task", "rate"])
+    assert usage.exit_code == 2
+    assert plan_cmds._STRATEGIES == STRATEGIES
+
+
+def test_after_one_recorded_migration_the_estimate_of_that_edge_matches_its_ledger(tmp_path):
+    from prompt_registry import Registry
+    from prompt_registry.data.synthetic import make_synthetic
+    from prompt_registry.migration.config import MigrationConfig
+    from prompt_registry.migration.selection import SelectionConfig
+    from prompt_registry.testing.models import build_tiny_bert
+    from prompt_registry.training.config import TrainConfig
+
+    torch.set_num_threads(1)
+    data = make_synthetic(tmp_path / "data", n_users=40, n_items=40, per_user=12, seed=3)
+    with Registry.init(tmp_path / "reg") as reg:
+        reg.register_model("src", build_tiny_bert(tmp_path / "src", hidden_size=16, seed=1))
+        reg.register_model("dst", build_tiny_bert(tmp_path / "dst", hidden_size=24, seed=2))
+        reg.train_prompts("src", "rate", data, config=TrainConfig(epochs=1), progress=False, alias="production")
+        prior = reg.planner.plan("dst", "rate", sources=["src"], strategy="direct", save=False).steps[0].estimate
+        result = reg.migrate(["src"], "dst", "rate", data, config=MigrationConfig(min_steps=20, selection=SelectionConfig(budget=10)),
+                             progress=False, evaluate=False)
+        ledger = result.run.forward_tokens + result.run.backward_tokens
+        assert reg.planner.plan("dst", "rate", sources=["src"], strategy="direct", save=False).steps[0].kind == "reuse"  # now stored
+        from prompt_registry.planning.cost import CostModel
+
+        calibrated = CostModel(reg._s, "rate").fit(["src"], "dst", 40, "puma")  # the same edge, were it fitted again
+        assert calibrated["basis"] == f"calibrated from run {result.run.id} (scaled by users)" and prior["basis"] == "prior"
+        assert abs(calibrated["token_passes"] - ledger) <= 0.25 * ledger, (calibrated, ledger)
+        assert np.isfinite(calibrated["seconds"]) and "calibrated" in calibrated["seconds_basis"]
