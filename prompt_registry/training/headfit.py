@@ -21,6 +21,7 @@ from ..backbones.prompting import PromptEncoder
 from ..errors import InvalidArgumentError
 from . import metrics
 from .examples import Examples
+from .loop import answer_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,18 +68,11 @@ class HeadFit:
 def cached_features(encoder: PromptEncoder, prompts: Callable[[torch.Tensor], torch.Tensor], examples: Examples,
                     batch_size: int = 128) -> Features:
     """One forward pass over ``examples``; ``prompts`` maps a batch's user index to its prompt rows."""
-    out = []
-    tokens = 0
-    device = encoder.backbone.device
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            pos = list(range(start, min(start + batch_size, len(examples))))
-            batch = encoder.collate([examples.suffix_ids[p] for p in pos])
-            tokens += int(batch["attention_mask"].sum())
-            index = torch.as_tensor(examples.user_index[pos], device=device)
-            out.append(encoder.features(prompts(index), batch).float().cpu())
-    width = encoder.feature_size
-    values = torch.cat(out) if out else torch.empty(0, width)
+    out, tokens = [], 0
+    for features, cost in answer_features(encoder, prompts, examples, batch_size):
+        out.append(features.float().cpu())
+        tokens += cost
+    values = torch.cat(out) if out else torch.empty(0, encoder.feature_size)
     return Features(values, torch.as_tensor(examples.labels, dtype=torch.float32), examples.users, tokens)
 
 

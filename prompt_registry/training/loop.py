@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,19 +113,27 @@ class PromptTable(nn.Module):
         return self.rows(index).reshape(-1, self.prompt_len, self.width)
 
 
-def run_batches(encoder: PromptEncoder, head: TaskHead, prompt_source: Callable[[torch.Tensor], torch.Tensor],
-                examples: Examples, batch_size: int) -> tuple[np.ndarray, int]:
-    """Predictions for every example (no gradients) and the forward tokens it cost."""
-    preds = []
-    tokens = 0
+def answer_features(encoder: PromptEncoder, prompt_source: Callable[[torch.Tensor], torch.Tensor], examples: Examples,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """The backbone's answer features of ``examples`` batch by batch (no gradients), each with the
+    forward tokens it cost; ``prompt_source`` maps a batch's user index to its prompt rows."""
     device = encoder.backbone.device
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             pos = list(range(start, min(start + batch_size, len(examples))))
             batch = encoder.collate([examples.suffix_ids[p] for p in pos])
-            tokens += int(batch["attention_mask"].sum())
             index = torch.as_tensor(examples.user_index[pos], device=device)
-            preds.append(head.predict(encoder.features(prompt_source(index), batch)).cpu().numpy())
+            yield encoder.features(prompt_source(index), batch), int(batch["attention_mask"].sum())
+
+
+def run_batches(encoder: PromptEncoder, head: TaskHead, prompt_source: Callable[[torch.Tensor], torch.Tensor],
+                examples: Examples, batch_size: int) -> tuple[np.ndarray, int]:
+    """Predictions for every example (no gradients) and the forward tokens it cost."""
+    preds, tokens = [], 0
+    for features, cost in answer_features(encoder, prompt_source, examples, batch_size):
+        with torch.no_grad():
+            preds.append(head.predict(features).cpu().numpy())
+        tokens += cost
     return (np.concatenate(preds) if preds else np.empty(0, np.float32)), tokens
 
 
