@@ -149,6 +149,11 @@ def test_the_cli_plans_shows_lists_and_draws(world, backend, tmp_path):
     usage = runner.invoke(main, [*base, "migrate", "plan", "--task", "rate"])
     assert usage.exit_code == 2
     assert plan_cmds._STRATEGIES == STRATEGIES
+    dry = runner.invoke(main, [*base, "migrate", "run", "--plan", str(out["id"]), "--data", str(tmp_path), "--dry-run"])
+    assert dry.exit_code == 0 and "would run" in dry.stdout
+    mixed = runner.invoke(main, [*base, "migrate", "run", "--plan", str(out["id"]), "--from", "a", "--data", str(tmp_path)])
+    assert mixed.exit_code == 2 and "leave out --from" in mixed.stderr
+    assert runner.invoke(main, [*base, "migrate", "run", "--data", str(tmp_path)]).exit_code == 2
 
 
 def test_after_one_recorded_migration_the_estimate_of_that_edge_matches_its_ledger(tmp_path):
@@ -176,3 +181,94 @@ def test_after_one_recorded_migration_the_estimate_of_that_edge_matches_its_ledg
         assert calibrated["basis"] == f"calibrated from run {result.run.id} (scaled by users)" and prior["basis"] == "prior"
         assert abs(calibrated["token_passes"] - ledger) <= 0.25 * ledger, (calibrated, ledger)
         assert np.isfinite(calibrated["seconds"]) and "calibrated" in calibrated["seconds_basis"]
+
+
+# ------------------------------------------------------------------------------ execution
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Three tiny real backbones (two encoder widths and a decoder), synthetic users, source prompts."""
+    from prompt_registry import Registry
+    from prompt_registry.data.synthetic import make_synthetic
+    from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
+    from prompt_registry.training.config import TrainConfig
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("plans")
+    data = make_synthetic(root / "data", n_users=60, n_items=60, per_user=20, seed=5)
+    reg = Registry.init(root / "reg", actor="planner")
+    reg.register_model("bert16", build_tiny_bert(root / "bert16", hidden_size=16, seed=1))
+    reg.register_model("bert24", build_tiny_bert(root / "bert24", hidden_size=24, seed=2))
+    reg.register_model("llama32", build_tiny_llama(root / "llama32", hidden_size=32, seed=3))
+    reg.train_prompts("bert16", "rate", data, config=TrainConfig(epochs=8, lr=5e-3), progress=False, alias="production")
+    yield reg, data
+    reg.close()
+
+
+def _fast_config():
+    from prompt_registry.migration.config import MigrationConfig
+    from prompt_registry.migration.selection import SelectionConfig
+
+    return MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20))
+
+
+def test_a_two_hop_chain_runs_step_by_step_and_a_rerun_redoes_nothing(tiny):
+    reg, data = tiny
+    plan = reg.planner.plan("llama32", "rate", sources=["bert16"], via="bert24")
+    assert plan.kind == "chain" and [s.kind for s in plan.steps] == ["fit", "fit"]
+    done = reg.planner.run(plan.id, data, config=_fast_config(), alias="production")
+    assert done.status == "done" and [s.status for s in done.steps] == ["done", "done"]
+    first, second = (reg.get_set(s.result["set_id"]) for s in done.steps)
+    assert first.model == "bert24" and second.model == "llama32" and second.parents == (first.id,)  # lineage through the chain
+    assert reg.get_alias("production", "llama32", "rate").set_id == second.id
+    rand = reg.train_prompts("llama32", "rate", data, config=_train(freeze=True), progress=False, evaluate_split="test")
+    chained = reg.evaluate(second.id, data)
+    assert chained.metrics["rmse"] < rand.evaluation.metrics["rmse"], (chained.metrics, rand.evaluation.metrics)
+    runs = [s.run_id for s in done.steps]
+    with pytest.raises(pr.ConflictError, match="is done"):
+        reg.planner.run(plan.id, data, config=_fast_config())
+    assert [s.run_id for s in reg.planner.get(plan.id).steps] == runs
+
+
+def _train(freeze: bool = False):
+    from prompt_registry.training.config import TrainConfig
+
+    return TrainConfig(epochs=8, lr=5e-3, freeze_prompts=freeze)
+
+
+def test_a_failed_step_is_resumed_and_finished_steps_are_never_redone(tiny, monkeypatch):
+    import prompt_registry.planning.execute as execute
+
+    reg, data = tiny
+    plan = reg.planner.plan("bert24", "rate", sources=["bert16"], via="llama32")  # not the stored chain: two fits
+    assert [s.kind for s in plan.steps] == ["fit", "fit"]
+    real, calls = execute.migrate, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise RuntimeError("killed in step 1")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(execute, "migrate", flaky)
+    with pytest.raises(RuntimeError, match="killed in step 1"):
+        reg.planner.run(plan.id, data, config=_fast_config())
+    failed = reg.planner.get(plan.id)
+    assert failed.status == "failed" and [s.status for s in failed.steps] == ["done", "failed"]
+    assert "killed in step 1" in failed.steps[1].result["error"]
+    first_run = failed.steps[0].run_id
+    resumed = reg.planner.run(plan.id, data, config=_fast_config())
+    assert resumed.status == "done" and resumed.steps[0].run_id == first_run  # step 0 not redone
+    assert calls == ["llama32", "bert24", "bert24"]
+
+
+def test_a_plan_being_run_by_a_live_process_is_refused(world):
+    plan = world.planner.plan("b", "rate", sources=["a"])
+    holder = world.start_run("plan", model="b", task="rate", config={"plan_id": plan.id})
+    world._s.plans.acquire(plan.id, holder.id)  # this (live) process holds the lease
+    other = world.start_run("plan", model="b", task="rate", config={"plan_id": plan.id})
+    with pytest.raises(pr.ConflictError, match=f"being run by run {holder.id}"):
+        world._s.plans.acquire(plan.id, other.id)
+    world.finish_run(holder.id, status="failed")  # its holder is gone: the lease is taken over
+    assert world._s.plans.acquire(plan.id, other.id).status == "running"

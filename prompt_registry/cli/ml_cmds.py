@@ -144,9 +144,11 @@ def migrate() -> None:
 
 
 @migrate.command("run")
-@click.option("--from", "sources", required=True, help="Source model(s) or set(s), comma-separated (several = aggregated).")
-@click.option("--to", "target", required=True, help="Target model.")
-@click.option("--task", required=True)
+@click.option("--from", "sources", help="Source model(s) or set(s), comma-separated (several = aggregated).")
+@click.option("--to", "target", help="Target model.")
+@click.option("--task")
+@click.option("--plan", "plan_id", type=int, help="Run a stored plan (`migrate plan`) step by step instead; resumes where it stopped.")
+@click.option("--dry-run", is_flag=True, help="With --plan: show the steps that would run, run nothing.")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--method", default=_MIGRATION.method, show_default=True, help=f"Migration method: {', '.join(available_methods())}.")
 @click.option("--budget", type=float, help="Users that train the adapter: a count, or a fraction < 1. Default: all.")
@@ -178,12 +180,28 @@ def migrate() -> None:
 @click.option("--resume", is_flag=True, help="Continue adapter training from its checkpoint after a crash.")
 @json_option
 @pass_ctx
-def migrate_run(obj: Context, sources: str, target: str, task: str, data_dir: str, method: str, budget: float | None, selection: str,
+def migrate_run(obj: Context, sources: str | None, target: str | None, task: str | None, plan_id: int | None, dry_run: bool, data_dir: str,
+                method: str, budget: float | None, selection: str,
                 clusters: int | None, min_per_cluster: int, allocation: str, epochs: int | None, lr: float | None, phi: str | None,
                 min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
                 validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, seed: int, device: str,
                 alias: str | None, gate: float | None, no_eval: bool, resume: bool, as_json: bool) -> None:
-    """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost."""
+    """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost; or run a --plan."""
+    if plan_id is not None:
+        if sources or target or task:
+            raise click.UsageError("--plan runs a stored plan: leave out --from, --to and --task")
+        plan = obj.registry.planner.get(plan_id) if dry_run else obj.registry.planner.run(
+            plan_id, data_dir, device=device, alias=alias, gate=gate, progress=not as_json)
+        if as_json:
+            print_json(plan.to_dict())
+            return
+        for step in plan.steps:
+            made = f" -> set {step.result['set_id']} (run {step.run_id})" if step.status == "done" else ""
+            click.echo(f"step {step.position} {step.kind} {'+'.join(step.sources) or '(scratch)'} -> {step.target}: "
+                       f"{'would run' if dry_run and step.status != 'done' else step.status}{made}")
+        return
+    if not (sources and target and task):
+        raise click.UsageError("migrate run needs --from, --to and --task (or --plan ID)")
     config = MigrationConfig(
         method=method, method_config={"phi": phi} if phi else None,
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,

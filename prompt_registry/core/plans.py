@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import validation
+from .. import liveness, validation
 from .._context import Context
 from .._util import aware
 from ..db import lookups
 from ..db.engine import read_session, write_session
-from ..db.schema import BaseModelRow, PlanRow, PlanStepRow, TaskRow
+from ..db.schema import BaseModelRow, PlanRow, PlanStepRow, RunRow, TaskRow
 from ..entities import Plan, PlanStep
-from ..errors import UnknownPlanError
+from ..errors import ConflictError, UnknownPlanError
 
 
 def _plain(value: Any) -> Any:
@@ -78,3 +79,49 @@ class PlanService:
             if target is not None:
                 stmt = stmt.where(PlanRow.target_model_id == lookups.model_row(session, target).id)
             return [_entity(session, r) for r in session.scalars(stmt)]
+
+    # -- execution bookkeeping: the lease and the steps' status ---------------------------------
+    def acquire(self, plan_id: int, run_id: int) -> Plan:
+        """Take the plan's lease for run ``run_id`` (status ``running``). Refused with
+        ``ConflictError`` while another live run holds it; a lease whose run finished or whose
+        process is gone (``liveness``) is taken over."""
+        me = liveness.current()
+        with write_session(self.ctx.engine) as session:
+            row = session.scalars(select(PlanRow).where(PlanRow.id == validation.as_id(plan_id, "a plan id")).with_for_update()).one_or_none()
+            if row is None:
+                raise UnknownPlanError(f"no migration plan with id {plan_id}; see `prompt-registry migrate plan list`")
+            if row.status == "done":
+                raise ConflictError(f"plan {plan_id} is done; its sets are in `migrate plan show {plan_id}`")
+            if row.lease_token is not None and row.lease_token != str(run_id):
+                holder = session.get(RunRow, int(row.lease_token))
+                live = holder is not None and holder.status == "running" and liveness.stale_reason(holder, self.ctx.now(), me=me) is None
+                if live:
+                    assert holder is not None
+                    raise ConflictError(f"plan {plan_id} is being run by run {holder.id} (process {holder.pid} on {holder.host}); "
+                                        "wait for it to finish, or rerun once it is gone: finished steps are never redone")
+            row.lease_token, row.status = str(run_id), "running"
+            row.lease_expires_at = self.ctx.now() + dt.timedelta(seconds=liveness.STALE_AFTER_SECONDS)
+            self.ctx.audit(session, "acquire_plan", "plan", row.id, {"run": run_id})
+            return _entity(session, row)
+
+    def release(self, plan_id: int, run_id: int, status: str) -> Plan:
+        """Give the lease back, the plan ``done`` or ``failed``."""
+        with write_session(self.ctx.engine) as session:
+            row = session.get(PlanRow, plan_id)
+            assert row is not None
+            if row.lease_token == str(run_id):
+                row.lease_token, row.lease_expires_at, row.status = None, None, status
+            self.ctx.audit(session, "release_plan", "plan", row.id, {"run": run_id, "status": status})
+            return _entity(session, row)
+
+    def mark_step(self, plan_id: int, position: int, status: str, *, run_id: int | None = None, result: dict[str, Any] | None = None) -> None:
+        """Record a step's status (``running``, ``done``, ``failed``), the run that executed it, what it made."""
+        with write_session(self.ctx.engine) as session:
+            step = session.get(PlanStepRow, (plan_id, position))
+            assert step is not None
+            step.status = status
+            if run_id is not None:
+                step.run_id = run_id
+            if result is not None:
+                step.result = _plain(result)
+            self.ctx.audit(session, "plan_step", "plan", plan_id, {"position": position, "status": status, "run": run_id})

@@ -1,16 +1,22 @@
 """Migration planning: the graph of models and adapters of a task (``graph.py``), what each edge
 costs (``cost.py``), the planner (``planner.py``), and ``Planner``, what ``Registry.planner``
-returns: plan (and store), show, list, draw."""
+returns: plan (and store), run, show, list, draw."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.services import Services
 from ..entities import Plan
 from .graph import build_graph, describe, to_dot
 from .planner import STRATEGIES, PlanRequest, make_plan
+
+if TYPE_CHECKING:
+    from ..data.dataset import Dataset
+    from ..migration.config import MigrationConfig
+    from ..training.config import TrainConfig
 
 __all__ = ["STRATEGIES", "PlanRequest", "Planner"]
 
@@ -39,6 +45,16 @@ class Planner:
     def list(self, *, task: str | None = None, target: str | None = None, limit: int = 100) -> list[Plan]:
         """Stored plans, newest first."""
         return self._s.plans.list_plans(task=task, target=target, limit=limit)
+
+    def run(self, plan_id: int, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
+            train_config: TrainConfig | None = None, device: str = "auto", alias: str | None = None, gate: float | None = None,
+            progress: bool = False) -> Plan:
+        """Execute a stored plan's unfinished steps in order, resumably, under the plan's lease
+        (``planning.execute``); ``ConflictError`` while another live process runs it."""
+        from .execute import run_plan
+
+        return run_plan(self._s, plan_id, data, config=config, train_config=train_config, device=device, alias=alias, gate=gate,
+                        progress=progress)
 
     def graph(self, task: str) -> dict[str, Any]:
         """The migration graph of ``task`` as JSON (models with users and aliases, stored adapters)."""

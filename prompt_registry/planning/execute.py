@@ -1,0 +1,88 @@
+"""Running a stored plan step by step, resumably.
+
+A ``plan`` run takes the plan's lease (a second process on the same plan is refused while the
+first is alive; the lease of a dead one is taken over), then executes every step that is not
+``done``, in order: ``reuse`` maps through the stored adapter (``apply_adapter``), ``fit`` runs the
+step's method (``migrate``), ``retrain`` trains from scratch (``train_prompts``). Each step reads the
+set the previous step made for its source model (the first reads the sets the plan saw), records
+``running``, then ``done`` with its run and the set it made; a failure marks it ``failed``. Killed
+or failed, a rerun resumes at the first unfinished step and never redoes a finished one. Every
+intermediate set is a normal versioned set with lineage to its sources and adapter.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..core.services import Services
+from ..data.dataset import Dataset
+from ..entities import Plan, PlanStep
+from ..errors import ConflictError, InvalidArgumentError
+from ..migration.config import MigrationConfig
+from ..migration.migrate import apply_adapter, migrate
+from ..training.config import TrainConfig
+from ..training.trainer import train_prompts
+
+
+def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
+             train_config: TrainConfig | None = None, device: str = "auto", alias: str | None = None, gate: float | None = None,
+             progress: bool = False) -> Plan:
+    """Execute plan ``plan_id``'s unfinished steps (see the module docstring); returns the plan with
+    every step's status and result. ``alias`` moves to the final set (through ``gate`` when the last
+    step fits an adapter). ``ConflictError`` when another live process runs the plan."""
+    plan = services.plans.get_plan(plan_id)
+    dataset = data if isinstance(data, Dataset) else Dataset.load(data)
+    run = services.runs.start_run("plan", model=plan.target, task=plan.task, config={"plan_id": plan.id, "steps": len(plan.steps),
+                                                                                     "data": dataset.root, "alias": alias})
+    current: dict[str, int | None] = dict(plan.inputs.get("graph", {}).get("sets", {}))
+    step: PlanStep | None = None
+    done_now: list[int] = []
+    try:
+        services.plans.acquire(plan_id, run.id)
+        for step in plan.steps:
+            if step.status == "done":
+                current[step.target] = int(step.result["set_id"])
+                continue
+            services.plans.mark_step(plan_id, step.position, "running")
+            last = step.position == plan.steps[-1].position
+            result = _execute(services, plan, step, current, dataset, config, train_config, device, progress,
+                              alias if last else None, gate if last else None)
+            current[step.target] = int(result["set_id"])
+            services.plans.mark_step(plan_id, step.position, "done", run_id=result["run_id"], result=result)
+            done_now.append(step.position)
+        step = None
+        finished = services.plans.release(plan_id, run.id, "done")
+        services.runs.finish_run(run.id, results={"plan_id": plan.id, "steps_run": done_now, "final_set": current.get(plan.target)})
+        return finished
+    except BaseException as exc:
+        if step is not None:
+            services.plans.mark_step(plan_id, step.position, "failed", result={"error": f"{type(exc).__name__}: {exc}"})
+        if not isinstance(exc, ConflictError) or step is not None:
+            services.plans.release(plan_id, run.id, "failed")
+        services.runs.finish_run(run.id, status="failed", error=f"{type(exc).__name__}: {exc}", results={"steps_run": done_now})
+        raise
+
+
+def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, int | None], dataset: Dataset,
+             config: MigrationConfig | None, train_config: TrainConfig | None, device: str, progress: bool,
+             alias: str | None, gate: float | None) -> dict[str, Any]:
+    if step.kind == "retrain":
+        trained = train_prompts(services, step.target, plan.task, dataset, config=train_config, device=device, progress=progress, alias=alias)
+        return {"set_id": trained.set.id, "run_id": trained.run.id}
+    missing = [m for m in step.sources if current.get(m) is None]
+    if missing:
+        raise ConflictError(f"step {step.position} of plan {plan.id} reads model(s) {', '.join(missing)}, which hold no prompt set")
+    sources: list[str | int] = [int(current[m]) for m in step.sources]  # type: ignore[arg-type]  # None excluded just above
+    if step.kind == "reuse":
+        assert step.adapter_id is not None
+        applied = apply_adapter(services, step.adapter_id, sources=sources, device=device, alias=alias, progress=progress)
+        return {"set_id": applied.id, "run_id": applied.run_id, "adapter_id": step.adapter_id}
+    wanted = config or MigrationConfig(method=step.method or "puma")
+    if step.method is not None and wanted.method != step.method:
+        raise InvalidArgumentError(f"step {step.position} of plan {plan.id} fits with {step.method!r}; the config given is for {wanted.method!r}")
+    result = migrate(services, sources, step.target, plan.task, dataset, config=wanted, device=device, alias=alias,
+                     gate=gate, evaluate=gate is not None, progress=progress)
+    final = result.refined or result.set
+    return {"set_id": final.id, "run_id": result.run.id, "adapter_id": result.adapter.id,
+            "alias": result.alias}
