@@ -144,6 +144,9 @@ def test_the_cli_plans_shows_lists_and_draws(world, backend, tmp_path):
     dot = tmp_path / "graph.dot"
     assert runner.invoke(main, [*base, "graph", "show", "--task", "rate", "--dot", str(dot), "--plan", str(out["id"])]).exit_code == 0
     assert dot.read_text().startswith("digraph")
+    png = tmp_path / "graph.png"
+    assert runner.invoke(main, [*base, "graph", "show", "--task", "rate", "--png", str(png), "--plan", str(out["id"])]).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = runner.invoke(main, [*base, "migrate", "plan", "--to", "a", "--task", "rate", "--from", "b"])
     assert bad.exit_code == 1 and "hold no prompts" in bad.stderr
     usage = runner.invoke(main, [*base, "migrate", "plan", "--task", "rate"])

@@ -91,14 +91,18 @@ def graph() -> None:
 @graph.command("show")
 @click.option("--task", required=True)
 @click.option("--dot", "dot_file", type=click.Path(dir_okay=False), help="Write Graphviz text here.")
-@click.option("--plan", "plan_id", type=int, help="Highlight this plan's path (with --dot).")
+@click.option("--png", "png_file", type=click.Path(dir_okay=False), help="Draw a picture here (needs matplotlib).")
+@click.option("--plan", "plan_id", type=int, help="Highlight this plan's path (with --dot or --png).")
 @json_option
 @pass_ctx
-def graph_show(obj: Context, task: str, dot_file: str | None, plan_id: int | None, as_json: bool) -> None:
-    """Print the graph of TASK (models with user counts and aliases, stored adapters), or write it as Graphviz."""
-    if dot_file:
-        Path(dot_file).write_text(obj.registry.planner.dot(task, plan_id=plan_id))
-        click.echo(f"wrote {dot_file}")
+def graph_show(obj: Context, task: str, dot_file: str | None, png_file: str | None, plan_id: int | None, as_json: bool) -> None:
+    """Print the graph of TASK (models with user counts and aliases, stored adapters), or write it as Graphviz or a PNG."""
+    if dot_file or png_file:
+        if dot_file:
+            Path(dot_file).write_text(obj.registry.planner.dot(task, plan_id=plan_id))
+        if png_file:
+            obj.registry.planner.png(task, png_file, plan_id=plan_id)
+        click.echo(f"wrote {', '.join(f for f in (dot_file, png_file) if f)}")
         return
     described: dict[str, Any] = obj.registry.planner.graph(task)
     if as_json:

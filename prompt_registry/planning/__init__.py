@@ -4,13 +4,14 @@ returns: plan (and store), run, show, list, draw."""
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.services import Services
 from ..entities import Plan
-from .graph import build_graph, describe, to_dot
+from .graph import build_graph, describe, to_dot, to_png
 from .planner import STRATEGIES, PlanRequest, make_plan
 
 if TYPE_CHECKING:
@@ -62,5 +63,12 @@ class Planner:
 
     def dot(self, task: str, *, plan_id: int | None = None) -> str:
         """The graph as Graphviz text, the path of plan ``plan_id`` highlighted."""
-        path = self.get(plan_id).estimate.get("path", []) if plan_id is not None else []
-        return to_dot(build_graph(self._s, task), list(zip(path, path[1:])))
+        return to_dot(build_graph(self._s, task), self._path(plan_id))
+
+    def png(self, task: str, path: str | os.PathLike[str], *, plan_id: int | None = None) -> None:
+        """Draw the graph to ``path`` (matplotlib), the path of plan ``plan_id`` highlighted."""
+        to_png(build_graph(self._s, task), os.fspath(path), self._path(plan_id))
+
+    def _path(self, plan_id: int | None) -> builtins.list[tuple[str, str]]:
+        hops = self.get(plan_id).estimate.get("path", []) if plan_id is not None else []
+        return list(zip(hops, hops[1:]))

@@ -25,7 +25,7 @@ from typing import Any
 import networkx as nx
 
 from ..core.services import Services
-from ..errors import NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError
 from ..migration.base import available_methods
 
 SCRATCH = "<scratch>"
@@ -108,3 +108,52 @@ def to_dot(graph: nx.MultiDiGraph, highlight: list[tuple[str, str]] | None = Non
             lines.append(f'  "{a}" -> "{b}" [label="fit", style=dashed, color=red, penwidth=2.5];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def to_png(graph: nx.MultiDiGraph, path: str, highlight: list[tuple[str, str]] | None = None) -> None:
+    """Draw the graph with matplotlib: models (filled when they hold prompts, with users and
+    aliases), combinations as diamonds, stored adapters as solid arrows, the ``highlight`` path in
+    red (a hop without a stored adapter, i.e. a fit, dashed). Possible fits are not drawn: every
+    ordered pair has one."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InvalidArgumentError("drawing a PNG needs matplotlib: `pip install matplotlib` (or use --dot)") from None
+    chosen = list(highlight or [])
+    shown: nx.DiGraph = nx.DiGraph()
+    for name, data in graph.nodes(data=True):
+        if data["kind"] in ("model", "combo"):
+            shown.add_node(name, **data)
+    stored = [(a, b) for a, b, d in graph.edges(data=True) if d["kind"] in ("reuse", "member")]
+    shown.add_edges_from(stored)
+    fits = [(a, b) for a, b in chosen if (a, b) not in stored and a in shown and b in shown]
+    layout: dict[Any, Any] = nx.spring_layout(nx.Graph(list(shown.edges) + fits + [(n, n) for n in shown]), seed=0)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shown)), 5))
+    models = [n for n, d in shown.nodes(data=True) if d["kind"] == "model"]
+    labels = {n: f"{n}\n{shown.nodes[n]['users']} users" + (f"\n@{', @'.join(shown.nodes[n]['aliases'])}" if shown.nodes[n]["aliases"] else "")
+              for n in models}
+    labels |= {n: n for n, d in shown.nodes(data=True) if d["kind"] == "combo"}
+    colors = ["#ffe9a8" if shown.nodes[n]["users"] else "#eeeeee" for n in models]
+    nx.draw_networkx_nodes(shown, layout, nodelist=models, node_color=colors, node_shape="s", node_size=2600, edgecolors="#555555", ax=ax)
+    combos = [n for n, d in shown.nodes(data=True) if d["kind"] == "combo"]
+    nx.draw_networkx_nodes(shown, layout, nodelist=combos, node_color="#cfe3ff", node_shape="D", node_size=1200, ax=ax)
+    plain = [e for e in stored if e not in chosen]
+    nx.draw_networkx_edges(shown, layout, edgelist=plain, arrows=True, arrowsize=18, node_size=2600, ax=ax)
+    nx.draw_networkx_edges(shown, layout, edgelist=[e for e in chosen if e in stored], edge_color="red", width=2.5, arrows=True, arrowsize=20,
+                           node_size=2600, ax=ax)
+    if fits:
+        nx.draw_networkx_edges(nx.DiGraph(fits), layout, edgelist=fits, edge_color="red", style="dashed", width=2.5, arrows=True, arrowsize=20,
+                               node_size=2600, ax=ax)
+    nx.draw_networkx_labels(shown, layout, labels=labels, font_size=8, ax=ax)
+    edge_labels = {(a, b): f"adapter {d['adapter_id']}" for a, b, d in graph.edges(data=True) if d["kind"] == "reuse"}
+    edge_labels |= {e: "fit" for e in fits}
+    nx.draw_networkx_edge_labels(shown, layout, edge_labels=edge_labels, font_size=7, ax=ax)
+    ax.set_title(f"migration graph of task {graph.graph.get('task')!r}: solid = stored adapter, red = plan (dashed: a fit)", fontsize=9)
+    ax.margins(0.12)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
