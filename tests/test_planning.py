@@ -275,3 +275,63 @@ def test_a_plan_being_run_by_a_live_process_is_refused(world):
         world._s.plans.acquire(plan.id, other.id)
     world.finish_run(holder.id, status="failed")  # its holder is gone: the lease is taken over
     assert world._s.plans.acquire(plan.id, other.id).status == "running"
+
+
+PLAN_CHILD = """
+import sys, time, torch
+import prompt_registry.planning.execute as execute
+from prompt_registry import Registry
+from prompt_registry.migration.config import MigrationConfig
+from prompt_registry.migration.selection import SelectionConfig
+
+location, plan_id, data, ready = sys.argv[1:5]
+torch.set_num_threads(1)
+real, calls = execute.migrate, []
+def stalling(*args, **kwargs):
+    calls.append(args[2])
+    if len(calls) == 2:  # inside the second step: the first is done and recorded
+        open(ready, "w").close()
+        time.sleep(120)
+    return real(*args, **kwargs)
+execute.migrate = stalling
+config = MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20))
+with Registry.open(location) as reg:
+    reg.planner.run(int(plan_id), data, config=config)
+"""
+
+
+def test_sigkill_during_a_plan_then_rerun_resumes_at_the_unfinished_step(tiny, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prompt_registry import Registry
+
+    shared, data = tiny
+    reg = Registry.init(tmp_path / "reg", actor="planner")  # a registry of its own: no adapter stored by the other tests
+    for name in ("bert16", "bert24", "llama32"):
+        reg.register_model(name, shared.get_model(name).source)
+    reg.train_prompts("bert16", "rate", data, config=_train(), progress=False)
+    plan = reg.planner.plan("llama32", "rate", sources=["bert16"], via="bert24")
+    assert [s.kind for s in plan.steps] == ["fit", "fit"]
+    script, ready = tmp_path / "child.py", tmp_path / "ready"
+    script.write_text(PLAN_CHILD)
+    location = reg.where
+    proc = subprocess.Popen([sys.executable, str(script), str(location), str(plan.id), str(data), str(ready)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = reg.planner.get(plan.id)
+    assert killed.status == "running" and [s.status for s in killed.steps] == ["done", "running"]
+    first_run = killed.steps[0].run_id
+    resumed = reg.planner.run(plan.id, data, config=_fast_config())  # the dead child's lease is taken over
+    assert resumed.status == "done" and [s.status for s in resumed.steps] == ["done", "done"]
+    assert resumed.steps[0].run_id == first_run  # the finished step was not redone
+    reg.close()
