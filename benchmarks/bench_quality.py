@@ -38,6 +38,7 @@ from bench_store import machine_info  # noqa: E402  (same machine record as ever
 from prompt_registry import Registry  # noqa: E402
 from prompt_registry.data import make_synthetic, subsample  # noqa: E402
 from prompt_registry.migration.config import MigrationConfig  # noqa: E402
+from prompt_registry.migration.puma import PumaConfig  # noqa: E402
 from prompt_registry.migration.puma.selection import SelectionConfig  # noqa: E402
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama  # noqa: E402
 from prompt_registry.training.config import TrainConfig  # noqa: E402
@@ -234,7 +235,8 @@ def targets(results: dict[str, Any], default_name: dict[str, str]) -> list[dict[
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Migration quality with power", "", f"Command: `{report['command']}`. Machine: {report['machine']['cpu_count']} CPUs, "
+    lines = ["# Migration quality with power", "", f"Default migration (the targets' rows): `{report['default_migration']}`.", "",
+             f"Command: `{report['command']}`. Machine: {report['machine']['cpu_count']} CPUs, "
              f"{report['machine']['torch_threads']['intra_op']} torch threads. Cost = backbone token-passes / the retrain's.", ""]
     for name in report["settings_run"]:
         res = report[name]
@@ -291,7 +293,8 @@ def main() -> None:
     parser.add_argument("--per-user", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.3])
-    parser.add_argument("--phis", nargs="+", default=list(PHIS), choices=PHIS, help="the first is the default migration")
+    parser.add_argument("--phis", nargs="+", default=list(PHIS), choices=PHIS)
+    parser.add_argument("--retarget", type=Path, help="recompute the targets (for the library's default Phi) of a results JSON, run nothing")
     parser.add_argument("--min-steps", type=int, default=MigrationConfig().min_steps)
     parser.add_argument("--train-epochs", type=int, default=15)
     parser.add_argument("--train-lr", type=float, default=5e-3)
@@ -304,6 +307,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="bench_quality")
     args = parser.parse_args()
+    default_phi = PumaConfig().phi
+    default = {s: f"puma {default_phi} group b={{b:g}}" for s in ("synthetic", "movielens", "click")}
+    if args.retarget:
+        report = json.loads(args.retarget.read_text())
+        results = {name: report[name] for name in report["settings_run"]}
+        report.update(default_migration=default["synthetic"], targets=targets(results, default))
+        args.retarget.write_text(json.dumps(report, indent=1, default=float))
+        args.retarget.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return
     torch.set_num_threads(args.threads)
     settings = args.setting or ["synthetic"]
     results, raw = {}, {}
@@ -311,7 +324,6 @@ def main() -> None:
         seeds = [run_seed(setting, args, seed, print) for seed in args.seeds]
         raw[setting] = seeds
         results[setting] = summarize(setting, seeds)
-    default = {s: f"puma {args.phis[0]} group b={{b:g}}" for s in ("synthetic", "movielens", "click")}
     report = {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
               "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]),
               "machine": {**machine_info(), "load": os.getloadavg()},
