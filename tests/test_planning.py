@@ -339,3 +339,40 @@ def test_sigkill_during_a_plan_then_rerun_resumes_at_the_unfinished_step(tiny, t
     assert resumed.status == "done" and [s.status for s in resumed.steps] == ["done", "done"]
     assert resumed.steps[0].run_id == first_run  # the finished step was not redone
     reg.close()
+
+
+def test_a_three_source_aggregate_and_a_three_hop_chain_are_planned_and_run(tiny, tmp_path):
+    from prompt_registry import Registry
+    from prompt_registry.testing.models import build_tiny_llama
+
+    shared, data = tiny
+    reg = Registry.init(tmp_path / "reg", actor="planner")
+    for name in ("bert16", "bert24", "llama32"):
+        reg.register_model(name, shared.get_model(name).source)
+    reg.register_model("llama40", build_tiny_llama(tmp_path / "llama40", hidden_size=40, seed=7))
+    for name in ("bert16", "bert24", "llama32"):
+        reg.train_prompts(name, "rate", data, config=_train(), progress=False)
+    rand = reg.train_prompts("llama40", "rate", data, config=_train(freeze=True), progress=False, evaluate_split="test")
+    floor = rand.evaluation.metrics["rmse"]
+    # three sources (two encoders, a decoder; three widths) -> one adapter over their concatenated prompts
+    aggregate = reg.planner.plan("llama40", "rate", sources=["bert16", "bert24", "llama32"], strategy="aggregate")
+    assert aggregate.steps[0].kind == "fit" and aggregate.steps[0].sources == ("bert16", "bert24", "llama32")
+    merged = reg.get_set(reg.planner.run(aggregate.id, data, config=_fast_config()).steps[0].result["set_id"])
+    assert merged.model == "llama40" and len(merged.parents) == 3
+    assert reg.evaluate(merged.id, data).metrics["rmse"] < floor
+    # one hop at a time, each fitted by its own plan on the set the hop before made (errors compound
+    # over three hops: each gets 200 steps); then bert16 -> llama40 reuses all three: a 3-hop chain
+    import dataclasses
+
+    for source, target in (("bert16", "bert24"), ("bert24", "llama32"), ("llama32", "llama40")):
+        hop = reg.planner.plan(target, "rate", sources=[source], strategy="direct")
+        assert hop.steps[0].kind == "fit"
+        reg.planner.run(hop.id, data, config=dataclasses.replace(_fast_config(), min_steps=200))
+    chain = reg.planner.plan("llama40", "rate", sources=["bert16"], reuse_only=True, exclude=())
+    assert chain.kind == "chain" and chain.estimate["path"] == ["bert16", "bert24", "llama32", "llama40"]
+    assert [s.kind for s in chain.steps] == ["reuse"] * 3 and chain.estimate["token_passes"] == 0
+    done = reg.planner.run(chain.id, data)
+    final = reg.get_set(done.steps[-1].result["set_id"])
+    assert final.model == "llama40" and final.parents == (done.steps[1].result["set_id"],)
+    assert reg.evaluate(final.id, data).metrics["rmse"] < floor
+    reg.close()
