@@ -376,3 +376,17 @@ def test_a_three_source_aggregate_and_a_three_hop_chain_are_planned_and_run(tiny
     assert final.model == "llama40" and final.parents == (done.steps[1].result["set_id"],)
     assert reg.evaluate(final.id, data).metrics["rmse"] < floor
     reg.close()
+
+
+def test_a_quality_floor_rules_out_plans_whose_recorded_evaluations_are_worse(world):
+    ac = adapter(world, ["a"], "c")
+    users = user_ids(50)
+    made = world.write_prompts("c", "rate", users, lambda lo, hi: prompts(hi - lo, 32), prompt_len=1, adapter=ac.id, sources=["a/rate@production"])
+    world.record_evaluation(made.id, dataset="synthetic", split="test", metrics={"rmse": 0.9, "n": 100})
+    reused = world.planner.plan("c", "rate", sources=["a"], save=False)
+    assert reused.steps[0].adapter_id == ac.id and reused.estimate["quality"]["metrics"]["rmse"] == 0.9
+    assert world.planner.plan("c", "rate", sources=["a"], quality_floor=0.95, save=False).steps[0].adapter_id == ac.id
+    strict = world.planner.plan("c", "rate", sources=["a"], quality_floor=0.85, save=False)
+    assert strict.steps[-1].adapter_id != ac.id and strict.estimate["quality"]["recorded"] is False  # unknown quality is kept, and said
+    with pytest.raises(pr.NoPlanError, match="recorded 0.9000 .* worse than the floor 0.85"):
+        world.planner.plan("c", "rate", sources=["a"], quality_floor=0.85, reuse_only=True, strategy="direct")

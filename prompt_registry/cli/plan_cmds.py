@@ -41,10 +41,12 @@ def _print_plan(plan: Plan) -> None:
 @click.option("--exclude", multiple=True, help="A model no path may touch (repeatable).")
 @click.option("--method", default="puma", show_default=True, help="The migration method fits use.")
 @click.option("--max-token-passes", type=int, help="Budget: refuse plans estimated above it.")
+@click.option("--quality-floor", type=float, help="Rule out plans whose recorded evaluations are worse (RMSE above it, AUC below it).")
 @json_option
 @click.pass_context
 def plan(click_ctx: click.Context, target: str | None, task: str | None, sources: str | None, strategy: str, via: str | None, max_hops: int,
-         reuse_only: bool, exclude: tuple[str, ...], method: str, max_token_passes: int | None, as_json: bool) -> None:
+         reuse_only: bool, exclude: tuple[str, ...], method: str, max_token_passes: int | None, quality_floor: float | None,
+         as_json: bool) -> None:
     """Plan a migration TO a model over the graph of models and adapters; stored, with its id."""
     if click_ctx.invoked_subcommand is not None:
         return
@@ -53,7 +55,7 @@ def plan(click_ctx: click.Context, target: str | None, task: str | None, sources
     obj: Context = click_ctx.obj
     made = obj.registry.planner.plan(target, task, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
                                      strategy=strategy, via=via, max_hops=max_hops, reuse_only=reuse_only, exclude=exclude, method=method,
-                                     max_token_passes=max_token_passes)
+                                     max_token_passes=max_token_passes, quality_floor=quality_floor)
     print_json(made.to_dict()) if as_json else _print_plan(made)
 
 

@@ -30,12 +30,12 @@ class Planner:
 
     def plan(self, target: str, task: str, *, sources: Sequence[str] | None = None, strategy: str = "auto", via: str | None = None,
              max_hops: int = 3, reuse_only: bool = False, exclude: Sequence[str] = (), method: str = "puma",
-             max_token_passes: int | None = None, save: bool = True) -> Plan:
+             max_token_passes: int | None = None, quality_floor: float | None = None, save: bool = True) -> Plan:
         """The cheapest plan to bring ``task``'s prompts to ``target`` under the constraints (see
         ``planning.planner``), stored with its steps (``save``) so that ``get`` and a run find it.
         Raises ``NoPlanError`` saying what is missing when no path meets them."""
         request = PlanRequest(target, task, tuple(sources) if sources is not None else None, strategy, via, max_hops, reuse_only,
-                              tuple(exclude), method, max_token_passes)
+                              tuple(exclude), method, max_token_passes, quality_floor)
         plan = make_plan(self._s, request)
         return self._s.plans.save_plan(plan) if save else plan
 

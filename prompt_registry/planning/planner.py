@@ -6,7 +6,8 @@ C: one adapter over the concatenated source prompts, reused when one with exactl
 is stored), ``retrain`` (from scratch on the target), and ``auto``: the cheapest of all of them
 in estimated token-passes (ties: fewer steps). Constraints: ``max_hops``, ``reuse_only`` (stored
 adapters only), ``exclude`` (models no path may touch), ``method`` (the one fits use), ``via`` (a
-model a chain must pass), ``max_token_passes`` (a budget). A plan records what it was asked and the
+model a chain must pass), ``max_token_passes`` (a budget), ``quality_floor`` (plans whose recorded
+evaluations are worse are ruled out; a plan with none recorded is kept and says so). A plan records what it was asked and the
 graph it saw (the prompt set of every model, the stored adapters), so planning again from the same
 inputs on the same catalogue gives the same plan; each step explains where its figures came from.
 """
@@ -43,6 +44,7 @@ class PlanRequest:
     exclude: tuple[str, ...] = ()
     method: str = "puma"
     max_token_passes: int | None = None
+    quality_floor: float | None = None  # the task metric a plan's recorded evaluations must reach (RMSE at most, AUC at least)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources) if self.sources is not None else None)
@@ -137,6 +139,17 @@ def make_plan(services: Services, request: PlanRequest) -> Plan:
     if not sources and want != "retrain":
         reasons.append(f"no model other than {request.target!r} holds prompts for task {request.task!r}")
     within = [c for c in candidates if request.max_token_passes is None or c.token_passes <= request.max_token_passes]
+    if request.quality_floor is not None:
+        kind = next(t.kind for t in services.models.list_tasks() if t.name == request.task)
+        failing = []
+        for c in within:
+            recorded = _quality(services, c, request)
+            value = recorded.get("metrics", {}).get("rmse" if kind == "rating" else "auc")
+            if value is not None and ((value > request.quality_floor) if kind == "rating" else (value < request.quality_floor)):
+                failing.append(c)
+                reasons.append(f"{c.kind} {' -> '.join(c.path())} recorded {value:.4f} (evaluation {recorded['evaluation_id']}), "
+                               f"worse than the floor {request.quality_floor}")
+        within = [c for c in within if c not in failing]
     if request.max_token_passes is not None:
         reasons += [f"{c.kind} {' -> '.join(c.path())} needs {c.token_passes:,} token-passes, over the budget {request.max_token_passes:,}"
                     for c in candidates if c not in within]
@@ -212,17 +225,29 @@ def _aggregate(services: Services, graph: nx.MultiDiGraph, costs: CostModel, sou
 
 
 def _quality(services: Services, candidate: _Candidate, request: PlanRequest) -> dict[str, Any]:
-    """What recorded evaluations say about the sets the plan's last step would produce (only a
-    reused adapter has produced sets before)."""
+    """What recorded test evaluations say about the set the plan's last step would make: the sets
+    a reused adapter made; for a fit, sets earlier fits on the same edge made; for a retrain,
+    earlier retrains of the target. None recorded: quality unknown (the plan says so)."""
     last = candidate.steps[-1]
-    if last.kind == "reuse" and last.adapter_id is not None:
-        produced = [s for s in services.reads.list_sets(model=request.target, task=request.task) if s.adapter_id == last.adapter_id]
-        for prompt_set in produced:
-            evaluations = services.runs.list_evaluations(prompt_set.id, split="test")
-            if evaluations:
-                metrics = {k: v for k, v in evaluations[0].metrics.items() if k in ("rmse", "mae", "auc", "uauc")}
-                return {"recorded": True, "set_id": prompt_set.id, "evaluation_id": evaluations[0].id, "metrics": metrics}
-    return {"recorded": False, "note": "no recorded evaluation of a set this path produced: quality unknown until it runs"}
+    produced = []
+    for prompt_set in services.reads.list_sets(model=request.target, task=request.task):
+        if last.kind == "reuse" and prompt_set.adapter_id == last.adapter_id:
+            produced.append(prompt_set)
+        elif last.kind == "fit" and prompt_set.adapter_id is not None:
+            adapter = services.artifacts.get_artifact(prompt_set.adapter_id)
+            if tuple(adapter.source_models) == last.sources and adapter.config.get("method", "puma") == last.method:
+                produced.append(prompt_set)
+        elif last.kind == "retrain" and prompt_set.run_id is not None and prompt_set.adapter_id is None:
+            run = services.runs.get_run(prompt_set.run_id)
+            if run.kind == "train" and not run.config.get("freeze_prompts"):
+                produced.append(prompt_set)
+    for prompt_set in produced:
+        evaluations = services.runs.list_evaluations(prompt_set.id, split="test")
+        if evaluations:
+            metrics = {k: v for k, v in evaluations[0].metrics.items() if k in ("rmse", "mae", "auc", "uauc")}
+            return {"recorded": True, "set_id": prompt_set.id, "evaluation_id": evaluations[0].id, "metrics": metrics,
+                    "basis": "a set made the same way" if last.kind != "reuse" else "a set this adapter made"}
+    return {"recorded": False, "note": "no recorded evaluation of a set made this way: quality unknown until it runs"}
 
 
 def _graph_state(graph: nx.MultiDiGraph) -> dict[str, Any]:
