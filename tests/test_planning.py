@@ -94,6 +94,8 @@ def test_every_constraint_is_respected_and_impossible_plans_say_what_is_missing(
             PlanRequest("c", "rate", **bad)
     with pytest.raises(pr.UnknownModelError):
         world.planner.plan("zeta", "rate")
+    with pytest.raises(pr.UnknownTaskError, match="unknown task 'rank'"):
+        world.planner.plan("c", "rank")
 
 
 def test_aggregates_count_uncovered_users_and_reuse_a_stored_combination(world):

@@ -25,7 +25,7 @@ from typing import Any
 import networkx as nx
 
 from ..core.services import Services
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError, UnknownTaskError
 from ..migration.base import available_methods
 
 SCRATCH = "<scratch>"
@@ -37,7 +37,10 @@ def combo_name(models: tuple[str, ...] | list[str]) -> str:
 
 def build_graph(services: Services, task: str, *, methods: tuple[str, ...] | None = None) -> nx.MultiDiGraph:
     """The graph of ``task`` as the catalogue holds it now (see the module docstring)."""
-    services.models.list_tasks()  # the task must exist: an unknown one fails in get_set below with its name
+    known = [t.name for t in services.models.list_tasks()]
+    if task not in known:  # else every model's set lookup below fails as "not found" and the graph is silently empty
+        raise UnknownTaskError(f"unknown task {task!r} (known: {', '.join(known) or 'none'}); "
+                               "create it with `prompt-registry task add NAME --kind rating|click`")
     graph: nx.MultiDiGraph = nx.MultiDiGraph(task=task)
     graph.add_node(SCRATCH, kind="scratch")
     aliases: dict[int, list[str]] = {}
