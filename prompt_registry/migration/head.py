@@ -22,6 +22,7 @@ from ..core.services import Services
 from ..entities import PromptSet
 from ..training.examples import Examples
 from ..training.headfit import HeadFitConfig, cached_features, fit_head
+from ..training.loop import cpu_state
 
 _SHAPE_KEYS = ("task_kind", "decoder", "feature_size", "hidden")
 
@@ -81,7 +82,7 @@ def refit_head(head: TaskHead, encoder: PromptEncoder, prompts: torch.Tensor, tr
     per_row: dict[int, list[float]] = {}
     for row, loss in zip(valid.user_index.tolist(), losses.tolist()):
         per_row.setdefault(row, []).append(loss)
-    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    state = cpu_state(head)
     return HeadRefit(state, tokens, examples, summary, {row: float(np.mean(v)) for row, v in per_row.items()})
 
 

@@ -141,11 +141,11 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     backbone = load_backbone(target_info, device=device)
     template = Template(config.template)
     encoder = PromptEncoder(backbone, template, source_sets[0].prompt_len, task_kind, config.max_length)
-    keep = np.isin(dataset.users, np.array(selection.users))
-    selected_split = dataclasses.replace(split, train=split.train[keep[split.train]], valid=split.valid[keep[split.valid]])
-    # user_index of every example set indexes the candidates (the rows of the source tables)
-    train, valid_selected = prepare_examples(dataset, selected_split, candidates, encoder, template)
+    # user_index of every example set indexes the candidates (the rows of the source tables); the
+    # selected users' examples are a subset of everyone's (tokenised once)
     all_train, valid_all = prepare_examples(dataset, split, candidates, encoder, template)
+    train = all_train.subset(np.flatnonzero(np.isin(all_train.user_index, picked)))
+    valid_selected = valid_all.subset(np.flatnonzero(np.isin(valid_all.user_index, picked)))
     min_steps = config.min_steps
     if config.max_fit_epochs is not None:
         min_steps = min(min_steps, math.ceil(config.max_fit_epochs * len(all_train) / config.batch_size))

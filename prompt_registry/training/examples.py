@@ -23,6 +23,12 @@ class Examples:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def subset(self, positions: np.ndarray) -> Examples:
+        """These examples at ``positions`` (in that order), without tokenising anything again."""
+        return Examples(rows=self.rows[positions], user_index=self.user_index[positions],
+                        suffix_ids=[self.suffix_ids[p] for p in positions.tolist()], labels=self.labels[positions],
+                        users=self.users[positions], items=self.items[positions])
+
     def tokens(self, positions: Sequence[int], prompt_len: int, overhead: int) -> int:
         """Real (non-padding) tokens of these examples: the cost unit of the ledger."""
         return int(sum(len(self.suffix_ids[p]) for p in positions)) + len(positions) * (prompt_len + overhead)

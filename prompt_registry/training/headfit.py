@@ -21,7 +21,7 @@ from ..backbones.prompting import PromptEncoder
 from ..errors import InvalidArgumentError
 from . import metrics
 from .examples import Examples
-from .loop import answer_features
+from .loop import answer_features, cpu_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ def fit_head(head: TaskHead, train: Features, valid: Features, config: HeadFitCo
     generator = torch.Generator().manual_seed(seed)
     head.eval()
     before = _metric(head, valid, task_kind)
-    best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    best_state = cpu_state(head)
     best, best_epoch, steps, history = before, 0, 0, []
     x, y = train.values.to(device), train.labels.to(device)
     epoch = 0
@@ -127,7 +127,7 @@ def fit_head(head: TaskHead, train: Features, valid: Features, config: HeadFitCo
         history.append({"epoch": epoch, "train_loss": total / max(len(y), 1), "valid": metric})
         if _better(task_kind, metric, best) or (np.isnan(best) and not len(valid.labels)):
             best, best_epoch = metric, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            best_state = cpu_state(head)
         elif epoch - best_epoch >= config.patience:
             break
     head.load_state_dict(best_state)

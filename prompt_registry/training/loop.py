@@ -143,7 +143,8 @@ def _better(kind: str, new: float, old: float) -> bool:
     return new < old if kind == "rating" else new > old
 
 
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module``'s state dict (a best epoch kept, an artifact to store)."""
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
@@ -162,8 +163,8 @@ class TrainingLoop:
         self.schedulers = schedulers
         self.checkpoint, self.desc = checkpoint, steps_hint
         self.state = LoopState()
-        self.best_provider = _cpu_state(provider)
-        self.best_head = _cpu_state(head)
+        self.best_provider = cpu_state(provider)
+        self.best_head = cpu_state(head)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -299,7 +300,7 @@ class TrainingLoop:
         if not valid or _better(self.task_kind, metric, self.state.best_metric):
             self.state.best_metric, self.state.best_epoch = metric, self.state.epoch + 1
             self.state.best_step, self.state.best_validation = self.state.global_step, self.state.validations
-            self.best_provider, self.best_head = _cpu_state(self.provider), _cpu_state(self.head)
+            self.best_provider, self.best_head = cpu_state(self.provider), cpu_state(self.head)
 
     def use_best(self) -> None:
         """Load the best epoch's weights into the provider and head."""

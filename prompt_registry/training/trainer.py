@@ -31,7 +31,7 @@ from ..errors import ConflictError
 from .config import TrainConfig
 from .examples import Examples, build_examples, user_histories
 from .headfit import HeadFitConfig, cached_features, fit_head
-from .loop import LoopConfig, PromptTable, TrainingLoop
+from .loop import LoopConfig, PromptTable, TrainingLoop, cpu_state
 
 
 def init_prompts(n_users: int, prompt_len: int, backbone: Backbone, how: str, generator: torch.Generator) -> torch.Tensor:
@@ -157,7 +157,7 @@ def _fit_head_only(loop: TrainingLoop, encoder: PromptEncoder, table: PromptTabl
     state.history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "valid_" + ("rmse" if loop.task_kind == "rating" else "auc"): h["valid"]}
                      for h in fit.history]
     loop.best_head = fit.state
-    loop.best_provider = {k: v.detach().cpu().clone() for k, v in table.state_dict().items()}
+    loop.best_provider = cpu_state(table)
 
 
 def save_head(services: Services, state: dict[str, torch.Tensor], head: TaskHead, encoder: PromptEncoder, *,

@@ -16,7 +16,6 @@ the task loss when those train long enough (Su et al. 2022; 0.859 vs 0.846 at 50
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,6 @@ import numpy as np
 import torch
 
 from ...training import metrics
-from ...training.examples import Examples
 from ...training.loop import PromptTable, run_batches
 from ...training.trainer import init_prompts
 from ..base import FitContext, MappingSpec, MigrationMethod
@@ -93,7 +91,7 @@ class AnchorRidgeMethod(MigrationMethod[AnchorRidgeConfig]):
         if len(config.lambdas) == 1 or not len(rows):
             self.weight, self.bias = ridge(x, y, config.lambdas[0])
             return loop
-        valid = _subset(ctx.valid, rows)
+        valid = ctx.valid.subset(rows)
         key, lower = ("rmse", True) if ctx.task_kind == "rating" else ("auc", False)
         best: tuple[float, float] | None = None
         ctx.head.eval()
@@ -132,9 +130,3 @@ class AnchorRidgeMethod(MigrationMethod[AnchorRidgeConfig]):
 
 def _lookup(table: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda index: table[index]
-
-
-def _subset(examples: Examples, rows: np.ndarray) -> Examples:
-    return dataclasses.replace(examples, rows=examples.rows[rows], user_index=examples.user_index[rows],
-                               suffix_ids=[examples.suffix_ids[r] for r in rows.tolist()], labels=examples.labels[rows],
-                               users=examples.users[rows], items=examples.items[rows])

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...training.loop import cpu_state
 from ..base import FitContext, MappingSpec, MigrationMethod
 from .adapter import AdapterConfig, MappedPrompts, Phi
 from .config import PumaConfig
@@ -61,7 +62,7 @@ class PumaMethod(MigrationMethod[PumaConfig]):
         return self
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.phi.state_dict().items()}
+        return cpu_state(self.phi)
 
     @classmethod
     def restore(cls, config: PumaConfig, spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PumaMethod:
