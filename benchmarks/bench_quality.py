@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -150,6 +151,8 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
         retrain = reg.train_prompts(target, "task", data, config=train_cfg, progress=False, evaluate_split="test")
         record("retrain", retrain.evaluation, retrain.run, time.perf_counter() - started, retrain.set.id)
         for name, spec in migration_rows(args, setting):
+            if args.rows and not re.search(args.rows, name):
+                continue
             selection = SelectionConfig(seed=seed, **spec.pop("selection"))
             head_lr = args.head_lr or (1e-3 if setting == "movielens" else 1e-2)
             config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, head_lr=head_lr, **spec)
@@ -301,6 +304,7 @@ def main() -> None:
     parser.add_argument("--adapter-lr", type=float, help="default: 3e-3 on the tiny pair, 1e-4 (the library's) on real models")
     parser.add_argument("--head-lr", type=float, help="migration head lr; default: 1e-2 on the tiny pair, 1e-3 (the library's) on real models")
     parser.add_argument("--random-phis", type=int, default=2, help="random selection is run for the first N Phi variants")
+    parser.add_argument("--rows", help="run only the migration rows whose name matches this regular expression (baselines always run)")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=HERE / ".work" / "quality")
@@ -321,7 +325,13 @@ def main() -> None:
     settings = args.setting or ["synthetic"]
     results, raw = {}, {}
     for setting in settings:
-        seeds = [run_seed(setting, args, seed, print) for seed in args.seeds]
+        seeds = []
+        for seed in args.seeds:
+            seeds.append(run_seed(setting, args, seed, print))
+            # each finished seed is kept: a long real-model run killed later loses only the seed it was on
+            partial = args.out / f"{args.name}.partial.json"
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"setting": setting, "args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds}, default=float))
         raw[setting] = seeds
         results[setting] = summarize(setting, seeds)
     report = {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
