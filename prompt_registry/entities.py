@@ -292,6 +292,7 @@ class MigrationResult(_Entity):
     selection: dict[str, Any]
     report: MigrationReport | None
     alias: dict[str, Any] | None  # what happened to the alias (moved, refused by the gate)
+    coverage: dict[str, Any] | None = None  # who was mapped: full / partial (imputed) / cold users, the policy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -567,3 +567,57 @@ def test_head_prefit_and_validation_on_the_selected_users_only(world):
     assert run.config["n_valid"] < everyone  # validated on the 40 selected users' rows, not on all 100
     assert reg.get_run(reg.migrate(["src"], "dst", "rate", data, config=dataclasses.replace(config, validate_on="all"), progress=False,
                                    evaluate=False).run.id).config["n_valid"] == everyone
+
+
+def test_an_aggregate_whose_sources_hold_different_users_imputes_them_and_lists_the_cold_ones(world):
+    """Source A holds users 0-59, B users 30-89: 30 on both, 60 on one, 10 on none (cold)."""
+    from prompt_registry.data.dataset import Dataset
+    from prompt_registry.migration.coverage import MEAN_KEY
+
+    reg, data = world["reg"], world["data"]
+    users = Dataset.load(data).user_ids()
+    on_a, on_b, cold = users[:60], users[30:90], users[90:]
+    for name, width, who in (("cova", 40, on_a), ("covb", 24, on_b)):
+        reg.register_model(name, build_tiny_bert(world["root"] / name, hidden_size=width, seed=width + 1))
+        reg.train_prompts(name, "rate", data, users=who, config=TrainConfig(epochs=6, lr=5e-3), progress=False, alias="production")
+    rand = reg.train_prompts("llama", "rate", data, config=TrainConfig(epochs=15, lr=5e-3, freeze_prompts=True), progress=False)
+    config = dataclasses.replace(FAST, seed=1)
+    result = reg.migrate(["cova", "covb"], "llama", "rate", data, config=config, progress=False)
+    assert result.coverage["policy"] == "impute" and (result.coverage["full"], result.coverage["partial"]) == (30, 60)
+    assert result.coverage["cold"] == 10 and result.coverage["cold_sample"] == cold and result.set.n_users == 90
+    assert reg.get_run(result.run.id).config["coverage"]["partial"] == 60
+    # a user on A only is mapped from its A prompt and B's mean prompt, the mean stored with the adapter
+    _, tensors = reg.load_artifact(result.adapter.id)
+    mean_b = tensors[MEAN_KEY.format(1)]
+    # the mean is over the migration's candidates that B holds (all of B's users have data here)
+    torch.testing.assert_close(mean_b, reg.get_prompts(on_b, set=reg.get_set("covb/rate@production").id).mean(0))
+    method = methods.load_method(result.adapter.config, {k: v for k, v in tensors.items() if not k.startswith("coverage.")})
+    only_a = users[0]
+    with torch.no_grad():
+        expected = method.map(reg.get_prompts([only_a], set=reg.get_set("cova/rate@production").id), mean_b[None])
+    torch.testing.assert_close(reg.get_prompts([only_a], set=result.set.id), expected)
+    # the partly covered users learn: better than random-init prompts on the target
+    partial = [r for r in result.report.rows if r["name"] == "migrated"][0]["partial_rmse"]
+    rand_eval = reg.get_evaluation(reg.evaluate(rand.set.id, data).id)
+    from prompt_registry.migration.report import group_metric
+
+    assert partial < group_metric(rand_eval.per_user, set(users[:30]) | set(users[60:90]), "rating") - 0.05, partial
+    # reuse imputes as the fit did: the same bytes, the same set
+    assert reg.apply_adapter(result.adapter.id, progress=False).id == result.set.id
+    with pytest.raises(pr.UnknownSetError, match="no prompt in any source set"):
+        reg.apply_adapter(result.adapter.id, users=[cold[0]], progress=False)
+    # cold users get the mapped centroid; ``common`` maps only the 30 on both and lists the rest
+    warm = reg.migrate(["cova", "covb"], "llama", "rate", data, config=dataclasses.replace(config, cold_start="centroid"),
+                       progress=False, evaluate=False)
+    assert warm.set.n_users == 100 and warm.coverage["cold"] == 10
+    centroid = reg.get_prompts(cold, set=warm.set.id)
+    torch.testing.assert_close(centroid, centroid[:1].expand_as(centroid))
+    common = reg.migrate(["cova", "covb"], "llama", "rate", data, config=dataclasses.replace(config, coverage="common"),
+                         progress=False, evaluate=False)
+    assert common.set.n_users == 30 and common.coverage["left_out"] == 60
+    assert not any(k.startswith("coverage.") for k in reg.load_artifact(common.adapter.id)[1])
+    with pytest.raises(pr.InvalidArgumentError, match="needs coverage='impute'"):
+        reg.migrate(["cova", "covb"], "llama", "rate", data, config=dataclasses.replace(config, coverage="common", cold_start="centroid"),
+                    progress=False)
+    with pytest.raises(pr.InvalidArgumentError, match="unknown coverage policy"):
+        MigrationConfig(coverage="fallback")

@@ -102,8 +102,16 @@ def test_aggregates_count_uncovered_users_and_reuse_a_stored_combination(world):
     fit = world.planner.plan("c", "rate", sources=["a", "d"], strategy="aggregate", save=False)
     step = fit.steps[0]
     assert fit.kind == "aggregate" and step.sources == ("a", "d") and step.kind == "fit"
-    assert fit.estimate["users"] == 40 and fit.estimate["uncovered_users"] == 15  # 10 only on a, 5 only on d
-    assert step.estimate["details"]["uncovered_policy"]
+    # 40 on both, 10 only on a, 5 only on d: imputed by default, all 55 mapped
+    assert fit.estimate["users"] == 55 and fit.estimate["coverage"]["full"] == 40 and fit.estimate["coverage"]["partial"] == 15
+    assert "mean prompt" in step.estimate["details"]["uncovered_policy"] and fit.inputs["request"]["coverage"] == "impute"
+    common = world.planner.plan("c", "rate", sources=["a", "d"], strategy="aggregate", coverage="common", save=False)
+    assert common.estimate["users"] == 40 and common.estimate["uncovered_users"] == 15
+    assert common.estimate["token_passes"] < fit.estimate["token_passes"]
+    direct = world.planner.plan("c", "rate", sources=["a"], strategy="direct", save=False)
+    assert direct.estimate["coverage"]["none"] == 5 and direct.estimate["coverage"]["none_sample"] == user_ids(5, 100)
+    with pytest.raises(pr.InvalidArgumentError, match="unknown cold_start"):
+        world.planner.plan("c", "rate", cold_start="mean", save=False)
     agg = adapter(world, ["a", "d"], "c")
     reused = world.planner.plan("c", "rate", sources=["a", "d"], strategy="aggregate", save=False)
     assert reused.steps[0].kind == "reuse" and reused.steps[0].adapter_id == agg.id and reused.estimate["token_passes"] == 0
@@ -267,7 +275,10 @@ def test_a_failed_step_is_resumed_and_finished_steps_are_never_redone(tiny, monk
     assert failed.status == "failed" and [s.status for s in failed.steps] == ["done", "failed"]
     assert "killed in step 1" in failed.steps[1].result["error"]
     first_run = failed.steps[0].run_id
-    resumed = reg.planner.run(plan.id, data, config=_fast_config())
+    with pytest.raises(pr.ConflictError, match=r"stopped at step 1 \(failed: RuntimeError: killed in step 1\); rerun with --resume"):
+        reg.planner.run(plan.id, data, config=_fast_config())
+    assert calls == ["llama32", "bert24"]  # refused before running anything
+    resumed = reg.planner.run(plan.id, data, config=_fast_config(), resume=True)
     assert resumed.status == "done" and resumed.steps[0].run_id == first_run  # step 0 not redone
     assert calls == ["llama32", "bert24", "bert24"]
 
@@ -284,35 +295,55 @@ def test_a_plan_being_run_by_a_live_process_is_refused(world):
 
 
 PLAN_CHILD = """
-import sys, time, torch
+import os, signal, sys, time, torch
+import prompt_registry.core.plans as plans
+import prompt_registry.migration.migrate as migrate
 import prompt_registry.planning.execute as execute
 from prompt_registry import Registry
 from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.selection import SelectionConfig
 
-location, plan_id, data, ready = sys.argv[1:5]
+location, store, plan_id, data, point = sys.argv[1:6]
 torch.set_num_threads(1)
-real, calls = execute.migrate, []
-def stalling(*args, **kwargs):
-    calls.append(args[2])
-    if len(calls) == 2:  # inside the second step: the first is done and recorded
-        open(ready, "w").close()
-        time.sleep(120)
-    return real(*args, **kwargs)
-execute.migrate = stalling
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+real_mark, real_map = plans.PlanService.mark_step, migrate.map_users
+def mark_step(self, plan_id, position, status, **kwargs):
+    real_mark(self, plan_id, position, status, **kwargs)
+    if (point, position, status) in (("between", 0, "done"), ("step1-start", 1, "running"), ("before-release", 1, "done")):
+        die()
+def map_users(*args, **kwargs):
+    if point == "fit-stored":
+        die()  # inside step 0: its adapter and head are stored, no prompt mapped yet
+    return real_map(*args, **kwargs)
+def hold(*args, **kwargs):
+    open(point, "w").close()  # point names a ready file here: the lease is held, step 0 running
+    time.sleep(120)
+plans.PlanService.mark_step, migrate.map_users = mark_step, map_users
+if point.endswith(".ready"):
+    execute.migrate = execute.apply_adapter = hold
 config = MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20))
-with Registry.open(location) as reg:
+with Registry.open(location, store=store or None) as reg:
     reg.planner.run(int(plan_id), data, config=config)
 """
 
 
-def test_sigkill_during_a_plan_then_rerun_resumes_at_the_unfinished_step(tiny, tmp_path):
+def _child(tmp_path, location, store, plan_id, data, point):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
+    script = tmp_path / "child.py"
+    script.write_text(PLAN_CHILD)
+    return subprocess.Popen([sys.executable, str(script), str(location), store or "", str(plan_id), str(data), str(point)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+
+
+# (kill point, statuses it leaves, steps the resume runs): a killed step was not finished and runs again
+KILL_POINTS = [("fit-stored", ["running", "pending"], [0, 1]), ("between", ["done", "pending"], [1]),
+               ("step1-start", ["done", "running"], [1]), ("before-release", ["done", "done"], [])]
+
+
+def test_sigkill_at_every_point_of_a_plan_then_resume_never_redoes_a_finished_step(tiny, tmp_path):
     from prompt_registry import Registry
 
     shared, data = tiny
@@ -320,26 +351,64 @@ def test_sigkill_during_a_plan_then_rerun_resumes_at_the_unfinished_step(tiny, t
     for name in ("bert16", "bert24", "llama32"):
         reg.register_model(name, shared.get_model(name).source)
     reg.train_prompts("bert16", "rate", data, config=_train(), progress=False)
-    plan = reg.planner.plan("llama32", "rate", sources=["bert16"], via="bert24")
-    assert [s.kind for s in plan.steps] == ["fit", "fit"]
-    script, ready = tmp_path / "child.py", tmp_path / "ready"
-    script.write_text(PLAN_CHILD)
-    location = reg.where
-    proc = subprocess.Popen([sys.executable, str(script), str(location), str(plan.id), str(data), str(ready)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    killed = reg.planner.get(plan.id)
-    assert killed.status == "running" and [s.status for s in killed.steps] == ["done", "running"]
-    first_run = killed.steps[0].run_id
-    resumed = reg.planner.run(plan.id, data, config=_fast_config())  # the dead child's lease is taken over
-    assert resumed.status == "done" and [s.status for s in resumed.steps] == ["done", "done"]
-    assert resumed.steps[0].run_id == first_run  # the finished step was not redone
+    figures, fitted = [], []
+    for point, left, reruns in KILL_POINTS:
+        # the first plan fits both hops (killed inside the first fit); later ones reuse what it stored
+        plan = reg.planner.plan("llama32", "rate", sources=["bert16"], via="bert24")
+        assert [s.kind for s in plan.steps] == (["fit", "fit"] if point == "fit-stored" else ["reuse", "reuse"])
+        if point != "fit-stored":  # the adapter the killed fit had stored is never offered: its run did not succeed
+            assert [s.adapter_id for s in plan.steps] == fitted
+        proc = _child(tmp_path, reg.where, None, plan.id, data, point)
+        assert proc.wait(timeout=240) == -9, proc.stderr.read()
+        killed = reg.planner.get(plan.id)
+        assert killed.status == "running" and [s.status for s in killed.steps] == left, point
+        finished = {s.position: s.run_id for s in killed.steps if s.status == "done"}
+        with pytest.raises(pr.ConflictError, match="rerun with --resume"):
+            reg.planner.run(plan.id, data, config=_fast_config())  # the dead child's lease is free, but a restart must say resume
+        resumed = reg.planner.run(plan.id, data, config=_fast_config(), resume=True)
+        assert resumed.status == "done" and [s.status for s in resumed.steps] == ["done", "done"], point
+        assert {p: resumed.steps[p].run_id for p in finished} == finished, point  # finished steps were not redone
+        plan_run = max(reg.list_runs(kind="plan"), key=lambda r: r.id)
+        assert plan_run.cost["results"]["steps_run"] == reruns, point
+        figures.append((point, left, plan_run.cost["results"]["steps_run"], len(finished)))
+        if point == "fit-stored":
+            fitted = [s.result["adapter_id"] for s in resumed.steps]
+            orphans = [a.id for a in reg.list_artifacts(kind="adapter") if a.id not in fitted]
+            assert len(orphans) == 1 and reg.get_run(reg.get_artifact(orphans[0]).run_id).status != "succeeded"  # the dead run (reaped)
+    print("kill points (point, statuses left, steps the resume ran, finished steps kept):", figures)
+    reg.close()
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_processes_running_one_plan_one_runs_the_other_is_told(request, backend_name, tmp_path):
+    import time
+
+    from prompt_registry.data.synthetic import make_synthetic
+
+    location, store = (str(tmp_path / "reg"), None) if backend_name == "sqlite" else (request.getfixturevalue("pg_url"), str(tmp_path / "store"))
+    reg = pr.Registry.init(location, store=store, actor="planner")
+    for i, (name, width) in enumerate(WIDTHS.items()):
+        reg.register_model(name, make_fake_model(tmp_path / name, width, seed=i + 1))
+    reg.add_task("rate", "rating")
+    reg.import_prompts("a", "rate", prompts(50, 16), user_ids(50), create_users=True, alias="production")
+    data = make_synthetic(tmp_path / "data", n_users=10, n_items=10, per_user=5, seed=0)
+    plan = reg.planner.plan("b", "rate", sources=["a"], strategy="direct")
+    ready = tmp_path / "step0.ready"
+    proc = _child(tmp_path, location, store, plan.id, data, ready)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        base = ["--registry", location] + (["--store", store] if store else [])
+        second = CliRunner().invoke(main, [*base, "migrate", "run", "--plan", str(plan.id), "--data", str(data)])
+        assert second.exit_code == 1 and f"plan {plan.id} is being run by run" in second.stderr, second.output
+        assert "finished steps are never redone" in second.stderr
+        assert reg.planner.get(plan.id).steps[0].status == "running"  # the second process changed nothing
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
     reg.close()
 
 

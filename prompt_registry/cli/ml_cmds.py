@@ -177,7 +177,8 @@ def migrate() -> None:
 @click.option("--alias", help="Point this alias at the result (subject to --gate).")
 @click.option("--gate", type=float, help="Refuse the alias if the result is worse than the reference by more than this.")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
-@click.option("--resume", is_flag=True, help="Continue adapter training from its checkpoint after a crash.")
+@click.option("--resume", is_flag=True, help="Continue adapter training from its checkpoint after a crash; with --plan, continue a plan "
+              "that was stopped, at its first unfinished step.")
 @json_option
 @pass_ctx
 def migrate_run(obj: Context, sources: str | None, target: str | None, task: str | None, plan_id: int | None, dry_run: bool, data_dir: str,
@@ -191,7 +192,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
         if sources or target or task:
             raise click.UsageError("--plan runs a stored plan: leave out --from, --to and --task")
         plan = obj.registry.planner.get(plan_id) if dry_run else obj.registry.planner.run(
-            plan_id, data_dir, device=device, alias=alias, gate=gate, progress=not as_json)
+            plan_id, data_dir, device=device, alias=alias, gate=gate, resume=resume, progress=not as_json)
         if as_json:
             print_json(plan.to_dict())
             return

@@ -18,7 +18,7 @@ def _print_plan(plan: Plan) -> None:
     est = plan.estimate
     click.echo(f"plan {plan.id}: {plan.kind} ({plan.strategy} asked) {' -> '.join(est['path'])} for task {plan.task}: "
                f"{est['token_passes']:,} token-passes, ~{est['seconds']:.0f} s, {est['users']} users"
-               + (f", {est['uncovered_users']} not covered by every source" if est.get("uncovered_users") else ""))
+               + _coverage_text(est.get("coverage") or {}))
     rows = [{"step": s.position, "kind": s.kind, "from": "+".join(s.sources) or "(scratch)", "to": s.target,
              "method": s.method or "", "adapter": s.adapter_id or "", "token_passes": f"{s.estimate['token_passes']:,}",
              "basis": s.estimate["basis"], "status": s.status} for s in plan.steps]
@@ -28,6 +28,15 @@ def _print_plan(plan: Plan) -> None:
                else f"quality: {quality.get('note', 'unknown')}")
     for alt in est.get("alternatives", []):
         click.echo(f"  also possible: {alt['kind']} {' -> '.join(alt['path'])}: {alt['token_passes']:,} token-passes")
+
+
+def _coverage_text(cov: dict[str, Any]) -> str:
+    if "full" not in cov:
+        return ""
+    parts = [f"{cov['partial']} on only some sources ({'imputed' if cov['policy'] == 'impute' else 'not mapped'})"] if cov["partial"] else []
+    if cov["none"]:
+        parts.append(f"{cov['none']} with prompts for the task on no source (cold start: {cov['cold_start']})")
+    return ("; " + ", ".join(parts)) if parts else ""
 
 
 @click.group("plan", invoke_without_command=True)
@@ -42,11 +51,15 @@ def _print_plan(plan: Plan) -> None:
 @click.option("--method", default="puma", show_default=True, help="The migration method fits use.")
 @click.option("--max-token-passes", type=int, help="Budget: refuse plans estimated above it.")
 @click.option("--quality-floor", type=float, help="Rule out plans whose recorded evaluations are worse (RMSE above it, AUC below it).")
+@click.option("--coverage", type=click.Choice(("impute", "common")),
+              help="Users on only some sources of an aggregate: map them with the missing sources' mean prompts (impute, the default) or not (common).")
+@click.option("--cold-start", type=click.Choice(("skip", "centroid")),
+              help="Data-set users on no source: list them (skip, the default) or give them the mapped centroid.")
 @json_option
 @click.pass_context
 def plan(click_ctx: click.Context, target: str | None, task: str | None, sources: str | None, strategy: str, via: str | None, max_hops: int,
          reuse_only: bool, exclude: tuple[str, ...], method: str, max_token_passes: int | None, quality_floor: float | None,
-         as_json: bool) -> None:
+         coverage: str | None, cold_start: str | None, as_json: bool) -> None:
     """Plan a migration TO a model over the graph of models and adapters; stored, with its id."""
     if click_ctx.invoked_subcommand is not None:
         return
@@ -55,7 +68,7 @@ def plan(click_ctx: click.Context, target: str | None, task: str | None, sources
     obj: Context = click_ctx.obj
     made = obj.registry.planner.plan(target, task, sources=[s.strip() for s in sources.split(",") if s.strip()] if sources else None,
                                      strategy=strategy, via=via, max_hops=max_hops, reuse_only=reuse_only, exclude=exclude, method=method,
-                                     max_token_passes=max_token_passes, quality_floor=quality_floor)
+                                     max_token_passes=max_token_passes, quality_floor=quality_floor, coverage=coverage, cold_start=cold_start)
     print_json(made.to_dict()) if as_json else _print_plan(made)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from ..backbones.prompting import DEFAULT_TEMPLATE
 from ..errors import InvalidArgumentError
 from .base import MethodConfig, method_config
+from .coverage import check as check_coverage
 from .puma.selection import SelectionConfig
 
 
@@ -62,6 +63,12 @@ class MigrationConfig:
     head_prefit: bool = False  # fit the head on cached features of the unfitted map's prompts before the map trains
     head_refit: bool = True  # refit the head on every candidate's training rows from cached features
     warm_start_head: bool = True  # start the target head from the source head when both read the same features
+    # who is mapped when the sources hold different users (see ``coverage.py``): ``impute`` maps
+    # everyone with at least one source prompt (a missing source reads that source's mean prompt);
+    # ``common`` only the users in every source. ``cold_start="centroid"`` also gives the data
+    # set's users without any source prompt the mapped centroid; ``"skip"`` lists them only.
+    coverage: str = "impute"
+    cold_start: str = "skip"
     apply_batch_users: int = 4096
     checkpoint_every: int = 200
     eval_batch_size: int = 128
@@ -102,6 +109,7 @@ class MigrationConfig:
         for ok, message in checks:
             if not ok:
                 raise InvalidArgumentError(f"invalid migration config: {message}")
+        check_coverage(self.coverage, self.cold_start)
 
     def to_dict(self) -> dict[str, Any]:
         assert isinstance(self.method_config, MethodConfig)

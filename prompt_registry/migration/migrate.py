@@ -36,6 +36,7 @@ from ..training.loop import TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
 from .base import FitContext, MappingSpec, MigrationMethod, artifact_config, get_method, load_method
 from .config import MigrationConfig
+from .coverage import MEAN_KEY, candidate_tables, gather, plan_coverage, stored_means
 from .head import HeadRefit, refit_head, warm_start_head
 from .puma.selection import label_variance, select_users
 from .refine import Refinement, refine, worst_users
@@ -64,14 +65,6 @@ def resolve_sources(services: Services, sources: Sequence[str | int], task: str)
     return out
 
 
-def _common_users(services: Services, sets: Sequence[PromptSet]) -> list[str]:
-    common: set[str] | None = None
-    for s in sets:
-        users = set(services.reads.list_set_users(s.id))
-        common = users if common is None else common & users
-    return sorted(common or ())
-
-
 def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], base: int | None,
                  overrides: dict[str, np.ndarray] | None = None) -> str:
     parts: list[Any] = [adapter.sha256, [(s.id, s.sha256) for s in sets], hashlib.sha256("\n".join(users).encode()).hexdigest(), base]
@@ -85,10 +78,13 @@ def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[s
 
 def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
               target: str, task: str, head_id: int, run_id: int | None, device: str, batch_users: int,
-              base: int | None = None, progress: bool = False, overrides: dict[str, np.ndarray] | None = None) -> PromptSet:
+              base: int | None = None, progress: bool = False, overrides: dict[str, np.ndarray] | None = None,
+              holders: Sequence[set[str]] | None = None, means: Sequence[torch.Tensor] | None = None) -> PromptSet:
     """Stream ``users``' source rows through the fitted method into a new target set (idempotent,
-    resumable); ``overrides`` (user -> prompt) replace the mapped prompt of those users."""
+    resumable); ``overrides`` (user -> prompt) replace the mapped prompt of those users. With
+    ``means`` (and ``holders``, each source's users), a user missing from a source reads its mean."""
     method = method.to(device)
+    have = list(holders) if holders is not None else [set() for _ in sets]
 
     def produce(start: int, stop: int) -> np.ndarray:
         chunk = users[start:stop]
@@ -96,7 +92,7 @@ def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifac
         for i in range(0, len(chunk), batch_users):
             part = chunk[i : i + batch_users]
             with torch.no_grad():
-                inputs = [services.reads.get_prompts(part, set=s.id).to(device).float() for s in sets]
+                inputs = [t.to(device) for t in gather(services, sets, part, have, means)]
                 out.append(method.map(*inputs).cpu().numpy())
         rows = np.concatenate(out)
         if overrides:
@@ -125,13 +121,17 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     if any(s.model == target for s in source_sets):
         raise InvalidArgumentError(f"source and target are the same model {target!r}")
     task_kind = next(t.kind for t in services.models.list_tasks() if t.name == task)
-    everyone = _common_users(services, source_sets)
     data_users = set(dataset.users.tolist())
-    candidates = [u for u in everyone if u in data_users]
+    cover = plan_coverage(services, source_sets, config.coverage, config.cold_start, data_users=sorted(data_users))
+    cold = set(cover.cold)
+    everyone = cover.mapped
+    candidates = [u for u in everyone if u in data_users and u not in cold]
     if not candidates:
         raise ConflictError("no user has both a source prompt and training data; check the data set and source sets")
     split = dataset.split(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, users=candidates)
-    source_tables = [services.reads.get_prompts(candidates, set=s.id).float() for s in source_sets]
+    source_tables, means = candidate_tables(services, source_sets, candidates, cover.holders)
+    if means is None and cold and config.cold_start == "centroid":
+        means = [t.mean(dim=0) for t in source_tables]
     variance = label_variance(candidates, dataset.users[split.train], dataset.labels[split.train])
     flat = torch.cat([t.reshape(len(candidates), -1) for t in source_tables], dim=1).numpy()
     selection = select_users(candidates, flat, variance, config.selection)
@@ -171,7 +171,7 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
         "target_fingerprint": target_info.fingerprint, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
         "candidates": len(candidates), "selected_users": list(selection.users), "selection_summary": selection.summary(),
         "adapter": method.describe(), "n_train": len(train), "n_valid": len(context.valid), "device": backbone.device,
-        "head_warm_start_from": head_from, "min_steps_effective": min_steps,
+        "head_warm_start_from": head_from, "min_steps_effective": min_steps, "coverage": cover.summary(),
     })
     loop: TrainingLoop | None = None
     try:
@@ -186,17 +186,19 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
         refit = refit_head(head, encoder, mapped_table, all_train, valid_all, lr=config.head_lr, batch_size=config.eval_batch_size,
                            seed=config.seed, refit=config.head_refit)
         head_artifact = save_head(services, refit.state, head, encoder, task=task, model=target, run_id=run.id)
+        stored = {**method.tensors(), **{MEAN_KEY.format(i): m.detach().cpu().contiguous() for i, m in enumerate(means or [])}}
         adapter = services.artifacts.put_artifact(
-            "adapter", f"{'+'.join(s.model for s in source_sets)}->{target}/{task}", method.tensors(),
+            "adapter", f"{'+'.join(s.model for s in source_sets)}->{target}/{task}", stored,
             task=task, target_model=target, source_models=[s.model for s in source_sets], run_id=run.id,
             config={**artifact_config(method), "head_id": head_artifact.id, "source_sets": [s.id for s in source_sets],
-                    "selection": selection.summary(), "best_epoch": loop.state.best_epoch},
+                    "selection": selection.summary(), "best_epoch": loop.state.best_epoch,
+                    "coverage": {"policy": config.coverage, "imputed": means is not None}},
         )
         applied = time.perf_counter()
         overrides = {candidates[row]: mapped_table[row].numpy() for row in retained}
         mapped = map_users(services, method, adapter, source_sets, everyone, target=target, task=task, head_id=head_artifact.id,
                            run_id=run.id, device=backbone.device, batch_users=config.apply_batch_users, progress=progress,
-                           overrides=overrides)
+                           overrides=overrides, holders=cover.holders, means=means)
         apply_seconds = time.perf_counter() - applied
         refinement = None
         if config.refine_epochs > 0:
@@ -217,9 +219,12 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     checkpoint.unlink(missing_ok=True)
     refined = refinement.set if refinement else None
     final = refined or mapped
-    report = quality_report(services, final, source_sets, dataset, config, device, seen=selection.users) if evaluate or gate is not None else None
+    groups = {"partial": cover.partial, **({"cold": cover.cold} if config.cold_start == "centroid" else {})}
+    report = (quality_report(services, final, source_sets, dataset, config, device, seen=selection.users, groups=groups)
+              if evaluate or gate is not None else None)
     alias_outcome = move_alias(services, alias, final, report, gate) if alias else None
-    return MigrationResult(mapped, refined, adapter, head_artifact.id, finished, selection.summary(), report, alias_outcome)
+    return MigrationResult(mapped, refined, adapter, head_artifact.id, finished, selection.summary(), report, alias_outcome,
+                           cover.summary())
 
 
 def _map_table(method: MigrationMethod[Any], tables: Sequence[torch.Tensor], device: str, batch: int) -> torch.Tensor:
@@ -272,13 +277,16 @@ def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str 
     source_fps = [services.models.get_model(s.model).fingerprint for s in source_sets]
     target_info = services.models.get_model(adapter.target_model)
     _, tensors = services.artifacts.load_artifact(adapter_id, fingerprint=target_info.fingerprint, source_fingerprints=source_fps)
+    means = stored_means(tensors, len(source_sets))  # an adapter fitted with imputed sources imputes the same way
     method = load_method(adapter.config, tensors)  # the recorded method (none recorded: PUMA)
-    everyone = _common_users(services, source_sets)
+    cover = plan_coverage(services, source_sets, "impute" if means is not None else "common")
+    everyone = cover.mapped
     chosen = list(users) if users is not None else everyone
     covered = set(everyone)  # once: a set built per user made apply quadratic (50,000 users: 72 s)
     missing = [u for u in chosen if u not in covered]
     if missing:
-        raise UnknownSetError(f"{len(missing)} user(s) have no prompt in every source set: {missing[:5]}")
+        need = "any source set" if means is not None else "every source set (this adapter was fitted with coverage='common')"
+        raise UnknownSetError(f"{len(missing)} user(s) have no prompt in {need}: {missing[:5]}")
     base = None
     if users is not None:
         produced = [s for s in services.reads.list_sets(model=adapter.target_model, task=adapter.task) if s.adapter_id == adapter_id]
@@ -289,7 +297,7 @@ def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str 
     try:
         result = map_users(services, method, adapter, source_sets, chosen, target=adapter.target_model, task=adapter.task,
                            head_id=int(adapter.config["head_id"]), run_id=run.id, device=resolve_device(device),
-                           batch_users=4096, base=base, progress=progress)
+                           batch_users=4096, base=base, progress=progress, holders=cover.holders, means=means)
         if alias:
             services.aliases.set_alias(alias, result.id, reason=f"adapter {adapter_id} applied")
         services.runs.finish_run(run.id, ledger=CostLedger(round(time.perf_counter() - started, 3), resolve_device(device), len(chosen), 0, 0),

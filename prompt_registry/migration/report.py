@@ -10,7 +10,7 @@ over random-init that the migration recovered: ``(random_init - migrated) / (ran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,8 +71,10 @@ def recovered_share(migrated: float, random_init: float, retrain: float, lower_i
 
 
 def quality_report(services: Services, new_set: PromptSet, source_sets: Sequence[PromptSet], dataset: Dataset,
-                   config: MigrationConfig, device: str, seen: Sequence[str] = ()) -> MigrationReport:
-    """Evaluate ``new_set`` (and its references) on the test split; ``seen``: the selected users."""
+                   config: MigrationConfig, device: str, seen: Sequence[str] = (),
+                   groups: Mapping[str, Sequence[str]] | None = None) -> MigrationReport:
+    """Evaluate ``new_set`` (and its references) on the test split; ``seen``: the selected users;
+    ``groups`` (name -> users, e.g. the partially covered ones): ``{name}_{metric}`` per row too."""
     kind = next(t.kind for t in services.models.list_tasks() if t.name == new_set.task)
     metric, lower = ("rmse", True) if kind == "rating" else ("auc", False)
     group_key = "rmse" if kind == "rating" else "uauc"
@@ -97,6 +99,9 @@ def quality_report(services: Services, new_set: PromptSet, source_sets: Sequence
         if seen_users and r["model"] == new_set.model:
             r[f"seen_{group_key}"] = group_metric(per_user, seen_users & everyone, kind)
             r[f"unseen_{group_key}"] = group_metric(per_user, everyone - seen_users, kind)
+        for name, users in (groups or {}).items():
+            if users and r["model"] == new_set.model:
+                r[f"{name}_{group_key}"] = group_metric(per_user, set(users) & everyone, kind)
     reference_row = next((r for r in rows if r["name"] == "retrain"), None) or next((r for r in rows[1:] if r["name"].startswith("source")), None)
     share, worst = None, []
     if reference_row is not None and new_eval.per_user:

@@ -30,12 +30,14 @@ class Planner:
 
     def plan(self, target: str, task: str, *, sources: Sequence[str] | None = None, strategy: str = "auto", via: str | None = None,
              max_hops: int = 3, reuse_only: bool = False, exclude: Sequence[str] = (), method: str = "puma",
-             max_token_passes: int | None = None, quality_floor: float | None = None, save: bool = True) -> Plan:
+             max_token_passes: int | None = None, quality_floor: float | None = None, coverage: str | None = None,
+             cold_start: str | None = None, save: bool = True) -> Plan:
         """The cheapest plan to bring ``task``'s prompts to ``target`` under the constraints (see
         ``planning.planner``), stored with its steps (``save``) so that ``get`` and a run find it.
-        Raises ``NoPlanError`` saying what is missing when no path meets them."""
+        ``coverage`` / ``cold_start`` (default: ``MigrationConfig``'s) say how its fits treat users
+        on only some sources and users on none (``migration.coverage``). Raises ``NoPlanError`` saying what is missing when no path meets them."""
         request = PlanRequest(target, task, tuple(sources) if sources is not None else None, strategy, via, max_hops, reuse_only,
-                              tuple(exclude), method, max_token_passes, quality_floor)
+                              tuple(exclude), method, max_token_passes, quality_floor, coverage, cold_start)
         plan = make_plan(self._s, request)
         return self._s.plans.save_plan(plan) if save else plan
 
@@ -49,13 +51,15 @@ class Planner:
 
     def run(self, plan_id: int, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
             train_config: TrainConfig | None = None, device: str = "auto", alias: str | None = None, gate: float | None = None,
-            progress: bool = False) -> Plan:
-        """Execute a stored plan's unfinished steps in order, resumably, under the plan's lease
-        (``planning.execute``); ``ConflictError`` while another live process runs it."""
+            resume: bool = False, progress: bool = False) -> Plan:
+        """Execute a stored plan's steps in order under the plan's lease (``planning.execute``).
+        ``ConflictError`` while another live process runs it, or when it was started before and
+        ``resume`` is not given; ``resume`` continues at the first unfinished step, never redoing
+        a finished one."""
         from .execute import run_plan
 
         return run_plan(self._s, plan_id, data, config=config, train_config=train_config, device=device, alias=alias, gate=gate,
-                        progress=progress)
+                        resume=resume, progress=progress)
 
     def graph(self, task: str) -> dict[str, Any]:
         """The migration graph of ``task`` as JSON (models with users and aliases, stored adapters)."""

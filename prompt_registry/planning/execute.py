@@ -7,11 +7,13 @@ step's method (``migrate``), ``retrain`` trains from scratch (``train_prompts``)
 set the previous step made for its source model (the first reads the sets the plan saw), records
 ``running``, then ``done`` with its run and the set it made; a failure marks it ``failed``. Killed
 or failed, a rerun resumes at the first unfinished step and never redoes a finished one. Every
-intermediate set is a normal versioned set with lineage to its sources and adapter.
+intermediate set is a normal versioned set with lineage to its sources and adapter. A fit runs
+with the plan's coverage policy and cold-start option (they replace those of the config given).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -27,10 +29,13 @@ from ..training.trainer import train_prompts
 
 def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
              train_config: TrainConfig | None = None, device: str = "auto", alias: str | None = None, gate: float | None = None,
-             progress: bool = False) -> Plan:
+             resume: bool = False, progress: bool = False) -> Plan:
     """Execute plan ``plan_id``'s unfinished steps (see the module docstring); returns the plan with
     every step's status and result. ``alias`` moves to the final set (through ``gate`` when the last
-    step fits an adapter). ``ConflictError`` when another live process runs the plan."""
+    step fits an adapter). ``ConflictError`` when another live process runs the plan, and when the
+    plan was started before (killed, or a step failed) and ``resume`` is not given: ``resume``
+    continues at the first unfinished step (a killed fit also continues from its adapter
+    checkpoint); finished steps are never redone."""
     plan = services.plans.get_plan(plan_id)
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     run = services.runs.start_run("plan", model=plan.target, task=plan.task, config={"plan_id": plan.id, "steps": len(plan.steps),
@@ -40,6 +45,14 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
     done_now: list[int] = []
     try:
         services.plans.acquire(plan_id, run.id)
+        started = [s for s in plan.steps if s.status != "pending"]
+        if started and not resume:
+            services.plans.release(plan_id, run.id, "failed")
+            stop = next((s for s in plan.steps if s.status != "done"), started[-1])
+            why = stop.result.get("error") if stop.status == "failed" and stop.result else None
+            raise ConflictError(f"plan {plan_id} was started before and stopped at step {stop.position} ({stop.status}"
+                                + (f": {why}" if why else "") + f"); rerun with --resume (resume=True) to continue at step "
+                                f"{stop.position}: its {len([s for s in plan.steps if s.status == 'done'])} finished step(s) are never redone")
         for step in plan.steps:
             if step.status == "done":
                 current[step.target] = int(step.result["set_id"])
@@ -47,7 +60,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
             services.plans.mark_step(plan_id, step.position, "running")
             last = step.position == plan.steps[-1].position
             result = _execute(services, plan, step, current, dataset, config, train_config, device, progress,
-                              alias if last else None, gate if last else None)
+                              alias if last else None, gate if last else None, resume and step.status == "running")
             current[step.target] = int(result["set_id"])
             services.plans.mark_step(plan_id, step.position, "done", run_id=result["run_id"], result=result)
             done_now.append(step.position)
@@ -66,7 +79,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
 
 def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, int | None], dataset: Dataset,
              config: MigrationConfig | None, train_config: TrainConfig | None, device: str, progress: bool,
-             alias: str | None, gate: float | None) -> dict[str, Any]:
+             alias: str | None, gate: float | None, resume: bool) -> dict[str, Any]:
     if step.kind == "retrain":
         trained = train_prompts(services, step.target, plan.task, dataset, config=train_config, device=device, progress=progress, alias=alias)
         return {"set_id": trained.set.id, "run_id": trained.run.id}
@@ -81,8 +94,11 @@ def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, 
     wanted = config or MigrationConfig(method=step.method or "puma")
     if step.method is not None and wanted.method != step.method:
         raise InvalidArgumentError(f"step {step.position} of plan {plan.id} fits with {step.method!r}; the config given is for {wanted.method!r}")
+    request = plan.inputs.get("request", {})  # the plan's coverage policy rules (a plan stored before it had one: the config's)
+    wanted = dataclasses.replace(wanted, coverage=request.get("coverage") or wanted.coverage,
+                                 cold_start=request.get("cold_start") or wanted.cold_start)
     result = migrate(services, sources, step.target, plan.task, dataset, config=wanted, device=device, alias=alias,
-                     gate=gate, evaluate=gate is not None, progress=progress)
+                     gate=gate, evaluate=gate is not None, resume=resume, progress=progress)
     final = result.refined or result.set
     return {"set_id": final.id, "run_id": result.run.id, "adapter_id": result.adapter.id,
             "alias": result.alias}

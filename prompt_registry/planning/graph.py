@@ -11,7 +11,8 @@ Nodes:
 
 Edges (a ``MultiDiGraph``; ``kind`` says which):
 
-* ``reuse``: a stored adapter (from a model, or from a combination node), cost: mapping only;
+* ``reuse``: a stored adapter (from a model, or from a combination node), cost: mapping only; an
+  adapter stored by a fit that failed, was killed or is still running is left out;
 * ``fit``: an adapter that a registered migration method could fit, between every ordered pair of
   distinct models (estimated when a plan is made: its cost depends on the users);
 * ``retrain``: from ``SCRATCH`` to every model;
@@ -69,6 +70,8 @@ def build_graph(services: Services, task: str, *, methods: tuple[str, ...] | Non
         sources = list(adapter.source_models)
         if not sources or adapter.target_model not in graph:
             continue
+        if adapter.run_id is not None and services.runs.get_run(adapter.run_id).status != "succeeded":
+            continue  # stored by a fit that then failed or was killed (or is still running): not offered for reuse
         start = sources[0]
         if len(sources) > 1:
             start = combo_name(sources)

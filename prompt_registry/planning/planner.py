@@ -24,6 +24,9 @@ from ..core.services import Services
 from ..entities import Plan, PlanStep
 from ..errors import InvalidArgumentError, NoPlanError, UnknownModelError
 from ..migration.base import get_method
+from ..migration.config import MigrationConfig
+from ..migration.coverage import SAMPLE
+from ..migration.coverage import check as check_coverage
 from .cost import CostModel
 from .graph import SCRATCH, build_graph, combo_name
 
@@ -45,6 +48,10 @@ class PlanRequest:
     method: str = "puma"
     max_token_passes: int | None = None
     quality_floor: float | None = None  # the task metric a plan's recorded evaluations must reach (RMSE at most, AUC at least)
+    # how an aggregate treats users on only some sources, and whether the data set's users on no
+    # source get the mapped centroid (``migration/coverage.py``); None: ``MigrationConfig``'s defaults
+    coverage: str | None = None
+    cold_start: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources) if self.sources is not None else None)
@@ -58,6 +65,11 @@ class PlanRequest:
         if self.via is not None and self.strategy not in ("auto", "chain"):
             raise InvalidArgumentError(f"via makes a chain; it does not go with strategy {self.strategy!r}")
         get_method(self.method)  # an unknown method names the registered ones
+        defaults = MigrationConfig()
+        coverage, cold_start = self.coverage or defaults.coverage, self.cold_start or defaults.cold_start
+        check_coverage(coverage, cold_start)
+        object.__setattr__(self, "coverage", coverage)
+        object.__setattr__(self, "cold_start", cold_start)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "sources": list(self.sources) if self.sources is not None else None, "exclude": list(self.exclude)}
@@ -68,7 +80,7 @@ class _Candidate:
     kind: str
     steps: list[PlanStep]
     users: int
-    uncovered: int = 0
+    coverage: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def token_passes(self) -> int:
@@ -117,15 +129,16 @@ def make_plan(services: Services, request: PlanRequest) -> Plan:
     reasons: list[str] = []
     candidates: list[_Candidate] = []
     want = request.strategy
+    held = _Holders(services, graph)
     if want in ("auto", "direct") and request.via is None:
         for s in sources:
             step = _hop(graph, costs, s, request.target, graph.nodes[s]["users"], request, 0, reasons)
             if step is not None:
-                candidates.append(_Candidate("direct", [step], graph.nodes[s]["users"]))
+                candidates.append(_Candidate("direct", [step], graph.nodes[s]["users"], held.coverage([s], request)))
     if want in ("auto", "chain"):
-        candidates += _chains(graph, costs, sources, request, reasons)
+        candidates += _chains(graph, costs, sources, request, reasons, held)
     if want in ("auto", "aggregate") and len(sources) >= 2 and request.via is None:
-        aggregate = _aggregate(services, graph, costs, sources, request, reasons)
+        aggregate = _aggregate(graph, costs, sources, request, reasons, held)
         if aggregate is not None:
             candidates.append(aggregate)
     elif want == "aggregate":
@@ -133,7 +146,8 @@ def make_plan(services: Services, request: PlanRequest) -> Plan:
     if want in ("auto", "retrain") and request.via is None and not request.reuse_only:
         users = max((graph.nodes[s]["users"] for s in sources), default=0) or graph.nodes[request.target]["users"]
         estimate = costs.retrain(request.target, users)
-        candidates.append(_Candidate("retrain", [PlanStep(0, "retrain", (), request.target, None, None, estimate)], users))
+        candidates.append(_Candidate("retrain", [PlanStep(0, "retrain", (), request.target, None, None, estimate)], users,
+                                     {"note": "a retrain trains every user of the data set it is given"}))
     elif want == "retrain" and request.reuse_only:
         reasons.append("retrain trains from scratch: it is not allowed with reuse_only")
     if not sources and want != "retrain":
@@ -158,7 +172,8 @@ def make_plan(services: Services, request: PlanRequest) -> Plan:
     within.sort(key=lambda c: (c.token_passes, len(c.steps), c.kind != "direct", c.path()))
     best = within[0]
     estimate = {
-        "token_passes": best.token_passes, "seconds": best.seconds, "users": best.users, "uncovered_users": best.uncovered,
+        "token_passes": best.token_passes, "seconds": best.seconds, "users": best.users,
+        "uncovered_users": best.coverage.get("partial", 0) if request.coverage == "common" else 0, "coverage": best.coverage,
         "path": best.path(), "quality": _quality(services, best, request),
         "alternatives": [{"kind": c.kind, "path": c.path(), "token_passes": c.token_passes} for c in within[1:6]],
     }
@@ -179,7 +194,8 @@ def _hop(graph: nx.MultiDiGraph, costs: CostModel, a: str, b: str, users: int, r
     return PlanStep(position, "fit", (a,), b, request.method, None, costs.fit([a], b, users, request.method))
 
 
-def _chains(graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], request: PlanRequest, reasons: list[str]) -> list[_Candidate]:
+def _chains(graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], request: PlanRequest, reasons: list[str],
+            holders: _Holders) -> list[_Candidate]:
     models = [n for n, d in graph.nodes(data=True) if d["kind"] == "model" and n not in request.exclude]
     hops: nx.DiGraph = nx.DiGraph()
     hops.add_nodes_from(models)
@@ -196,32 +212,57 @@ def _chains(graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], re
             users = graph.nodes[s]["users"]
             steps = [_hop(graph, costs, a, b, users, request, i, reasons) for i, (a, b) in enumerate(zip(path, path[1:]))]
             if all(step is not None for step in steps):
-                out.append(_Candidate("chain", [s for s in steps if s is not None], users))
+                out.append(_Candidate("chain", [s for s in steps if s is not None], users, holders.coverage([s], request)))
     if not out and request.strategy == "chain":
         reasons.append(f"no chain of 2..{request.max_hops} hops" + (f" via {request.via}" if request.via else "")
                        + (" over stored adapters" if request.reuse_only else "") + f" from {', '.join(sources) or 'no source'}")
     return out
 
 
-def _aggregate(services: Services, graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], request: PlanRequest,
-               reasons: list[str]) -> _Candidate | None:
-    users = [set(services.reads.list_set_users(graph.nodes[s]["set_id"])) for s in sources]
-    common = set.intersection(*users)
-    uncovered = len(set.union(*users) - common)
+def _aggregate(graph: nx.MultiDiGraph, costs: CostModel, sources: Sequence[str], request: PlanRequest,
+               reasons: list[str], holders: _Holders) -> _Candidate | None:
+    coverage = holders.coverage(list(sources), request)
+    users = coverage["full"] + (coverage["partial"] if request.coverage == "impute" else 0)
     combo = combo_name(list(sources))
     stored = sorted((d for d in (graph.get_edge_data(combo, request.target) or {}).values() if d["kind"] == "reuse"),
                     key=lambda d: -d["adapter_id"]) if combo in graph else []
     if stored:
-        step = PlanStep(0, "reuse", tuple(sources), request.target, stored[0]["method"], stored[0]["adapter_id"], costs.reuse(len(common)))
+        step = PlanStep(0, "reuse", tuple(sources), request.target, stored[0]["method"], stored[0]["adapter_id"], costs.reuse(users))
     elif request.reuse_only:
         reasons.append(f"no stored aggregated adapter {combo} -> {request.target} (reuse_only)")
         return None
     else:
-        step = PlanStep(0, "fit", tuple(sources), request.target, request.method, None, costs.fit(list(sources), request.target, len(common),
+        step = PlanStep(0, "fit", tuple(sources), request.target, request.method, None, costs.fit(list(sources), request.target, users,
                                                                                                   request.method))
-    step.estimate["details"] = {**step.estimate.get("details", {}), "common_users": len(common), "uncovered_users": uncovered,
-                                "uncovered_policy": "users without a prompt in every source are not mapped by this step"}
-    return _Candidate("aggregate", [step], len(common), uncovered)
+    policy = ("users on only some sources are mapped with each missing source's mean prompt (coverage='impute')"
+              if request.coverage == "impute" else "users without a prompt in every source are not mapped by this step (coverage='common')")
+    if stored:
+        policy += "; a reused adapter imputes only if it was fitted with coverage='impute'"
+    step.estimate["details"] = {**step.estimate.get("details", {}), "common_users": coverage["full"], "partial_users": coverage["partial"],
+                                "uncovered_policy": policy}
+    return _Candidate("aggregate", [step], users, coverage)
+
+
+class _Holders:
+    """Who holds a prompt on each model of the graph (read once per plan): the coverage of a plan."""
+
+    def __init__(self, services: Services, graph: nx.MultiDiGraph) -> None:
+        self.users = {n: set(services.reads.list_set_users(d["set_id"])) for n, d in graph.nodes(data=True)
+                      if d["kind"] == "model" and d.get("set_id") is not None}
+        self.everyone = set().union(*self.users.values()) if self.users else set()
+
+    def coverage(self, sources: list[str], request: PlanRequest) -> dict[str, Any]:
+        """Users on every source (``full``), on some (``partial``: mapped by ``impute``), and users
+        holding prompts for the task elsewhere that no source holds (``none``: left to
+        ``cold_start``, i.e. the mapped centroid or a retrain)."""
+        held = [self.users.get(s, set()) for s in sources]
+        union, common = set().union(*held), set.intersection(*held)
+        none = sorted(self.everyone - union)
+        return {"policy": request.coverage, "cold_start": request.cold_start, "full": len(common), "partial": len(union - common),
+                "none": len(none), "none_sample": none[:SAMPLE],
+                "none_note": ("these users hold prompts for the task only on models this plan does not read; "
+                              + ("a migration gives the ones in its data set the mapped centroid (cold_start='centroid')"
+                                 if request.cold_start == "centroid" else "a migration lists the ones in its data set (cold_start='skip'): retrain them"))}
 
 
 def _quality(services: Services, candidate: _Candidate, request: PlanRequest) -> dict[str, Any]:
