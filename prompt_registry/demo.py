@@ -9,6 +9,10 @@
    migration at a budget of 30% of the users. It prints quality and cost (seconds and backbone
    token-passes), the share of the retrain's gain over random-init the migration recovered, and
    returns every figure. ``benchmarks/bench_quality.py`` compares every method with power.
+3. A two-hop chain (tiny models only): a third model arrives (a wider tiny Llama); the planner
+   plans old -> new -> newest, reusing the adapter just stored for the first hop and fitting the
+   second; the plan is stored, explained step by step, run, and its final set compared with
+   random-init and a retrain on the newest model.
 """
 
 from __future__ import annotations
@@ -82,6 +86,42 @@ def choose_threads(parameters: int, cpus: int | None = None, load: float | None 
     return max(1, min(cpus, int(round(cpus - load))))
 
 
+def _chain(registry: Registry, root: Path, source: str, target: str, data: Path, train_cfg: Any, migration: Any,
+           say: Callable[[str], Any]) -> dict[str, Any]:
+    """A third model, and a two-hop chain to it through the model just migrated to, planned and run."""
+    from .training.config import TrainConfig
+
+    newest = "tiny-llama-40"
+    registry.register_model(newest, build_tiny_llama(root / newest, hidden_size=40, seed=3))
+    say(f"a third model arrives ({newest}, decoder, width 40): plan {source} -> {target} -> {newest}")
+    plan = registry.planner.plan(newest, "rating", sources=[source], via=target)
+    for step in plan.steps:
+        say(f"  plan {plan.id} step {step.position}: {step.kind} {'+'.join(step.sources)} -> {step.target}"
+            + (f" (adapter {step.adapter_id})" if step.adapter_id else "")
+            + f", estimated {step.estimate['token_passes']:,} token-passes ({step.estimate['basis']})")
+    started = time.perf_counter()
+    done = registry.planner.run(plan.id, data, config=migration)
+    seconds = time.perf_counter() - started
+    final = registry.get_set(done.steps[-1].result["set_id"])
+    chained = registry.evaluate(final.id, data).metrics["rmse"]
+    runs = [registry.get_run(s.run_id) for s in done.steps if s.run_id is not None]
+    tokens = sum((r.forward_tokens or 0) + (r.backward_tokens or 0) for r in runs)
+    rand = registry.train_prompts(newest, "rating", data, config=TrainConfig(**{**train_cfg.to_dict(), "freeze_prompts": True}),
+                                  progress=False, evaluate_split="test")
+    retrain = registry.train_prompts(newest, "rating", data, config=train_cfg, progress=False, evaluate_split="test")
+    r_rmse, t_rmse = _test_metrics(rand)["rmse"], _test_metrics(retrain)["rmse"]
+    t_tokens = (retrain.run.forward_tokens or 0) + (retrain.run.backward_tokens or 0)
+    recovered = (r_rmse - chained) / (r_rmse - t_rmse) if r_rmse != t_rmse else None
+    say(f"  ran plan {plan.id} ({', '.join(s.status for s in done.steps)}) in {seconds:.1f} s: set {final.id} on {newest} "
+        f"test RMSE {chained:.4f} ({tokens:,} token-passes, {tokens / t_tokens:.0%} of a retrain's); "
+        f"random-init {r_rmse:.4f}, retrain {t_rmse:.4f}"
+        + (f": {recovered:.0%} of the retrain's gain" if recovered is not None else ""))
+    return {"plan_id": plan.id, "kind": plan.kind, "path": plan.estimate["path"], "steps": [s.kind for s in plan.steps],
+            "set_id": final.id, "test_rmse": round(chained, 4), "token_passes": tokens, "seconds": round(seconds, 1),
+            "random_init_rmse": round(r_rmse, 4), "retrain_rmse": round(t_rmse, 4), "retrain_token_passes": t_tokens,
+            "recovered": recovered}
+
+
 def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | None = print, real: bool = False,
              n_users: int | None = None, per_user: int | None = None, budget: float = 0.3, seed: int = 0,
              train_epochs: int | None = None, adapter_epochs: int | None = None, threads: int | None = None) -> dict[str, Any]:
@@ -150,11 +190,13 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
             migrated = rows[-1]
             say(f"the migration recovered {recovered:.0%} of the retrain's gain over random-init "
                 f"at {migrated['cost_vs_retrain']:.0%} of its token-passes" if recovered is not None else "no random-init reference")
+            chain = None if real else _chain(registry, root, source, target, data, train_cfg, migration, say)
             say(f"baselines: global mean {baselines['global_mean']['rmse']:.4f}, per-user mean {baselines['user_mean']['rmse']:.4f}")
             say(f"{torch.get_num_threads()} torch thread(s); {time.perf_counter() - total_started:.0f} s in all; registry and data in {root}")
             return {"ok": tour["ok"], "workdir": str(root), "data": data_name, "tour": tour, "rows": rows, "baselines": baselines,
                     "source_model": source, "target_model": target, "recovered": recovered, "threads": torch.get_num_threads(),
                     "seconds": round(time.perf_counter() - total_started, 1), "migration_config": migration.to_dict(),
-                    "migration": {"set_id": result.set.id, "adapter_id": result.adapter.id, "selection": result.selection}}
+                    "migration": {"set_id": result.set.id, "adapter_id": result.adapter.id, "selection": result.selection},
+                    "chain": chain}
     finally:
         torch.set_num_threads(previous_threads)

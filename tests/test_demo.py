@@ -29,6 +29,11 @@ def test_demo_runs_end_to_end(tmp_path):
     expected = (rand - migrated["test_rmse"]) / (rand - retrain["test_rmse"])
     assert abs(out["recovered"] - expected) < 0.01 and migrated["test_rmse"] < rand - 0.1 and retrain["test_rmse"] < rand - 0.1
     assert (out["source_model"], out["target_model"]) == ("tiny-bert", "tiny-llama")
+    # the two-hop chain: planned through the model just migrated to, its first hop reusing that adapter
+    chain = out["chain"]
+    assert chain["kind"] == "chain" and chain["path"] == ["tiny-bert", "tiny-llama", "tiny-llama-40"]
+    assert chain["steps"] == ["reuse", "fit"] and chain["token_passes"] < chain["retrain_token_passes"]
+    assert chain["test_rmse"] < chain["random_init_rmse"] - 0.1, chain
 
 
 def test_threads_follow_the_model_size_and_the_free_cores():

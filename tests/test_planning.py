@@ -320,7 +320,7 @@ def hold(*args, **kwargs):
     time.sleep(120)
 plans.PlanService.mark_step, migrate.map_users = mark_step, map_users
 if point.endswith(".ready"):
-    execute.migrate = execute.apply_adapter = hold
+    execute.migrate = execute.apply_adapter_run = hold
 config = MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20))
 with Registry.open(location, store=store or None) as reg:
     reg.planner.run(int(plan_id), data, config=config)

@@ -30,7 +30,7 @@ from ..backbones.loader import load_backbone, resolve_device
 from ..backbones.prompting import PromptEncoder, Template
 from ..core.services import Services
 from ..data.dataset import Dataset
-from ..entities import Artifact, CostLedger, MigrationResult, PromptSet
+from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
 from ..training.loop import TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
@@ -267,9 +267,17 @@ def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str 
     """Map prompts through a stored adapter, no training: new users, or a newer source version.
 
     ``sources`` default to the adapter's source models (their ``production`` set, else latest);
-    ``users`` default to every user the sources share. Mapping only some users makes an
+    ``users`` default to every user the sources share (with an adapter fitted with
+    ``coverage="impute"``: every user on any source). Mapping only some users makes an
     incremental version on top of the newest set this adapter produced, when there is one.
     """
+    return apply_adapter_run(services, adapter_id, sources=sources, users=users, device=device, alias=alias, progress=progress)[0]
+
+
+def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[str | int] | None = None, users: Sequence[str] | None = None,
+                      device: str = "auto", alias: str | None = None, progress: bool = True) -> tuple[PromptSet, Run]:
+    """``apply_adapter``, and the ``apply`` run that did it (the set may be an earlier run's, when
+    the same inputs were mapped before: mapping is idempotent)."""
     adapter = services.artifacts.get_artifact(adapter_id)
     if adapter.kind != "adapter":
         raise ConflictError(f"artifact {adapter_id} is a {adapter.kind}, not an adapter")
@@ -300,11 +308,11 @@ def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str 
                            batch_users=4096, base=base, progress=progress, holders=cover.holders, means=means)
         if alias:
             services.aliases.set_alias(alias, result.id, reason=f"adapter {adapter_id} applied")
-        services.runs.finish_run(run.id, ledger=CostLedger(round(time.perf_counter() - started, 3), resolve_device(device), len(chosen), 0, 0),
-                            results={"set_id": result.id})
+        finished = services.runs.finish_run(run.id, ledger=CostLedger(round(time.perf_counter() - started, 3), resolve_device(device),
+                                                                      len(chosen), 0, 0), results={"set_id": result.id})
     except BaseException as exc:
         services.runs.finish_run(run.id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    return result
+    return result, finished
 
 

@@ -22,7 +22,7 @@ from ..data.dataset import Dataset
 from ..entities import Plan, PlanStep
 from ..errors import ConflictError, InvalidArgumentError
 from ..migration.config import MigrationConfig
-from ..migration.migrate import apply_adapter, migrate
+from ..migration.migrate import apply_adapter_run, migrate
 from ..training.config import TrainConfig
 from ..training.trainer import train_prompts
 
@@ -89,8 +89,9 @@ def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, 
     sources: list[str | int] = [int(current[m]) for m in step.sources]  # type: ignore[arg-type]  # None excluded just above
     if step.kind == "reuse":
         assert step.adapter_id is not None
-        applied = apply_adapter(services, step.adapter_id, sources=sources, device=device, alias=alias, progress=progress)
-        return {"set_id": applied.id, "run_id": applied.run_id, "adapter_id": step.adapter_id}
+        applied, apply_run = apply_adapter_run(services, step.adapter_id, sources=sources, device=device, alias=alias, progress=progress)
+        return {"set_id": applied.id, "run_id": apply_run.id, "adapter_id": step.adapter_id,
+                **({"mapped_before_by_run": applied.run_id} if applied.run_id != apply_run.id else {})}
     wanted = config or MigrationConfig(method=step.method or "puma")
     if step.method is not None and wanted.method != step.method:
         raise InvalidArgumentError(f"step {step.position} of plan {plan.id} fits with {step.method!r}; the config given is for {wanted.method!r}")
