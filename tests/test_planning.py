@@ -442,10 +442,20 @@ def test_a_three_source_aggregate_and_a_three_hop_chain_are_planned_and_run(tiny
     chain = reg.planner.plan("llama40", "rate", sources=["bert16"], reuse_only=True, exclude=())
     assert chain.kind == "chain" and chain.estimate["path"] == ["bert16", "bert24", "llama32", "llama40"]
     assert [s.kind for s in chain.steps] == ["reuse"] * 3 and chain.estimate["token_passes"] == 0
-    done = reg.planner.run(chain.id, data)
+    # the final set moves an alias only through the gate, against a retrain: -1 (beat it by 1.0 RMSE) refuses, 1.0 lets it through
+    reg.train_prompts("llama40", "rate", data, config=_train(), progress=False)
+    done = reg.planner.run(chain.id, data, alias="production", gate=-1.0)
     final = reg.get_set(done.steps[-1].result["set_id"])
     assert final.model == "llama40" and final.parents == (done.steps[1].result["set_id"],)
     assert reg.evaluate(final.id, data).metrics["rmse"] < floor
+    gated = done.steps[-1].result["alias"]
+    assert gated["moved"] is False and "worse than retrain" in gated["why"]
+    with pytest.raises(pr.UnknownAliasError):
+        reg.get_alias("production", "llama40", "rate")
+    again = reg.planner.run(reg.planner.plan("llama40", "rate", sources=["bert16"], reuse_only=True).id, data, alias="production", gate=1.0)
+    assert again.steps[-1].result["alias"]["moved"] and reg.get_alias("production", "llama40", "rate").set_id == final.id
+    # apply runs are in the catalogue now (their config names set ids): costing a fit still works
+    assert reg.planner.plan("llama40", "rate", sources=["bert16", "bert24"], strategy="aggregate", save=False).steps[0].kind == "fit"
     reg.close()
 
 

@@ -82,9 +82,10 @@ class CostModel:
         """Fitting an adapter with ``method`` from ``sources`` to ``target`` over ``users``, then mapping them."""
         seconds_rate, rate_basis = self.throughput(target)
         for r in self.runs:
-            recorded = [s.get("model") for s in r.config.get("sources", [])]
-            if r.kind == "migrate" and r.model == target and recorded == list(sources) and r.config.get("method", "puma") == method \
-                    and r.config.get("candidates"):
+            if r.kind != "migrate":  # an apply run's "sources" are set ids, not models
+                continue
+            recorded = [src.get("model") if isinstance(src, dict) else None for src in r.config.get("sources", [])]
+            if r.model == target and recorded == list(sources) and r.config.get("method", "puma") == method and r.config.get("candidates"):
                 passes = ((r.forward_tokens or 0) + (r.backward_tokens or 0)) * users / float(r.config["candidates"])
                 return _estimate(passes, seconds_rate, f"calibrated from run {r.id} (scaled by users)", rate_basis,
                                  {"users": users, "run": r.id, "method": method})

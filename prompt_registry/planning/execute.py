@@ -22,7 +22,8 @@ from ..data.dataset import Dataset
 from ..entities import Plan, PlanStep
 from ..errors import ConflictError, InvalidArgumentError
 from ..migration.config import MigrationConfig
-from ..migration.migrate import apply_adapter_run, migrate
+from ..migration.migrate import apply_adapter_run, migrate, resolve_sources
+from ..migration.report import move_alias, quality_report
 from ..training.config import TrainConfig
 from ..training.trainer import train_prompts
 
@@ -89,9 +90,16 @@ def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, 
     sources: list[str | int] = [int(current[m]) for m in step.sources]  # type: ignore[arg-type]  # None excluded just above
     if step.kind == "reuse":
         assert step.adapter_id is not None
-        applied, apply_run = apply_adapter_run(services, step.adapter_id, sources=sources, device=device, alias=alias, progress=progress)
+        applied, apply_run = apply_adapter_run(services, step.adapter_id, sources=sources, device=device,
+                                               alias=alias if gate is None else None, progress=progress)
+        outcome = None
+        if alias and gate is not None:  # the same gate a fit's alias goes through: the mapped set against its references
+            source_sets = resolve_sources(services, sources, plan.task)
+            report = quality_report(services, applied, source_sets, dataset, config or MigrationConfig(), device)
+            outcome = move_alias(services, alias, applied, report, gate)
         return {"set_id": applied.id, "run_id": apply_run.id, "adapter_id": step.adapter_id,
-                **({"mapped_before_by_run": applied.run_id} if applied.run_id != apply_run.id else {})}
+                **({"mapped_before_by_run": applied.run_id} if applied.run_id != apply_run.id else {}),
+                **({"alias": outcome} if outcome else {})}
     wanted = config or MigrationConfig(method=step.method or "puma")
     if step.method is not None and wanted.method != step.method:
         raise InvalidArgumentError(f"step {step.position} of plan {plan.id} fits with {step.method!r}; the config given is for {wanted.method!r}")
