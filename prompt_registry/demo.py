@@ -95,6 +95,7 @@ def _chain(registry: Registry, root: Path, source: str, target: str, data: Path,
     registry.register_model(newest, build_tiny_llama(root / newest, hidden_size=40, seed=3))
     say(f"a third model arrives ({newest}, decoder, width 40): plan {source} -> {target} -> {newest}")
     plan = registry.planner.plan(newest, "rating", sources=[source], via=target)
+    assert plan.id is not None, "a saved plan has an id"
     for step in plan.steps:
         say(f"  plan {plan.id} step {step.position}: {step.kind} {'+'.join(step.sources)} -> {step.target}"
             + (f" (adapter {step.adapter_id})" if step.adapter_id else "")
