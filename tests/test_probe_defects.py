@@ -172,8 +172,14 @@ def test_apply_looks_at_the_user_list_a_bounded_number_of_times(populated, monke
     users = [f"x{i}" for i in range(n)]
     populated.import_prompts("a", "rate", prompts(n), users, create_users=True, alias="production")
     adapter_id = _adapter(populated)
-    original = migrate_module._common_users
-    monkeypatch.setattr(migrate_module, "_common_users", lambda *a, **k: _CountingList(original(*a, **k)))
+    original = migrate_module.plan_coverage
+
+    def counting(*a, **k):
+        cover = original(*a, **k)
+        cover.mapped = _CountingList(cover.mapped)
+        return cover
+
+    monkeypatch.setattr(migrate_module, "plan_coverage", counting)
     _CountingList.iterations = 0
     result = populated.apply_adapter(adapter_id, progress=False)
     assert result.n_users == n

@@ -61,9 +61,18 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 class PromptEncoder:
     """Turns (prompt rows, texts) into the backbone's answer features, differentiably in the prompts."""
 
-    def __init__(self, backbone: Backbone, template: Template, prompt_len: int, task_kind: str, max_length: int = 96) -> None:
+    def __init__(self, backbone: Backbone, template: Template, prompt_len: int, task_kind: str, max_length: int = 96,
+                 item_prior: bool = False, scoring: bool = False) -> None:
         self.backbone = backbone
         self.template = template
+        self.task_kind = task_kind
+        # one more feature after the backbone's: the item's prior score from the training rows
+        # (``training.examples.item_priors``), which a head with ``prior=True`` adds, calibrated
+        self.item_prior = item_prior
+        # candidate scoring: the features also hold the hidden state at the prompt slot (the user as
+        # the model reads them) and the mean hidden state of the text after it (the candidate), for
+        # a head that scores their match (``TaskHead(scoring_width=...)``)
+        self.scoring = scoring
         self.prompt_len = prompt_len
         self.max_length = max_length
         tok = backbone.tokenizer
@@ -84,7 +93,8 @@ class PromptEncoder:
 
     @property
     def feature_size(self) -> int:
-        return len(self.answer_ids) if self.backbone.decoder else self.backbone.hidden_size
+        base = len(self.answer_ids) if self.backbone.decoder else self.backbone.hidden_size
+        return base + (2 * self.backbone.hidden_size if self.scoring else 0) + int(self.item_prior)
 
     def tokenize(self, suffixes: Sequence[str]) -> list[list[int]]:
         """Token ids of the text after the placeholder (cached: items repeat across users)."""
@@ -99,8 +109,12 @@ class PromptEncoder:
             out.append(ids)
         return out
 
-    def collate(self, suffix_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
+    def collate(self, suffix_ids: Sequence[Sequence[int]], prior: Any = None) -> dict[str, Any]:
+        """A padded batch; ``prior`` (one float per row) is required exactly when ``item_prior`` is on."""
         import torch
+
+        if self.item_prior != (prior is not None):
+            raise ValueError("this encoder reads an item prior: pass one per row" if self.item_prior else "this encoder reads no item prior")
 
         head = list(self.lead) + list(self.prefix_ids)
         seqs = [head + [self.pad_id] * self.prompt_len + list(s) + list(self.trail) for s in suffix_ids]
@@ -114,7 +128,10 @@ class PromptEncoder:
             ids[i, offset : offset + len(seq)] = torch.tensor(seq)
             mask[i, offset : offset + len(seq)] = 1
             slot_start[i] = offset + len(head)
-        return {"input_ids": ids, "attention_mask": mask, "slot_start": slot_start}
+        out = {"input_ids": ids, "attention_mask": mask, "slot_start": slot_start}
+        if prior is not None:
+            out["prior"] = torch.as_tensor(prior, dtype=torch.float32).reshape(batch)
+        return out
 
     def features(self, prompts: Any, batch: dict[str, Any]) -> Any:
         """``prompts``: (B, prompt_len, width) -> (B, feature_size)."""
@@ -130,12 +147,33 @@ class PromptEncoder:
         model = self.backbone.model
         if self.backbone.decoder:
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state[:, -1]
+            states = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
             head = model.get_output_embeddings()
-            logits = hidden @ head.weight[self.answer_ids].T
+            logits = states[:, -1] @ head.weight[self.answer_ids].T
             if getattr(head, "bias", None) is not None:
                 logits = logits + head.bias[self.answer_ids]
-            return logits
+            return self._with_prior(self._with_scoring(logits, states, mask, batch), batch)
         hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self._with_prior(self._with_scoring(pooled, hidden, mask, batch), batch)
+
+    def _with_scoring(self, features: Any, states: Any, mask: Any, batch: dict[str, Any]) -> Any:
+        import torch
+
+        if not self.scoring:
+            return features
+        start = batch["slot_start"].to(states.device)[:, None]
+        at = torch.arange(states.shape[1], device=states.device)[None, :]
+        in_slot = ((at >= start) & (at < start + self.prompt_len)).unsqueeze(-1).to(states.dtype)
+        after = ((at >= start + self.prompt_len) & (mask > 0)).unsqueeze(-1).to(states.dtype)
+        slot = (states * in_slot).sum(dim=1) / in_slot.sum(dim=1).clamp(min=1.0)
+        item = (states * after).sum(dim=1) / after.sum(dim=1).clamp(min=1.0)
+        return torch.cat([features, slot, item], dim=1)
+
+    def _with_prior(self, features: Any, batch: dict[str, Any]) -> Any:
+        import torch
+
+        if not self.item_prior:
+            return features
+        return torch.cat([features, batch["prior"].to(features.device, features.dtype)[:, None]], dim=1)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .dataset import Dataset, Split, subsample, write_dataset
 from .movielens import convert_movielens
-from .synthetic import make_synthetic
+from .synthetic import make_clicks, make_synthetic
 
 
 def dataset_stats(folder: str | Path) -> dict[str, Any]:
@@ -15,4 +15,4 @@ def dataset_stats(folder: str | Path) -> dict[str, Any]:
     return Dataset.load(folder).stats()
 
 
-__all__ = ["Dataset", "Split", "convert_movielens", "dataset_stats", "make_synthetic", "subsample", "write_dataset"]
+__all__ = ["Dataset", "Split", "convert_movielens", "dataset_stats", "make_clicks", "make_synthetic", "subsample", "write_dataset"]

@@ -45,3 +45,46 @@ def make_synthetic(folder: str | Path, *, n_users: int = 60, n_items: int = 80, 
             label = rating if kind == "rating" else float(rating >= 4)
             rows.append((f"user{u:04d}", f"i{j}", label, 1_000_000 + 1000 * u + t))
     return write_dataset(folder, rows, items)
+
+
+def make_clicks(folder: str | Path, *, n_users: int = 200, n_items: int = 300, impressions: int = 30, seed: int = 0,
+                popularity_exponent: float = 1.0, popularity_weight: float = 0.8, taste_weight: float = 3.0,
+                base_rate: float = -2.0) -> Path:
+    """Implicit feedback as recommenders see it: impressions and clicks, where popularity is a
+    strong baseline and personal taste is what a user's prompt can add.
+
+    Items have a Zipf popularity (``popularity_exponent``) and two genre words in their text;
+    each user has two favourite genres. A user sees ``impressions`` items, drawn by exposure
+    (square root of popularity: popular items are shown more, but not only), and clicks with
+    probability ``sigmoid(base_rate + popularity_weight * z(log popularity) + taste_weight *
+    [the item has a favourite genre] + noise)``. The impressions not clicked are the negatives
+    (sampled by exposure, as a feed does). Few interactions per user and a shared popularity
+    effect make item click-through rate hard to beat; only the taste part is per user.
+
+    With the defaults (400 users, seed 0) the popularity baseline's test uAUC is 0.64; a per-user
+    genre click-rate model fitted on the training rows reaches 0.75: that gap is what a user's
+    prompt can add (``benchmarks/bench_click.py``).
+    """
+    rng = np.random.default_rng(seed)
+    genre_of = [rng.choice(len(GENRES), size=2, replace=False) for _ in range(n_items)]
+    items = {f"i{j}": f"{GENRES[g[0]]} {GENRES[g[1]]} {NOUNS[rng.integers(len(NOUNS))]} movie" for j, g in enumerate(genre_of)}
+    rank = rng.permutation(n_items) + 1
+    popularity = rank.astype(float) ** -popularity_exponent
+    popularity /= popularity.sum()
+    log_pop = np.log(popularity)
+    z_pop = (log_pop - log_pop.mean()) / log_pop.std()
+    exposure = np.sqrt(popularity) / np.sqrt(popularity).sum()
+    genre_matrix = np.zeros((n_items, len(GENRES)))
+    for j, g in enumerate(genre_of):
+        genre_matrix[j, g] = 1.0
+    rows = []
+    for u in range(n_users):
+        favourite = np.zeros(len(GENRES))
+        favourite[rng.choice(len(GENRES), size=2, replace=False)] = 1.0
+        shown = rng.choice(n_items, size=min(impressions, n_items), replace=False, p=exposure)
+        for t, j in enumerate(shown):
+            likes = float(genre_matrix[j] @ favourite > 0)
+            logit = base_rate + popularity_weight * z_pop[j] + taste_weight * likes + rng.normal(0, 0.5)
+            click = float(rng.random() < 1 / (1 + np.exp(-logit)))
+            rows.append((f"user{u:04d}", f"i{j}", click, 1_000_000 + 1000 * u + t))
+    return write_dataset(folder, rows, items)

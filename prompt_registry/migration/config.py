@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..backbones.prompting import DEFAULT_TEMPLATE
+from ..backbones.prompting import DEFAULT_TEMPLATE, HISTORY_TEMPLATE, Template
 from ..errors import InvalidArgumentError
 from .base import MethodConfig, method_config
 from .coverage import check as check_coverage
@@ -44,6 +44,9 @@ class MigrationConfig:
     seed: int = 0
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
     template: str = DEFAULT_TEMPLATE
+    history_len: int = 0  # the user's recent training items in the text ({history}), as ``TrainConfig.history_len``
+    item_prior: bool | None = None  # the target head adds the item's prior score: as ``TrainConfig.item_prior``
+    candidate_scoring: bool | None = None  # the target head scores user-candidate matches: as ``TrainConfig.candidate_scoring``
     max_length: int = 96
     test_fraction: float = 0.2
     valid_fraction: float = 0.1
@@ -105,11 +108,23 @@ class MigrationConfig:
             (self.validate_on in ("all", "selected"), "validate_on must be 'all' or 'selected'"),
             (self.apply_batch_users >= 1, "apply_batch_users must be >= 1"),
             (0 < self.test_fraction < 1 and 0 <= self.valid_fraction < 1, "split fractions out of range"),
+            (self.history_len >= 0, "history_len must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InvalidArgumentError(f"invalid migration config: {message}")
         check_coverage(self.coverage, self.cold_start)
+        self.template_obj()  # validates the template
+
+    def uses_item_prior(self, task_kind: str) -> bool:
+        return self.item_prior if self.item_prior is not None else task_kind == "click"
+
+    def uses_scoring(self, task_kind: str) -> bool:
+        return self.candidate_scoring if self.candidate_scoring is not None else task_kind == "click"
+
+    def template_obj(self) -> Template:
+        text = HISTORY_TEMPLATE if self.history_len > 0 and self.template == DEFAULT_TEMPLATE else self.template
+        return Template(text, self.history_len)
 
     def to_dict(self) -> dict[str, Any]:
         assert isinstance(self.method_config, MethodConfig)

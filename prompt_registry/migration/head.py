@@ -24,7 +24,8 @@ from ..training.examples import Examples
 from ..training.headfit import HeadFitConfig, cached_features, fit_head
 from ..training.loop import cpu_state
 
-_SHAPE_KEYS = ("task_kind", "decoder", "feature_size", "hidden")
+_SHAPE_KEYS = ("task_kind", "decoder", "feature_size", "hidden", "prior", "scoring_width", "scoring_rank", "click_mlp")
+_SHAPE_DEFAULTS = {"hidden": 64, "prior": False, "scoring_width": 0, "scoring_rank": 16, "click_mlp": False}  # heads stored before these
 
 
 def warm_start_head(services: Services, head: TaskHead, source_sets: Sequence[PromptSet]) -> int | None:
@@ -35,7 +36,7 @@ def warm_start_head(services: Services, head: TaskHead, source_sets: Sequence[Pr
             continue
         artifact = services.artifacts.get_artifact(source.head_id)
         wanted = head.config()
-        if any(artifact.config.get(k, 64 if k == "hidden" else None) != wanted[k] for k in _SHAPE_KEYS):
+        if any(artifact.config.get(k, _SHAPE_DEFAULTS.get(k)) != wanted[k] for k in _SHAPE_KEYS):
             continue
         info = services.models.get_model(source.model)
         _, tensors = services.artifacts.load_artifact(source.head_id, fingerprint=info.fingerprint)

@@ -27,7 +27,7 @@ import torch
 
 from ..backbones.heads import TaskHead
 from ..backbones.loader import load_backbone, resolve_device
-from ..backbones.prompting import PromptEncoder, Template
+from ..backbones.prompting import PromptEncoder
 from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run
@@ -139,8 +139,9 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     picked = np.array([position[u] for u in selection.users], dtype=np.int64)
 
     backbone = load_backbone(target_info, device=device)
-    template = Template(config.template)
-    encoder = PromptEncoder(backbone, template, source_sets[0].prompt_len, task_kind, config.max_length)
+    template = config.template_obj()
+    encoder = PromptEncoder(backbone, template, source_sets[0].prompt_len, task_kind, config.max_length,
+                            item_prior=config.uses_item_prior(task_kind), scoring=config.uses_scoring(task_kind))
     # user_index of every example set indexes the candidates (the rows of the source tables); the
     # selected users' examples are a subset of everyone's (tokenised once)
     all_train, valid_all = prepare_examples(dataset, split, candidates, encoder, template)
@@ -152,7 +153,8 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     spec = MappingSpec(tuple(s.width for s in source_sets), target_info.hidden_size, source_sets[0].prompt_len)
     torch.manual_seed(config.seed)  # the method's initialisation, then the head's: reproducible for a seed
     method = method_class.create(config.method_config, spec, backbone)
-    head = TaskHead(task_kind, backbone.decoder, encoder.feature_size, float(train.labels.mean())).to(backbone.device)
+    head = TaskHead(task_kind, backbone.decoder, encoder.feature_size, float(train.labels.mean()), prior=encoder.item_prior,
+                    scoring_width=backbone.hidden_size if encoder.scoring else 0).to(backbone.device)
     head_from = warm_start_head(services, head, source_sets) if config.warm_start_head else None
     key = checkpoint_key("migrate", [s.sha256 for s in source_sets], target_info.fingerprint, task, dataset.fingerprint, config.to_dict())
     checkpoint = services.ctx.scratch_dir() / "checkpoints" / f"migrate-{key}.safetensors"

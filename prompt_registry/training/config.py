@@ -40,6 +40,13 @@ class TrainConfig:
     schedule: str = "constant"  # or "cosine" (decays to final_lr x the peak, never to zero)
     final_lr: float = 0.1
     valid_every: int = 0  # steps between validations (at epoch ends); 0: every epoch
+    # the head adds the item's prior score (its training click-through rate, or mean rating) with
+    # a learned weight: it starts as the popularity baseline and the prompt adds the personal part.
+    # None: on for click tasks, where popularity is the baseline to beat, off for ratings
+    item_prior: bool | None = None
+    # candidate scoring: the head also scores the match of the user (the hidden state at the prompt
+    # slot) and the candidate (the text after it) in a learned low-rank space. None: as item_prior
+    candidate_scoring: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -62,6 +69,12 @@ class TrainConfig:
             if not ok:
                 raise InvalidArgumentError(f"invalid training config: {message}")
         self.template_obj()  # validates the template
+
+    def uses_item_prior(self, task_kind: str) -> bool:
+        return self.item_prior if self.item_prior is not None else task_kind == "click"
+
+    def uses_scoring(self, task_kind: str) -> bool:
+        return self.candidate_scoring if self.candidate_scoring is not None else task_kind == "click"
 
     def template_obj(self) -> Template:
         text = self.template

@@ -18,7 +18,7 @@ from ..entities import CostLedger, Evaluation, PromptSet
 from ..errors import ConflictError
 from . import metrics
 from .config import TrainConfig
-from .examples import build_examples, user_histories
+from .examples import build_examples, item_priors, user_histories
 from .loop import run_batches
 
 
@@ -58,7 +58,8 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
         raise ConflictError(f"backbone {backbone.name} is not the model of set {prompt_set.id} ({info.name})")
     head = TaskHead.from_artifact(head_meta, tensors).to(backbone.device).eval()
     template = Template(head_meta["template"], head_meta["history_len"])
-    encoder = PromptEncoder(backbone, template, prompt_set.prompt_len, head.task_kind, head_meta["max_length"])
+    encoder = PromptEncoder(backbone, template, prompt_set.prompt_len, head.task_kind, head_meta["max_length"], item_prior=head.prior,
+                            scoring=head.scoring_width > 0)
 
     wanted = list(dict.fromkeys(dataset.users[rows].tolist()))
     have = set(services.reads.list_set_users(prompt_set.id))
@@ -66,7 +67,8 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
     rows = rows[np.isin(dataset.users[rows], users)]
     prompts = services.reads.get_prompts(users, set=prompt_set.id).to(backbone.device) if users else torch.empty(0)
     index = {u: i for i, u in enumerate(users)}
-    examples = build_examples(dataset, rows, index, encoder, template, user_histories(dataset, parts.train, template.history_len))
+    priors = item_priors(dataset, parts.train, head.task_kind) if head.prior else None
+    examples = build_examples(dataset, rows, index, encoder, template, user_histories(dataset, parts.train, template.history_len), priors)
     run = services.runs.start_run("eval", model=prompt_set.model, task=prompt_set.task,
                              config={"set_id": prompt_set.id, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
                                      "split": split, "test_fraction": test_fraction, "valid_fraction": valid_fraction})

@@ -19,6 +19,7 @@ class Examples:
     labels: np.ndarray  # float32
     users: np.ndarray  # str per example
     items: np.ndarray  # str per example
+    prior: np.ndarray | None = None  # float32 per example: the item's prior score, for encoders with ``item_prior``
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -27,7 +28,11 @@ class Examples:
         """These examples at ``positions`` (in that order), without tokenising anything again."""
         return Examples(rows=self.rows[positions], user_index=self.user_index[positions],
                         suffix_ids=[self.suffix_ids[p] for p in positions.tolist()], labels=self.labels[positions],
-                        users=self.users[positions], items=self.items[positions])
+                        users=self.users[positions], items=self.items[positions],
+                        prior=None if self.prior is None else self.prior[positions])
+
+    def prior_of(self, positions: Sequence[int] | np.ndarray) -> np.ndarray | None:
+        return None if self.prior is None else self.prior[np.asarray(positions, dtype=np.int64)]
 
     def tokens(self, positions: Sequence[int], prompt_len: int, overhead: int) -> int:
         """Real (non-padding) tokens of these examples: the cost unit of the ledger."""
@@ -45,8 +50,39 @@ def user_histories(data: Dataset, train_rows: np.ndarray, history_len: int) -> d
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ItemPrior:
+    """Each item's prior score from training rows, and the score of an item they never show."""
+
+    values: dict[str, float]
+    default: float
+
+    def __call__(self, items: np.ndarray) -> np.ndarray:
+        return np.array([self.values.get(i, self.default) for i in items.tolist()], dtype=np.float32)
+
+
+def item_priors(data: Dataset, train_rows: np.ndarray, kind: str) -> ItemPrior:
+    """The item prior a head with ``prior=True`` reads: for clicks the logit of the item's smoothed
+    click-through rate, exactly the popularity baseline's (one pseudo-row at the global rate); for
+    ratings the smoothed item mean minus the global mean. From the training rows only."""
+    labels, items = data.labels[train_rows].astype(np.float64), data.items[train_rows]
+    overall = float(labels.mean()) if len(labels) else (0.5 if kind == "click" else 3.0)
+    sums: dict[str, list[float]] = {}
+    for item, label in zip(items.tolist(), labels.tolist()):
+        acc = sums.setdefault(str(item), [0.0, 0.0])
+        acc[0] += label
+        acc[1] += 1
+    smoothed = {i: (total + overall) / (n + 1) for i, (total, n) in sums.items()}
+    if kind == "click":
+        def logit(p: float) -> float:
+            p = min(max(p, 1e-4), 1 - 1e-4)
+            return float(np.log(p / (1 - p)))
+        return ItemPrior({i: logit(v) for i, v in smoothed.items()}, logit(overall))
+    return ItemPrior({i: v - overall for i, v in smoothed.items()}, 0.0)
+
+
 def build_examples(data: Dataset, rows: np.ndarray, user_index: dict[str, int], encoder: PromptEncoder,
-                   template: Template, histories: dict[str, list[tuple[str, float]]]) -> Examples:
+                   template: Template, histories: dict[str, list[tuple[str, float]]], priors: ItemPrior | None = None) -> Examples:
     suffixes = []
     for r in rows.tolist():
         user, item = str(data.users[r]), str(data.items[r])
@@ -58,5 +94,5 @@ def build_examples(data: Dataset, rows: np.ndarray, user_index: dict[str, int], 
     return Examples(
         rows=rows, user_index=np.array([user_index[str(data.users[r])] for r in rows.tolist()], dtype=np.int64),
         suffix_ids=encoder.tokenize(suffixes), labels=data.labels[rows].astype(np.float32),
-        users=data.users[rows], items=data.items[rows],
+        users=data.users[rows], items=data.items[rows], prior=priors(data.items[rows]) if priors is not None else None,
     )

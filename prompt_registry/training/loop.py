@@ -121,7 +121,7 @@ def answer_features(encoder: PromptEncoder, prompt_source: Callable[[torch.Tenso
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             pos = list(range(start, min(start + batch_size, len(examples))))
-            batch = encoder.collate([examples.suffix_ids[p] for p in pos])
+            batch = encoder.collate([examples.suffix_ids[p] for p in pos], examples.prior_of(pos))
             index = torch.as_tensor(examples.user_index[pos], device=device)
             yield encoder.features(prompt_source(index), batch), int(batch["attention_mask"].sum())
 
@@ -217,7 +217,7 @@ class TrainingLoop:
         return torch.randperm(len(self.train), generator=generator).numpy()
 
     def step(self, positions: np.ndarray) -> float:
-        batch = self.encoder.collate([self.train.suffix_ids[p] for p in positions])
+        batch = self.encoder.collate([self.train.suffix_ids[p] for p in positions], self.train.prior_of(positions))
         device = self.encoder.backbone.device
         index = torch.as_tensor(self.train.user_index[positions], device=device)
         labels = torch.as_tensor(self.train.labels[positions], device=device)

@@ -29,7 +29,7 @@ from ..data.dataset import Dataset, Split
 from ..entities import Artifact, TrainResult
 from ..errors import ConflictError
 from .config import TrainConfig
-from .examples import Examples, build_examples, user_histories
+from .examples import Examples, build_examples, item_priors, user_histories
 from .headfit import HeadFitConfig, cached_features, fit_head
 from .loop import LoopConfig, PromptTable, TrainingLoop, cpu_state
 
@@ -59,8 +59,9 @@ def checkpoint_key(*parts: Any) -> str:
 def prepare_examples(dataset: Dataset, split: Split, users: Sequence[str], encoder: PromptEncoder, template: Any) -> tuple[Examples, Examples]:
     index = {u: i for i, u in enumerate(users)}
     histories = user_histories(dataset, split.train, template.history_len)
-    return (build_examples(dataset, split.train, index, encoder, template, histories),
-            build_examples(dataset, split.valid, index, encoder, template, histories))
+    priors = item_priors(dataset, split.train, encoder.task_kind) if encoder.item_prior else None
+    return (build_examples(dataset, split.train, index, encoder, template, histories, priors),
+            build_examples(dataset, split.valid, index, encoder, template, histories, priors))
 
 
 def _optimizers(table: PromptTable, head: TaskHead, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
@@ -101,12 +102,14 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
     if not resume and checkpoint.exists():
         checkpoint.unlink()  # a fresh run must not silently continue an old one
     template = config.template_obj()
-    encoder = PromptEncoder(backbone, template, config.prompt_len, task_info.kind, config.max_length)
+    encoder = PromptEncoder(backbone, template, config.prompt_len, task_info.kind, config.max_length,
+                            item_prior=config.uses_item_prior(task_info.kind), scoring=config.uses_scoring(task_info.kind))
     train, valid = prepare_examples(dataset, split, train_users, encoder, template)
     generator = torch.Generator().manual_seed(config.seed)
     table = PromptTable(init_prompts(len(train_users), config.prompt_len, backbone, config.init, generator)).to(backbone.device)
     torch.manual_seed(config.seed)
-    head = TaskHead(task_info.kind, backbone.decoder, encoder.feature_size, float(train.labels.mean())).to(backbone.device)
+    head = TaskHead(task_info.kind, backbone.decoder, encoder.feature_size, float(train.labels.mean()),
+                    prior=encoder.item_prior, scoring_width=backbone.hidden_size if encoder.scoring else 0).to(backbone.device)
     loop = TrainingLoop(
         encoder=encoder, head=head, provider=table, train=train, valid=valid, config=loop_config(config),
         optimizers=_optimizers(table, head, config),
