@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_store import machine_info  # noqa: E402  (same machine record as every benchmark)
 
 from prompt_registry import Registry  # noqa: E402
-from prompt_registry.data import make_synthetic, subsample  # noqa: E402
+from prompt_registry.data import make_clicks, make_synthetic, subsample  # noqa: E402
 from prompt_registry.migration.config import MigrationConfig  # noqa: E402
 from prompt_registry.migration.puma import PumaConfig  # noqa: E402
 from prompt_registry.migration.puma.selection import SelectionConfig  # noqa: E402
@@ -86,7 +86,7 @@ def world(setting: str, root: Path, args: argparse.Namespace, seed: int) -> tupl
     if setting == "click":
         models = {"tiny-bert": build_tiny_bert(root / "tiny-bert", hidden_size=48, seed=1),
                   "tiny-llama": build_tiny_llama(root / "tiny-llama", hidden_size=32, seed=2)}
-        data = make_synthetic(root / "data", n_users=args.users, n_items=200, per_user=args.per_user, seed=seed, kind="click")
+        data = make_clicks(root / "data", n_users=args.users, impressions=args.per_user, seed=seed)
         return models, data, "tiny-bert", "tiny-llama"
     from prompt_registry.assets import minilm_path, movielens_100k, mpnet_path
 
@@ -195,6 +195,9 @@ def summarize(setting: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": float(np.mean([s["rows"][name]["seconds"] for s in seeds])),
             "groups": seeds[0]["rows"][name].get("groups", {}),
         }
+        if kind == "click":
+            aucs = [s["rows"][name]["metrics"]["auc"] for s in seeds]
+            row["auc"] = {"mean": float(np.mean(aucs)), "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0, "values": aucs}
         rows.append(row)
     baselines = {k: float(np.mean([s["baselines"][k][key if kind == "rating" else "uauc"] for s in seeds])) for k in seeds[0]["baselines"]}
     headroom = next(r for r in rows if r["name"] == "random-init")["vs_retrain"]
@@ -228,6 +231,22 @@ def targets(results: dict[str, Any], default_name: dict[str, str]) -> list[dict[
                         "value": {"paired_se_vs_random": beats, "relative_gap_to_retrain": within, "cost": c},
                         "goal": {"paired_se_vs_random": ">= 2", "relative_gap_to_retrain": "<= 0.01", "cost": "<= 0.35"},
                         "met": bool(beats >= 2 and within <= 0.01 and c <= 0.35)})
+    click = results.get("click")
+    if click:
+        by = {r["name"]: r for r in click["rows"]}
+        popularity = click["baselines"]["popularity"]  # uAUC
+        trained = {n: by[n]["uauc"]["mean"] - popularity for n in by if n == "retrain" or n.startswith("source")}
+        out.append({"name": "(c) click: trained prompts beat popularity on uAUC by >= 0.03", "value": trained, "goal": ">= 0.03 each",
+                    "met": bool(trained and min(trained.values()) >= 0.03)})
+        row = by.get(default_name["click"].format(b=0.3))
+        source = next((r for n, r in by.items() if n.startswith("source")), None)
+        if row is not None and source is not None:
+            gap = by["retrain"]["auc"]["mean"] - row["auc"]["mean"]
+            vs_source = row["auc"]["mean"] - source["auc"]["mean"]
+            out.append({"name": "(c) click: migrated AUC within 0.01 of retrain and >= source AUC - 0.01",
+                        "value": {"retrain_minus_migrated": gap, "migrated_minus_source": vs_source},
+                        "goal": {"retrain_minus_migrated": "<= 0.01", "migrated_minus_source": ">= -0.01"},
+                        "met": bool(gap <= 0.01 and vs_source >= -0.01)})
     for name, res in results.items():
         rnd = next(r for r in res["rows"] if r["name"] == "random-init")
         lower = res["kind"] == "rating"

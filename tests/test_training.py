@@ -12,6 +12,7 @@ import torch
 
 import prompt_registry as pr
 from prompt_registry import Registry
+from prompt_registry.backbones.heads import TaskHead
 from prompt_registry.data.synthetic import make_synthetic
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
 from prompt_registry.training.config import TrainConfig
@@ -226,3 +227,36 @@ def test_min_steps_and_sparse_validation_are_recorded(reg, assets):
     steps = [h["step"] for h in result.history]
     assert steps[0] >= 60 and steps[-1] == cost["steps"] and all(b - a >= 60 for a, b in zip(steps[:-2], steps[1:-1]))
     assert cost["validations"] == len(steps) < cost["epochs_run"]
+
+
+def test_on_realistic_clicks_the_default_head_beats_popularity_and_starts_from_it(tmp_path, reg):
+    """make_clicks: Zipf popularity, taste over genres, unclicked impressions as negatives; the
+    default click head (item prior + candidate scoring) starts as popularity and adds the user."""
+    from prompt_registry.data import make_clicks
+    from prompt_registry.data.dataset import Dataset
+    from prompt_registry.training import metrics
+    from prompt_registry.training.examples import item_priors
+
+    data = make_clicks(tmp_path / "clicks", n_users=200, impressions=30, seed=0)
+    d = Dataset.load(data)
+    split = d.split(test_fraction=0.2, valid_fraction=0.1)
+    # the prior column is exactly the popularity baseline's score, and an untrained prior head predicts it
+    prior = item_priors(d, split.train, "click")
+    head = TaskHead("click", False, 48 + 2 * 48 + 1, 0.5, prior=True, scoring_width=48)
+    features = torch.cat([torch.randn(len(split.test), 48 * 3), torch.as_tensor(prior(d.items[split.test]))[:, None]], dim=1)
+    baseline = metrics.baselines(d.users[split.train], d.items[split.train], d.labels[split.train], d.users[split.test],
+                                 d.items[split.test], d.labels[split.test], "click")["popularity"]
+    untrained = metrics.summarize(d.users[split.test], head.predict(features).detach().numpy(), d.labels[split.test], "click")
+    assert abs(untrained["auc"] - baseline["auc"]) < 1e-6 and abs(untrained["uauc"] - baseline["uauc"]) < 1e-6
+    result = reg.train_prompts("bert", "click", data, config=TrainConfig(epochs=15, lr=5e-3, patience=3), progress=False, evaluate_split="test")
+    m = result.evaluation.metrics
+    assert m["uauc"] > m["baselines"]["popularity"]["uauc"] + 0.03, m
+    meta = reg.get_artifact(result.head_id).config
+    assert meta["prior"] and meta["scoring_width"] == 48 and meta["click_mlp"]
+
+
+def test_a_click_head_stored_before_the_mlp_loads_as_the_linear_head_it_was():
+    old = {"task_kind": "click", "decoder": False, "feature_size": 8, "label_mean": 0.4, "hidden": 64}
+    tensors = {"linear.weight": torch.ones(1, 8), "linear.bias": torch.zeros(1)}
+    head = TaskHead.from_artifact(old, tensors)
+    assert not head.click_mlp and torch.allclose(head.predict(torch.ones(2, 8)), torch.sigmoid(torch.tensor([8.0, 8.0])))
