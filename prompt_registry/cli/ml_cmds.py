@@ -45,6 +45,9 @@ def _result_rows(metrics: dict) -> list[dict]:
 @click.option("--batch-size", type=int, default=_TRAIN.batch_size, show_default=True)
 @click.option("--prompt-len", type=int, default=_TRAIN.prompt_len, show_default=True)
 @click.option("--history-len", type=int, default=_TRAIN.history_len, show_default=True, help="Recent training items shown in the template.")
+@click.option("--item-prior/--no-item-prior", default=None, help="The head adds the item's training click-through rate (default: on for click tasks).")
+@click.option("--candidate-scoring/--no-candidate-scoring", default=None,
+              help="The head scores the user-candidate match (default: on for click tasks).")
 @click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @device_option
 @click.option("--resume", is_flag=True, help="Continue from this configuration's checkpoint after a crash.")
@@ -53,11 +56,12 @@ def _result_rows(metrics: dict) -> list[dict]:
 @json_option
 @pass_ctx
 def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file: str | None, epochs: int, lr: float,
-                 head_lr: float, batch_size: int, prompt_len: int, history_len: int, seed: int, device: str,
-                 resume: bool, alias: str | None, evaluate: bool, as_json: bool) -> None:
+                 head_lr: float, batch_size: int, prompt_len: int, history_len: int, item_prior: bool | None,
+                 candidate_scoring: bool | None, seed: int, device: str, resume: bool, alias: str | None, evaluate: bool,
+                 as_json: bool) -> None:
     """Train every user's prompt (and the task head) from scratch on a frozen model."""
     config = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, prompt_len=prompt_len,
-                         history_len=history_len, seed=seed)
+                         history_len=history_len, item_prior=item_prior, candidate_scoring=candidate_scoring, seed=seed)
     result = obj.registry.train_prompts(
         model, task, data_dir, users=read_users_csv(users_file) if users_file else None, config=config,
         device=device, resume=resume, alias=alias, progress=not as_json, evaluate_split="test" if evaluate else None,
