@@ -621,3 +621,8 @@ def test_an_aggregate_whose_sources_hold_different_users_imputes_them_and_lists_
                     progress=False)
     with pytest.raises(pr.InvalidArgumentError, match="unknown coverage policy"):
         MigrationConfig(coverage="fallback")
+    # the CLI: the same options, the counts printed
+    res = CliRunner().invoke(main, ["--registry", str(world["root"] / "reg"), "migrate", "run", "--from", "cova,covb", "--to", "llama",
+                                    "--task", "rate", "--data", str(data), "--budget", "20", "--min-steps", "0", "--epochs", "1",
+                                    "--coverage", "common", "--no-eval"], catch_exceptions=False)
+    assert res.exit_code == 0 and "coverage (common): 30 on every source, 0 imputed, 60 left out, 10 with no source prompt" in res.stdout

@@ -176,6 +176,10 @@ def migrate() -> None:
 @click.option("--refine-share", type=float, default=_MIGRATION.refine_share, show_default=True,
               help="Refine only this share of users, the worst on validation after mapping (< 1: the head stays fixed).")
 @click.option("--refine-lr", type=float, default=_MIGRATION.refine_lr, show_default=True)
+@click.option("--coverage", type=click.Choice(("impute", "common")), default=_MIGRATION.coverage, show_default=True,
+              help="Users on only some sources: mapped with each missing source's mean prompt, or left out.")
+@click.option("--cold-start", type=click.Choice(("skip", "centroid")), default=_MIGRATION.cold_start, show_default=True,
+              help="Data-set users on no source: listed only, or given the mapped centroid.")
 @click.option("--seed", type=int, default=_MIGRATION.seed, show_default=True, help="Seeds the selection and the adapter training.")
 @device_option
 @click.option("--alias", help="Point this alias at the result (subject to --gate).")
@@ -189,7 +193,8 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                 method: str, budget: float | None, selection: str,
                 clusters: int | None, min_per_cluster: int, allocation: str, epochs: int | None, lr: float | None, phi: str | None,
                 min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
-                validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, seed: int, device: str,
+                validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, coverage: str,
+                cold_start: str, seed: int, device: str,
                 alias: str | None, gate: float | None, no_eval: bool, resume: bool, as_json: bool) -> None:
     """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost; or run a --plan."""
     if plan_id is not None:
@@ -211,7 +216,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
         method=method, method_config={"phi": phi} if phi else None,
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,
         min_steps=min_steps, warmup_steps=warmup_steps, validate_on=validate_on, head_refit=not no_head_refit,
-        refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, seed=seed,
+        refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, coverage=coverage, cold_start=cold_start, seed=seed,
         selection=SelectionConfig(method=selection, budget=budget, n_clusters=clusters, min_per_cluster=min_per_cluster,
                                   allocation=allocation, seed=seed),
     )
@@ -225,6 +230,10 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                f"({result.selection['method']}); mapped set {result.set.id} = {result.set.ref} ({result.set.n_users} users)")
     for warning in result.selection.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+    cov = result.coverage or {}
+    if cov.get("partial") or cov.get("cold") or cov.get("left_out"):
+        click.echo(f"coverage ({cov['policy']}): {cov['full']} on every source, {cov['partial']} imputed, {cov['left_out']} left out, "
+                   f"{cov['cold']} with no source prompt ({'given the centroid' if cov['cold_start'] == 'centroid' else 'not mapped'})")
     if result.refined is not None:
         click.echo(f"refined set {result.refined.id} = {result.refined.ref}")
     click.echo(f"cost: {run.wall_seconds:.1f} s on {run.device}, {run.examples_seen} examples, "
