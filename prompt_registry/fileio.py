@@ -155,6 +155,9 @@ def _load_safetensors(path: Path) -> tuple[np.ndarray, list[str] | None]:
             return t.numpy()
         except TypeError as exc:  # e.g. complex or unsigned types numpy cannot take from torch
             raise DTypeError(f"{path} holds a {t.dtype} tensor ({exc}); store prompts as float32 or float16") from None
+        except ValueError as exc:  # an empty tensor whose other dimensions multiply past what numpy can index (found by Hypothesis)
+            raise InvalidFileError(f"{path} declares a tensor of shape {tuple(t.shape)}, which numpy cannot hold ({exc}); "
+                                   "prompts are (users, prompt_len, width)") from None
 
     if PROMPTS_KEY in tensors:
         users = None

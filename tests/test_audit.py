@@ -338,6 +338,33 @@ def test_failed_purge_commits_nothing_and_can_be_rerun(scenario, monkeypatch):
     assert sc.reg.doctor().ok
 
 
+def test_a_purge_interrupted_after_its_commit_leaves_invisible_pending_bytes_that_gc_erases(scenario, monkeypatch):
+    """Found by the crash harness (Postgres, SIGKILL inside the purge): the bytes used to be zeroed
+    before the commit, so a kill in between left a visible row failing its checksum."""
+    from prompt_registry.audit import deletion
+
+    sc = scenario
+    held = sc.reg.user_history("u003").versions
+    assert held
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("simulated kill after the commit, before the erasure")
+
+    monkeypatch.setattr(deletion, "erase_pending", killed)
+    with pytest.raises(RuntimeError):
+        sc.reg.purge_user("u003")
+    monkeypatch.undo()
+    assert sc.reg.user_history("u003").deleted_at is not None
+    for s in sc.reg.list_sets():  # every visible set reads back and verifies; the user is in none
+        who = sc.reg.list_set_users(s.id)
+        assert "u003" not in who
+        sc.reg.get_prompts(who, set=s.id)
+    report = sc.reg.doctor()
+    assert [p.kind for p in report.problems] == ["purge-pending"] and "gc" in report.problems[0].fix
+    sc.reg.gc()
+    assert sc.reg.doctor().ok  # erased: every purged row reads back as zeros
+
+
 # ------------------------------------------------------------------------------ retention
 
 

@@ -139,3 +139,14 @@ def populated_once(tmp_path):
     reg.add_users(["u000", "u001", "u002"])
     yield reg
     reg.close()
+
+
+def test_an_empty_tensor_with_huge_other_dimensions_is_refused_clearly(tmp_path):
+    """Found by the fuzzer: shape (0, 1320808, 1321122, 1321439) made numpy raise a ValueError."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "huge.safetensors"
+    save_file({"prompts": torch.empty(0, 1320808, 1321122, 1321439)}, str(path))
+    with pytest.raises(pr.InvalidFileError, match="numpy cannot hold"):
+        load_prompt_file(path)

@@ -2,8 +2,10 @@
 
 How a purged row is represented: a set's array keeps its shape (versions are immutable byte
 layouts, and other users' row indices must not move), so ``prompt_sets.n_rows`` keeps counting
-every physical row. The user's row is overwritten with zeros in the store, its ``prompt_rows``
-entry is deleted and a ``purged_rows`` entry (set, row index, when) takes its place. ``doctor``
+every physical row. The user's ``prompt_rows`` entry is deleted and a ``purged_rows`` entry (set,
+row index, when) takes its place in one commit; then the row is overwritten with zeros in the
+store, verified, and the entry marked ``erased_at`` (a crash in between leaves it pending:
+invisible, reported by ``doctor``, erased by the next purge or ``gc``). ``doctor``
 therefore expects ``prompt_rows + purged_rows == n_rows`` and checks that every purged row reads
 back as zeros, while every other row must still match its sha256. ``n_users`` (users visible
 through a version) drops by one in every version that served the user, inherited rows included.
@@ -36,12 +38,11 @@ def lock_catalogue(session: Session) -> None:
 
 
 def purge_user(session: Session, store: TensorStore, user: UserRow, *, dry_run: bool, now: dt.datetime) -> PurgeReport:
-    """Inside a write transaction: zero and verify the user's rows in the store, then delete their
-    catalogue rows and per-user metrics, fix ``n_users`` and mark the user deleted.
-
-    The bytes are overwritten before the transaction commits: if it then fails, the user's reads
-    fail their checksum (the data is gone either way) and running the purge again completes it.
-    """
+    """Inside a write transaction: delete the user's catalogue rows and per-user metrics (each row
+    becomes a *pending* ``purged_rows`` entry), fix ``n_users`` and mark the user deleted. The
+    bytes are erased after the commit by ``erase_pending``: a crash in between leaves the user
+    invisible everywhere and their bytes pending (``doctor`` says so; the next purge or ``gc``
+    erases them), never a visible row whose bytes fail their checksum."""
     if not dry_run and not store.supports_overwrite:
         raise ConflictError(f"the store {store.location} cannot overwrite rows in place, which a purge needs")
     if not dry_run:
@@ -55,14 +56,8 @@ def purge_user(session: Session, store: TensorStore, user: UserRow, *, dry_run: 
     visible = sorted({set_id for set_id, _, _ in visible_sets(session, user.id)})
     n_metrics = session.scalar(select(func.count()).select_from(UserMetricRow).where(UserMetricRow.user_id == user.id)) or 0
     if not dry_run:
-        by_key: dict[str, list[int]] = collections.defaultdict(list)
-        for _, row_index, store_key in held:
-            if store_key is not None:
-                by_key[store_key].append(row_index)
-        for store_key, rows in by_key.items():
-            zero_rows(store, store_key, rows)
         if held:
-            session.execute(insert(PurgedRowRow), [{"set_id": s, "row_index": r, "purged_at": now} for s, r, _ in held])
+            session.execute(insert(PurgedRowRow), [{"set_id": s, "row_index": r, "purged_at": now, "erased_at": None} for s, r, _ in held])
         session.execute(delete(PromptRowRow).where(PromptRowRow.user_id == user.id))
         session.execute(delete(UserMetricRow).where(UserMetricRow.user_id == user.id))
         if visible:
@@ -73,6 +68,32 @@ def purge_user(session: Session, store: TensorStore, user: UserRow, *, dry_run: 
         user.external_id, dry_run, tuple(s for s, _, _ in held), len(held), tuple(visible), int(n_metrics),
         aware(user.deleted_at),
     )
+
+
+def erase_pending(session: Session, store: TensorStore, now: dt.datetime) -> int:
+    """Inside a write transaction: zero and verify the bytes of every purged row not erased yet
+    (this purge's, and any an interrupted purge left), then record them erased. Returns the rows
+    erased; ``IntegrityError`` if the store kept the bytes (they stay pending)."""
+    pending = session.execute(
+        select(PurgedRowRow.set_id, PurgedRowRow.row_index, PromptSetRow.store_key)
+        .join(PromptSetRow, PromptSetRow.id == PurgedRowRow.set_id)
+        .where(PurgedRowRow.erased_at.is_(None))
+        .order_by(PurgedRowRow.set_id, PurgedRowRow.row_index)
+    ).all()
+    by_key: dict[str, list[int]] = collections.defaultdict(list)
+    for _, row_index, store_key in pending:
+        if store_key is not None:
+            by_key[store_key].append(row_index)
+    for store_key, rows in by_key.items():
+        zero_rows(store, store_key, rows)
+    for set_id, row_index, _ in pending:
+        session.execute(update(PurgedRowRow).where(PurgedRowRow.set_id == set_id, PurgedRowRow.row_index == row_index)
+                        .values(erased_at=now))
+    return len(pending)
+
+
+def pending_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(PurgedRowRow).where(PurgedRowRow.erased_at.is_(None))) or 0
 
 
 def zero_rows(store: TensorStore, store_key: str, rows: Sequence[int]) -> None:
@@ -87,7 +108,8 @@ def zero_rows(store: TensorStore, store_key: str, rows: Sequence[int]) -> None:
     if np.ascontiguousarray(back).view(np.uint8).any():
         raise IntegrityError(
             f"rows {index.tolist()} of array {store_key!r} in {store.location} still hold data after being "
-            "overwritten with zeros; nothing was committed: check the store's storage and run the purge again"
+            "overwritten with zeros; the user is already out of every set, the erasure is pending: check the store's "
+            "storage and run the purge (or `prompt-registry gc`) again"
         )
 
 
@@ -96,12 +118,14 @@ def zero_digest(row_nbytes: int) -> bytes:
     return hashlib.sha256(bytes(row_nbytes)).digest()
 
 
-def expected_digests(session: Session, set_id: int, row_nbytes: int) -> dict[int, bytes]:
-    """row index -> the sha256 the row must have: its catalogue digest, or zeros if purged."""
-    digests = dict(session.execute(select(PromptRowRow.row_index, PromptRowRow.sha256).where(PromptRowRow.set_id == set_id)).all())
+def expected_digests(session: Session, set_id: int, row_nbytes: int) -> dict[int, bytes | None]:
+    """row index -> the sha256 the row must have: its catalogue digest, zeros if purged and erased,
+    None (not checked: old bytes or zeros) if its erasure is pending."""
+    digests: dict[int, bytes | None] = dict(session.execute(select(PromptRowRow.row_index, PromptRowRow.sha256)
+                                                           .where(PromptRowRow.set_id == set_id)).all())
     zero = zero_digest(row_nbytes)
-    for row_index in session.scalars(select(PurgedRowRow.row_index).where(PurgedRowRow.set_id == set_id)):
-        digests[row_index] = zero
+    for row_index, erased_at in session.execute(select(PurgedRowRow.row_index, PurgedRowRow.erased_at).where(PurgedRowRow.set_id == set_id)):
+        digests[row_index] = zero if erased_at is not None else None
     return digests
 
 

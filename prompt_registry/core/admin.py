@@ -67,6 +67,11 @@ class AdminService:
             sets = session.scalars(select(PromptSetRow).where(PromptSetRow.status == "committed").order_by(PromptSetRow.id)).all()
             artifacts = session.scalars(select(ArtifactRow).order_by(ArtifactRow.id)).all()
             orphans, foreign = self._unreferenced(session)
+            pending = deletion.pending_count(session)
+            if pending:
+                problems.append(Problem("purge-pending", f"{pending} purged row(s)",
+                                        "the users are out of every set, but their bytes are not erased yet (a purge was interrupted)",
+                                        "run `prompt-registry gc` (or the purge again): it erases them"))
             for row in sets:
                 rows_checked += self._check_set(session, row, checksums, problems)
             for run, why in runs.stale_runs(self._running_runs(session), self.ctx.now(), liveness.current(), stale_after_seconds):
@@ -111,7 +116,7 @@ class AdminService:
             return 0
         users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id)
                                      .where(PromptRowRow.set_id == row.id)).all())
-        digests = deletion.expected_digests(session, row.id, info.row_nbytes)  # purged rows: the digest of zeros
+        digests = deletion.expected_digests(session, row.id, info.row_nbytes)  # erased purged rows: the digest of zeros
         bad: list[str] = []
         for start in range(0, row.n_rows, WRITE_BATCH_ROWS):
             stop = min(start + WRITE_BATCH_ROWS, row.n_rows)
@@ -121,6 +126,8 @@ class AdminService:
                 problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
                 return start
             for i, digest in enumerate(row_digests(data), start=start):
+                if i in digests and digests[i] is None:
+                    continue  # a purged row whose erasure is pending: old bytes or zeros, never read
                 if digests.get(i) != digest:
                     bad.append(users.get(i, f"row {i}"))
         if bad:
@@ -133,8 +140,8 @@ class AdminService:
     def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS,
            keep_last: int | None = None, older_than_days: float | None = None,
            stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> GcReport:
-        """Remove the prompt sets retention no longer needs (with ``keep_last``/``older_than_days``),
-        then store objects this catalogue wrote and no row refers to (bytes of interrupted writes),
+        """Finish interrupted purges (erase their pending bytes), remove the prompt sets retention no
+        longer needs (with ``keep_last``/``older_than_days``), then store objects this catalogue wrote and no row refers to (bytes of interrupted writes),
         and close stale runs (left ``running`` by a process that died) as ``failed``.
 
         Retention, per model and task, keeps the newest ``keep_last`` versions (at least 1; 1 if
@@ -149,6 +156,8 @@ class AdminService:
         grace_seconds = validation.duration(grace_seconds, "grace_seconds") or 0.0
         stale_after_seconds = validation.duration(stale_after_seconds, "stale_after_seconds") or 0.0
         policy = retention.RetentionPolicy.from_options(keep_last, older_than_days)
+        if not dry_run:
+            self._erase_pending()  # finish purges a crash interrupted after their commit
         sets: list[retention.DoomedSet] = []
         if policy is not None and dry_run:
             with read_session(self.ctx.engine) as session:
@@ -192,7 +201,7 @@ class AdminService:
         readable and checksum-valid. The audit log records the deletion (sets, row count, who,
         why), never the data. ``dry_run`` reports what would go and changes nothing.
         ``UnknownUserError`` if no such user; ``IntegrityError`` if the store kept the bytes."""
-        validation.text(reason, "reason")  # before the bytes are zeroed, which happens ahead of the commit
+        validation.text(reason, "reason")
         now = self.ctx.now()
         session_scope = read_session if dry_run else write_session
         with session_scope(self.ctx.engine) as session:
@@ -205,4 +214,12 @@ class AdminService:
                 }, reason)
         if not dry_run:
             self.ctx.caches.forget()
+            self._erase_pending()  # after the commit: a crash here leaves invisible, pending bytes, never a bad visible row
         return report
+
+    def _erase_pending(self) -> int:
+        """Zero and verify the bytes of every purged row whose erasure is pending (this purge's and
+        any an interrupted purge left)."""
+        with write_session(self.ctx.engine) as session:
+            deletion.lock_catalogue(session)
+            return deletion.erase_pending(session, self.ctx.store, self.ctx.now())

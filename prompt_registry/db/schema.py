@@ -184,7 +184,7 @@ class PromptRowRow(Base):
 
 
 class PurgedRowRow(Base):
-    """A row of a set's array whose user was purged: zeroed in the store, no ``prompt_rows`` entry.
+    """A row of a set's array whose user was purged: no ``prompt_rows`` entry, zeroed in the store.
 
     Arrays keep their shape after a purge, so ``prompt_sets.n_rows`` still counts every physical
     row; ``doctor`` expects each row to be either a catalogue row with a matching sha256 or a
@@ -196,6 +196,8 @@ class PurgedRowRow(Base):
     set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id"), primary_key=True)
     row_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     purged_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # set once the row's bytes are zeroed and verified (after the purge's commit); NULL: pending
+    erased_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AliasRow(Base):
