@@ -245,6 +245,7 @@ def test_a_two_hop_chain_runs_step_by_step_and_a_rerun_redoes_nothing(tiny):
     runs = [s.run_id for s in done.steps]
     with pytest.raises(pr.ConflictError, match="is done"):
         reg.planner.run(plan.id, data, config=_fast_config())
+    assert reg.planner.run(plan.id, data, resume=True).status == "done"  # resuming a done plan: nothing to do
     assert [s.run_id for s in reg.planner.get(plan.id).steps] == runs
 
 

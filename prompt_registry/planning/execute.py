@@ -36,8 +36,10 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
     step fits an adapter). ``ConflictError`` when another live process runs the plan, and when the
     plan was started before (killed, or a step failed) and ``resume`` is not given: ``resume``
     continues at the first unfinished step (a killed fit also continues from its adapter
-    checkpoint); finished steps are never redone."""
+    checkpoint); finished steps are never redone. Resuming a plan that is done returns it."""
     plan = services.plans.get_plan(plan_id)
+    if resume and plan.status == "done":
+        return plan  # resuming a finished plan (e.g. killed as it finished) has nothing left to do
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
     run = services.runs.start_run("plan", model=plan.target, task=plan.task, config={"plan_id": plan.id, "steps": len(plan.steps),
                                                                                      "data": dataset.root, "alias": alias})
