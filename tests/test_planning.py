@@ -136,6 +136,8 @@ def test_a_plan_is_stored_explained_and_reproducible_from_its_inputs(world):
         world.planner.get(999)
     dot = world.planner.dot("rate", plan_id=made.id)
     assert dot.startswith("digraph") and '"a" -> "b"' in dot and "color=red" in dot
+    # possible fits (from models with prompts, where no adapter is stored) are drawn apart: dotted grey
+    assert '"d" -> "c" [style=dotted' in dot and '"b" -> "a" [style=dotted' not in dot  # b holds no prompts
 
 
 def test_the_cli_plans_shows_lists_and_draws(world, backend, tmp_path):

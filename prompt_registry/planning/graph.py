@@ -92,9 +92,21 @@ def describe(graph: nx.MultiDiGraph) -> dict[str, Any]:
             "retrain_edges": sum(1 for _, _, d in graph.edges(data=True) if d["kind"] == "retrain")}
 
 
+MAX_DRAWN_FITS = 24  # possible fits drawn (dotted grey) up to this many; a bigger graph omits them
+
+
+def possible_fits(graph: nx.MultiDiGraph) -> list[tuple[str, str]]:
+    """Fit edges out of models that hold prompts, to models no stored adapter reaches from them:
+    what a plan could fit. Empty when there are more than ``MAX_DRAWN_FITS`` (unreadable)."""
+    stored = {(a, b) for a, b, d in graph.edges(data=True) if d["kind"] == "reuse"}
+    out = sorted({(a, b) for a, b, d in graph.edges(data=True) if d["kind"] == "fit" and graph.nodes[a].get("users") and (a, b) not in stored})
+    return out if len(out) <= MAX_DRAWN_FITS else []
+
+
 def to_dot(graph: nx.MultiDiGraph, highlight: list[tuple[str, str]] | None = None) -> str:
     """Graphviz text: models with users and aliases; stored adapters solid, combinations as
-    diamonds, possible fits omitted (every pair has one), the ``highlight`` path in bold red."""
+    diamonds, possible fits from models with prompts dotted grey (up to ``MAX_DRAWN_FITS``), the
+    ``highlight`` path in bold red."""
     chosen = set(highlight or [])
     lines = ["digraph migration {", "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
     for name, data in graph.nodes(data=True):
@@ -112,6 +124,9 @@ def to_dot(graph: nx.MultiDiGraph, highlight: list[tuple[str, str]] | None = Non
     for a, b in chosen:
         if not graph.has_edge(a, b) or all(d["kind"] not in ("reuse", "member") for d in graph.get_edge_data(a, b).values()):
             lines.append(f'  "{a}" -> "{b}" [label="fit", style=dashed, color=red, penwidth=2.5];')
+    for a, b in possible_fits(graph):
+        if (a, b) not in chosen:
+            lines.append(f'  "{a}" -> "{b}" [style=dotted, color=gray60, arrowsize=0.6];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -119,8 +134,8 @@ def to_dot(graph: nx.MultiDiGraph, highlight: list[tuple[str, str]] | None = Non
 def to_png(graph: nx.MultiDiGraph, path: str, highlight: list[tuple[str, str]] | None = None) -> None:
     """Draw the graph with matplotlib: models (filled when they hold prompts, with users and
     aliases), combinations as diamonds, stored adapters as solid arrows, the ``highlight`` path in
-    red (a hop without a stored adapter, i.e. a fit, dashed). Possible fits are not drawn: every
-    ordered pair has one."""
+    red (a hop without a stored adapter, i.e. a fit, dashed), possible fits from models with
+    prompts dotted grey (up to ``MAX_DRAWN_FITS``)."""
     try:
         import matplotlib
 
@@ -153,11 +168,16 @@ def to_png(graph: nx.MultiDiGraph, path: str, highlight: list[tuple[str, str]] |
     if fits:
         nx.draw_networkx_edges(nx.DiGraph(fits), layout, edgelist=fits, edge_color="red", style="dashed", width=2.5, arrows=True, arrowsize=20,
                                node_size=2600, ax=ax)
+    maybe = [e for e in possible_fits(graph) if e not in chosen and e not in fits]
+    if maybe:
+        nx.draw_networkx_edges(nx.DiGraph(maybe), layout, edgelist=maybe, edge_color="#aaaaaa", style="dotted", width=1.0, arrows=True,
+                               arrowsize=10, node_size=2600, ax=ax, connectionstyle="arc3,rad=0.15")
     nx.draw_networkx_labels(shown, layout, labels=labels, font_size=8, ax=ax)
     edge_labels = {(a, b): f"adapter {d['adapter_id']}" for a, b, d in graph.edges(data=True) if d["kind"] == "reuse"}
     edge_labels |= {e: "fit" for e in fits}
     nx.draw_networkx_edge_labels(shown, layout, edge_labels=edge_labels, font_size=7, ax=ax)
-    ax.set_title(f"migration graph of task {graph.graph.get('task')!r}: solid = stored adapter, red = plan (dashed: a fit)", fontsize=9)
+    ax.set_title(f"migration graph of task {graph.graph.get('task')!r}\nsolid = stored adapter, dotted grey = a possible fit, "
+                 "red = plan (dashed: a fit)", fontsize=9)
     ax.margins(0.12)
     ax.axis("off")
     fig.tight_layout()
