@@ -39,6 +39,12 @@ class Template:
         if (self.history_len > 0) != ("{history}" in self.text):
             raise InvalidFileError("use {history} in the template exactly when history_len > 0")
 
+    @classmethod
+    def configured(cls, text: str, history_len: int) -> Template:
+        """The template a config names: the default text becomes the history template when
+        ``history_len`` > 0 (a custom text is kept as given)."""
+        return cls(HISTORY_TEMPLATE if history_len > 0 and text == DEFAULT_TEMPLATE else text, history_len)
+
     @property
     def prefix(self) -> str:
         return self.text.split(PLACEHOLDER)[0]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..backbones.prompting import DEFAULT_TEMPLATE, HISTORY_TEMPLATE, Template
+from ..backbones.prompting import DEFAULT_TEMPLATE, Template
 from ..errors import InvalidArgumentError
+from ..training.config import on_for_clicks
 from .base import MethodConfig, method_config
 from .coverage import check as check_coverage
 from .puma.selection import SelectionConfig
@@ -117,14 +118,13 @@ class MigrationConfig:
         self.template_obj()  # validates the template
 
     def uses_item_prior(self, task_kind: str) -> bool:
-        return self.item_prior if self.item_prior is not None else task_kind == "click"
+        return on_for_clicks(self.item_prior, task_kind)
 
     def uses_scoring(self, task_kind: str) -> bool:
-        return self.candidate_scoring if self.candidate_scoring is not None else task_kind == "click"
+        return on_for_clicks(self.candidate_scoring, task_kind)
 
     def template_obj(self) -> Template:
-        text = HISTORY_TEMPLATE if self.history_len > 0 and self.template == DEFAULT_TEMPLATE else self.template
-        return Template(text, self.history_len)
+        return Template.configured(self.template, self.history_len)
 
     def to_dict(self) -> dict[str, Any]:
         assert isinstance(self.method_config, MethodConfig)

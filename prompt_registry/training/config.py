@@ -5,9 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..backbones.prompting import DEFAULT_TEMPLATE, HISTORY_TEMPLATE, Template
+from ..backbones.prompting import DEFAULT_TEMPLATE, Template
 from ..errors import InvalidArgumentError
 from .loop import SCHEDULES
+
+
+def on_for_clicks(flag: bool | None, task_kind: str) -> bool:
+    """A head option given as None means: on for click tasks (popularity is the baseline to beat),
+    off for ratings (``item_prior``, ``candidate_scoring`` of both configs)."""
+    return flag if flag is not None else task_kind == "click"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +77,13 @@ class TrainConfig:
         self.template_obj()  # validates the template
 
     def uses_item_prior(self, task_kind: str) -> bool:
-        return self.item_prior if self.item_prior is not None else task_kind == "click"
+        return on_for_clicks(self.item_prior, task_kind)
 
     def uses_scoring(self, task_kind: str) -> bool:
-        return self.candidate_scoring if self.candidate_scoring is not None else task_kind == "click"
+        return on_for_clicks(self.candidate_scoring, task_kind)
 
     def template_obj(self) -> Template:
-        text = self.template
-        if self.history_len > 0 and text == DEFAULT_TEMPLATE:
-            text = HISTORY_TEMPLATE
-        return Template(text, self.history_len)
+        return Template.configured(self.template, self.history_len)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
