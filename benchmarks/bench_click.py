@@ -24,7 +24,6 @@ variant's uAUC against popularity. Results: benchmarks/results/bench_click.{json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -37,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import paired_bootstrap  # noqa: E402
-from bench_store import machine_info  # noqa: E402
+from bench_store import args_record, machine_info, mean_sd, write_results  # noqa: E402
 
 from prompt_registry import Registry  # noqa: E402
 from prompt_registry.data import make_clicks  # noqa: E402
@@ -119,8 +118,7 @@ def summarize(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         uauc = [float(np.mean([m["auc"] for m in s["rows"][name]["per_user"].values() if "auc" in m])) for s in seeds]
         boots = [paired_bootstrap(s["rows"][name]["per_user"], s["rows"]["popularity"]["per_user"], "click", seed=s["seed"]) for s in seeds]
         auc = [s["rows"][name]["auc"] for s in seeds if "auc" in s["rows"][name]]
-        rows.append({"name": name, "uauc": {"mean": float(np.mean(uauc)), "sd": float(np.std(uauc, ddof=1)) if len(uauc) > 1 else 0.0},
-                     "auc": {"mean": float(np.mean(auc)), "sd": float(np.std(auc, ddof=1)) if len(auc) > 1 else 0.0} if auc else None,
+        rows.append({"name": name, "uauc": mean_sd(uauc), "auc": mean_sd(auc) if auc else None,
                      "vs_popularity": {"diff_mean": float(np.mean([b["diff"] for b in boots])),
                                        "se_mean": float(np.mean([b["se"] for b in boots])), "per_seed": boots}})
     return rows
@@ -154,11 +152,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seeds = [run_seed(args, seed) for seed in args.seeds]
     report = {"what": "click tasks: templates and heads vs popularity", "command": "python benchmarks/bench_click.py " + " ".join(sys.argv[1:]),
-              "machine": {**machine_info(), "load": os.getloadavg()}, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "summary": summarize(seeds)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=float))
-    (args.out / f"{args.name}.md").write_text(markdown(report))
+              "machine": {**machine_info(), "load": os.getloadavg()}, "args": args_record(args), "summary": summarize(seeds)}
+    write_results(args.out, args.name, report, markdown(report))
     print(markdown(report))
 
 

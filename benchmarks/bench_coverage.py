@@ -23,7 +23,6 @@ quotes the committed figures. Results: benchmarks/results/bench_coverage.{json,m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -36,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import paired_bootstrap, pooled  # noqa: E402
-from bench_store import machine_info  # noqa: E402
+from bench_store import args_record, machine_info, mean_sd, write_results  # noqa: E402
 
 from prompt_registry import Registry  # noqa: E402
 from prompt_registry.data import make_synthetic  # noqa: E402
@@ -130,7 +129,7 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         row: dict[str, Any] = {"name": name}
         for g in GROUPS:
             values = [s["rows"][name]["groups"][g] for s in seeds]
-            row[g] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+            row[g] = mean_sd(values)
         row["token_passes"] = float(np.mean([s["rows"][name]["token_passes"] for s in seeds]))
         boots = []
         for s in seeds:
@@ -142,6 +141,12 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
                                       "se_mean": float(np.mean([b["se"] for b in boots])), "per_seed": boots}
         rows.append(row)
     return {"rows": rows, "group_sizes": seeds[0]["group_sizes"], "seconds": [s["seconds"] for s in seeds]}
+
+
+def without_per_user(seed: dict[str, Any]) -> dict[str, Any]:
+    """A seed's record for the JSON: its rows without the per-user metrics."""
+    rows = {name: {k: v for k, v in row.items() if k != "per_user"} for name, row in seed["rows"].items()}
+    return {**{k: v for k, v in seed.items() if k != "rows"}, "rows": rows}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -174,12 +179,9 @@ def main() -> None:
     seeds = [run_seed(args, seed) for seed in args.seeds]
     report = {"what": "coverage policies of an aggregated migration with partly covered users",
               "command": "python benchmarks/bench_coverage.py " + " ".join(sys.argv[1:]),
-              "machine": {**machine_info(), "load": os.getloadavg()}, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "summary": summarize(seeds), "seeds": [{k: v for k, v in s.items() if k != "rows"} | {"rows": {n: {k: v for k, v in r.items() if k != "per_user"}
-                                                                                                        for n, r in s["rows"].items()}} for s in seeds]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=float))
-    (args.out / f"{args.name}.md").write_text(markdown(report))
+              "machine": {**machine_info(), "load": os.getloadavg()}, "args": args_record(args), "summary": summarize(seeds),
+              "seeds": [without_per_user(s) for s in seeds]}
+    write_results(args.out, args.name, report, markdown(report))
     print(markdown(report))
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_store import machine_info  # noqa: E402  (same machine record as every benchmark)
+from bench_store import args_record, machine_info, mean_sd, write_results  # noqa: E402  (same machine record as every benchmark)
 
 from prompt_registry import Registry  # noqa: E402
 from prompt_registry.data import make_clicks, make_synthetic, subsample  # noqa: E402
@@ -184,8 +184,7 @@ def summarize(setting: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
         boot = [paired_bootstrap(s["rows"][name]["per_user"], s["rows"]["retrain"]["per_user"], kind, seed=s["seed"]) for s in seeds]
         vs_random = [paired_bootstrap(s["rows"][name]["per_user"], s["rows"]["random-init"]["per_user"], kind, seed=s["seed"]) for s in seeds]
         row: dict[str, Any] = {
-            "name": name, key: {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                                "values": values},
+            "name": name, key: {**mean_sd(values), "values": values},
             "cost_vs_retrain": {"mean": float(np.mean(ratio)), "values": ratio},
             "recovered": {"mean": float(np.mean(recovered)), "values": recovered},
             "vs_retrain": {"diff_mean": float(np.mean([b["diff"] for b in boot])), "se_mean": float(np.mean([b["se"] for b in boot])),
@@ -197,7 +196,7 @@ def summarize(setting: str, seeds: list[dict[str, Any]]) -> dict[str, Any]:
         }
         if kind == "click":
             aucs = [s["rows"][name]["metrics"]["auc"] for s in seeds]
-            row["auc"] = {"mean": float(np.mean(aucs)), "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0, "values": aucs}
+            row["auc"] = {**mean_sd(aucs), "values": aucs}
         rows.append(row)
     baselines = {k: float(np.mean([s["baselines"][k][key if kind == "rating" else "uauc"] for s in seeds])) for k in seeds[0]["baselines"]}
     headroom = next(r for r in rows if r["name"] == "random-init")["vs_retrain"]
@@ -356,11 +355,9 @@ def main() -> None:
     report = {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
               "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]),
               "machine": {**machine_info(), "load": os.getloadavg()},
-              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "args": args_record(args),
               "default_migration": default["synthetic"], "settings_run": list(results), **results, "targets": targets(results, default)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=float))
-    (args.out / f"{args.name}.md").write_text(markdown(report))
+    write_results(args.out, args.name, report, markdown(report))
     plot(report, args.out / f"{args.name}.png")
     print(markdown(report))
 

@@ -298,9 +298,9 @@ def main() -> None:
     args = parser.parse_args()
     report = run(args.backend or ["sqlite", "postgres"], args.op or list(OPERATIONS), args.points, args.seed, args.workdir)
     report = {"command": "python benchmarks/reliability.py " + " ".join(sys.argv[1:]), "seed": args.seed, **report}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"{args.name}.md").write_text(markdown(report))
+    from bench_store import write_results  # here, not at the top: the child imports this module from its work folder
+
+    write_results(args.out, args.name, report, markdown(report))
     print(markdown(report))
 
 
