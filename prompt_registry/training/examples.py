@@ -9,6 +9,7 @@ import numpy as np
 
 from ..backbones.prompting import PromptEncoder, Template
 from ..data.dataset import Dataset
+from .metrics import smoothed_item_means
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +68,7 @@ def item_priors(data: Dataset, train_rows: np.ndarray, kind: str) -> ItemPrior:
     ratings the smoothed item mean minus the global mean. From the training rows only."""
     labels, items = data.labels[train_rows].astype(np.float64), data.items[train_rows]
     overall = float(labels.mean()) if len(labels) else (0.5 if kind == "click" else 3.0)
-    sums: dict[str, list[float]] = {}
-    for item, label in zip(items.tolist(), labels.tolist()):
-        acc = sums.setdefault(str(item), [0.0, 0.0])
-        acc[0] += label
-        acc[1] += 1
-    smoothed = {i: (total + overall) / (n + 1) for i, (total, n) in sums.items()}
+    smoothed = smoothed_item_means(items, labels) if len(labels) else {}
     if kind == "click":
         def logit(p: float) -> float:
             p = min(max(p, 1e-4), 1 - 1e-4)

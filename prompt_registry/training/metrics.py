@@ -56,6 +56,18 @@ def summarize(users: np.ndarray, pred: np.ndarray, y: np.ndarray, kind: str) -> 
     return {"auc": auc(pred, y), "uauc": float(np.mean(users_auc)) if users_auc else float("nan"), "n": float(len(y))}
 
 
+def smoothed_item_means(items: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Each item's mean label with one pseudo-row at the global mean: the popularity baseline's
+    score for clicks (and ``examples.item_priors``, so that the head's prior is exactly it)."""
+    overall = float(labels.mean())
+    sums: dict[str, list[float]] = {}
+    for item, label in zip(items.tolist(), labels.tolist()):
+        acc = sums.setdefault(str(item), [0.0, 0.0])
+        acc[0] += label
+        acc[1] += 1
+    return {i: (total + overall) / (n + 1) for i, (total, n) in sums.items()}
+
+
 def baselines(train_users: np.ndarray, train_items: np.ndarray, train_y: np.ndarray,
               users: np.ndarray, items: np.ndarray, y: np.ndarray, kind: str) -> dict[str, dict[str, float]]:
     """What a set must beat: global mean and per-user mean (rating), popularity (click)."""
@@ -70,11 +82,7 @@ def baselines(train_users: np.ndarray, train_items: np.ndarray, train_y: np.ndar
             "global_mean": summarize(users, np.full(len(y), global_mean), y, kind),
             "user_mean": summarize(users, per_user_pred, y, kind),
         }
-    clicks: dict[str, list[float]] = {}
-    for i, v in zip(train_items.tolist(), train_y.tolist()):
-        clicks.setdefault(i, []).append(v)
-    # smoothed item click-through rate
-    popularity = {i: (sum(v) + global_mean) / (len(v) + 1) for i, v in clicks.items()}
+    popularity = smoothed_item_means(train_items, train_y)  # smoothed item click-through rate
     pred = np.array([popularity.get(i, global_mean) for i in items.tolist()])
     return {"popularity": summarize(users, pred, y, kind)}
 
