@@ -238,9 +238,35 @@ class DoctorReport(_Entity):
     problems: tuple[Problem, ...]
     foreign: tuple[str, ...] = ()  # store objects this catalogue did not write (never deleted)
 
+    repair: RepairReport | None = None  # what ``doctor(repair=True)`` restored before it checked
+
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclasses.dataclass(frozen=True)
+class RepairReport(_Entity):
+    """What ``doctor(repair=True)`` did (or, with ``dry_run``, would do): files made readable,
+    arrays recreated, rows restored from identical copies, and what no copy holds. A dry
+    run cannot read a damaged file, so it counts every row in one; the repair keeps the bytes still
+    on disk and restores only the rows that fail their checksum (at most as many)."""
+
+    dry_run: bool
+    files_rebuilt: tuple[str, ...]
+    arrays_recreated: tuple[str, ...]
+    rows_restored: int
+    restored: dict[int, tuple[str, ...]]  # set id -> users whose rows were restored
+    lost: dict[int, tuple[str, ...]]  # set id -> users no other copy holds (restore from backup)
+    unreadable: tuple[str, ...]  # arrays whose metadata cannot be read (restore from backup)
+
+    @property
+    def rows_lost(self) -> int:
+        return sum(len(v) for v in self.lost.values())
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.files_rebuilt or self.arrays_recreated or self.rows_restored or self.lost or self.unreadable)
 
 
 @dataclasses.dataclass(frozen=True)

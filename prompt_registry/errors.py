@@ -153,13 +153,18 @@ class RowChecksumError(ChecksumError):
     ``positions`` index the rows *as requested* (the caller maps them back to users).
     """
 
-    def __init__(self, key: str, location: str, positions: list[int]) -> None:
-        self.key, self.positions = key, list(positions)
+    def __init__(self, key: str, location: str, positions: list[int], files: tuple[str, ...] = ()) -> None:
+        self.key, self.location, self.positions, self.files = key, location, list(positions), tuple(files)
+        where = f" (file {', '.join(self.files[:3])}{' ...' if len(self.files) > 3 else ''})" if self.files else ""
         super().__init__(
-            f"{len(self.positions)} row(s) of array {key!r} in {location} fail their sha256 check: the "
-            "bytes were modified or corrupted. Restore the store from backup or re-import the set, then "
-            "run `prompt-registry doctor`"
+            f"{len(self.positions)} row(s) of array {key!r} in {location}{where} fail their sha256 check: the "
+            "bytes were modified or corrupted. Run `prompt-registry doctor --repair` (restores rows other "
+            "versions hold), or restore the store from backup or re-import the set"
         )
+
+    def in_files(self, files: tuple[str, ...]) -> RowChecksumError:
+        """The same error, naming the files that hold the bad rows."""
+        return RowChecksumError(self.key, self.location, self.positions, files)
 
 
 class AssetMissingError(PromptRegistryError, FileNotFoundError):

@@ -17,7 +17,7 @@ from operator import itemgetter
 import numpy as np
 
 from ._util import preview
-from .errors import ChecksumError, UnknownUserError
+from .errors import ChecksumError, MissingDataError, UnknownUserError
 from .store.base import DIGEST_BYTES, RowChecksumError, TensorStore, digest_matrix, row_digests
 
 __all__ = ["DIGEST_BYTES", "ContentHash", "Manifest", "content_sha256", "digest_matrix", "row_digests"]
@@ -168,8 +168,13 @@ class Manifest:
         except RowChecksumError as exc:
             bad_users = ", ".join(repr(self.users[int(positions[i])]) for i in exc.positions[:5])
             more = f" and {len(exc.positions) - 5} more" if len(exc.positions) > 5 else ""
+            files = f", file {', '.join(exc.files[:3])}" if exc.files else ""
             raise ChecksumError(
                 f"the stored prompt(s) of user(s) {bad_users}{more} in set {holder} (array {key!r} "
-                f"in {store.location}) fail their sha256 check: the bytes were modified or corrupted. "
-                "Restore the store from backup or re-import the set, then run `prompt-registry doctor`"
+                f"in {store.location}{files}) fail their sha256 check: the bytes were modified or corrupted. "
+                "Run `prompt-registry doctor --repair` (it restores rows that other versions hold), or "
+                "restore the store from backup or re-import the set"
             ) from None
+        except MissingDataError as exc:
+            users = preview([self.users[int(p)] for p in positions])
+            raise MissingDataError(f"set {holder}, user(s) {users}: {exc}") from None

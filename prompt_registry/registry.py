@@ -327,10 +327,10 @@ class Registry:
         per-user changes. ``NotFoundError`` if either set has no such evaluation."""
         return self._s.audit.diff_evaluations(set_a, set_b, split=split, dataset=dataset, metric=metric, limit=limit)
 
-    def doctor(self, *, checksums: bool = True, stale_after_seconds: float = STALE_AFTER_SECONDS) -> DoctorReport:
-        """Check schema, catalogue vs store, (by default) every row checksum, and runs left ``running`` by a process that
-        died; objects in the store this catalogue did not write are listed in ``foreign``, not counted as problems."""
-        return self._s.admin.doctor(checksums=checksums, stale_after_seconds=stale_after_seconds)
+    def doctor(self, *, checksums: bool = True, repair: bool = False, dry_run: bool = False, stale_after_seconds: float = STALE_AFTER_SECONDS) -> DoctorReport:
+        """Check schema, catalogue vs store, every row checksum (``checksums``) and stale runs; with ``repair``, first
+        rebuild damaged files and restore rows from identical copies (``report.repair``; ``dry_run``: only say what)."""
+        return self._s.admin.doctor(checksums=checksums, repair=repair, dry_run=dry_run, stale_after_seconds=stale_after_seconds)
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, keep_last: int | None = None,
             older_than_days: float | None = None, stale_after_seconds: float = STALE_AFTER_SECONDS) -> GcReport:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from prompt_registry import Registry
+from prompt_registry import Registry, RepairReport
 from prompt_registry.registry import DEFAULT_GC_GRACE_SECONDS
 
 from ._common import Context, _cell, json_option, pass_ctx, print_json
@@ -40,14 +40,18 @@ def db_upgrade(obj: Context) -> None:
 
 @click.command()
 @click.option("--no-checksums", is_flag=True, help="Skip reading every row (only structure checks).")
+@click.option("--repair", is_flag=True, help="First rebuild damaged files and restore rows from identical copies other versions hold.")
+@click.option("--dry-run", is_flag=True, help="With --repair: say what would be restored, change nothing.")
 @json_option
 @pass_ctx
-def doctor(obj: Context, no_checksums: bool, as_json: bool) -> None:
-    """Verify schema, catalogue vs store, and checksums. Exit 1 if anything is wrong."""
-    report = obj.registry.doctor(checksums=not no_checksums)
+def doctor(obj: Context, no_checksums: bool, repair: bool, dry_run: bool, as_json: bool) -> None:
+    """Verify schema, catalogue vs store, and checksums. Exit 1 if anything is wrong (after --repair: anything left)."""
+    report = obj.registry.doctor(checksums=not no_checksums, repair=repair, dry_run=dry_run)
     if as_json:
         print_json(report.to_dict())
     else:
+        if report.repair is not None:
+            _print_repair(report.repair)
         click.echo(f"schema {report.schema_revision}; {report.sets_checked} sets, {report.rows_checked} rows, {report.artifacts_checked} artifacts checked")
         for problem in report.problems:
             click.echo(f"PROBLEM [{problem.kind}] {problem.object}: {problem.message}\n  fix: {problem.fix}")
@@ -57,6 +61,27 @@ def doctor(obj: Context, no_checksums: bool, as_json: bool) -> None:
         click.echo("ok" if report.ok else f"{len(report.problems)} problem(s)")
     if not report.ok:
         sys.exit(1)
+
+
+def _some(users: tuple[str, ...]) -> str:
+    return ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+
+
+def _print_repair(r: RepairReport) -> None:
+    verb = "would" if r.dry_run else "repair:"
+    if r.nothing_to_do:
+        click.echo("repair: nothing damaged")
+        return
+    for path in r.files_rebuilt:
+        click.echo(f"{verb} rebuild {path}")
+    for key in r.arrays_recreated:
+        click.echo(f"{verb} recreate array {key}")
+    for set_id, users in r.restored.items():
+        click.echo(f"{verb} restore {len(users)} row(s) of set {set_id} from identical copies (users {_some(users)})")
+    for set_id, users in r.lost.items():
+        click.echo(f"LOST {len(users)} row(s) of set {set_id}: no other copy holds them (users {_some(users)})")
+    for line in r.unreadable:
+        click.echo(f"UNREADABLE {line}")
 
 
 @click.command()

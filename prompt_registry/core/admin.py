@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 
@@ -15,16 +16,17 @@ from ..audit import deletion, retention
 from ..audit.entities import PurgeReport
 from ..db import lookups, migrations
 from ..db.engine import read_session, write_session
-from ..db.schema import ArtifactRow, PromptRowRow, PromptSetRow, RunRow, UserRow
+from ..db.schema import ArtifactRow, PromptRowRow, PromptSetRow, RunRow
 from ..entities import DoctorReport, GcReport, Problem
-from ..errors import IntegrityError, SchemaError
-from ..manifest import row_digests
+from ..errors import IntegrityError, InvalidArgumentError, SchemaError
 from ..store import keys
 from ..store.base import StoredObject
-from . import runs
-from .writes import WRITE_BATCH_ROWS
+from . import integrity, runs
 
 DEFAULT_GC_GRACE_SECONDS = 3600.0
+_DAMAGE = {"missing": "missing", "size": "truncated or padded", "index": "a corrupted shard"}
+_REPAIR = ("run `prompt-registry doctor --repair` (it restores rows other versions hold); for what it cannot "
+           "restore, restore the store from backup or re-import the set and move aliases to it")
 
 
 class AdminService:
@@ -51,10 +53,23 @@ class AdminService:
     def _running_runs(self, session: Session) -> Sequence[RunRow]:
         return session.scalars(select(RunRow).where(RunRow.status == "running").order_by(RunRow.id)).all()
 
-    def doctor(self, *, checksums: bool = True, stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> DoctorReport:
+    def doctor(self, *, checksums: bool = True, repair: bool = False, dry_run: bool = False,
+               stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> DoctorReport:
         """Check schema, catalogue vs store consistency, (by default) every row checksum, and
         runs left ``running`` by a process that died (see ``liveness``). Objects in the store that
-        this catalogue did not write are listed in ``foreign``, not counted as problems."""
+        this catalogue did not write are listed in ``foreign``, not counted as problems. With
+        ``repair``, first restore what can be restored (``core.integrity``; ``dry_run``: only say
+        what), then check: the problems are what is left."""
+        if dry_run and not repair:
+            raise InvalidArgumentError("dry_run applies to repair: pass repair=True too (`doctor --repair --dry-run`)")
+        fixed = None
+        if repair:
+            migrations.check_schema(self.ctx.engine, self.ctx.where)
+            fixed = integrity.repair(self.ctx, dry_run=dry_run)
+        report = self._doctor(checksums, stale_after_seconds)
+        return dataclasses.replace(report, repair=fixed)
+
+    def _doctor(self, checksums: bool, stale_after_seconds: float) -> DoctorReport:
         problems: list[Problem] = []
         revision = migrations.current_revision(self.ctx.engine)
         try:
@@ -105,36 +120,31 @@ class AdminService:
         try:
             info = self.ctx.store.array_info(row.store_key)
         except IntegrityError as exc:
-            problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
+            problems.append(Problem("missing", what, str(exc), _REPAIR))
             return 0
         expected = (row.n_rows, row.prompt_len, row.width)
         if info.shape != expected or info.dtype != row.dtype:
             problems.append(Problem("shape", what, f"array is {info.shape} {info.dtype}, catalogue says {expected} {row.dtype}",
                                     "restore the store from backup"))
             return 0
+        try:
+            damaged = self.ctx.store.damaged_files(row.store_key)
+        except IntegrityError as exc:
+            problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
+            return 0
+        users = integrity.users_of(session, row.id)
+        for d in damaged:
+            who = preview([users[i] for i in range(*d.rows) if i in users])
+            problems.append(Problem("damaged", what, f"file {d.path} is {_DAMAGE[d.why]} ({d.detail}): rows {d.rows[0]}-{d.rows[1] - 1} "
+                                    f"cannot be read (users {who or 'none: purged rows'})", _REPAIR))
         if not checksums:
             return 0
-        users = dict(session.execute(select(PromptRowRow.row_index, UserRow.external_id).join(UserRow, UserRow.id == PromptRowRow.user_id)
-                                     .where(PromptRowRow.set_id == row.id)).all())
         digests = deletion.expected_digests(session, row.id, info.row_nbytes)  # erased purged rows: the digest of zeros
-        bad: list[str] = []
-        for start in range(0, row.n_rows, WRITE_BATCH_ROWS):
-            stop = min(start + WRITE_BATCH_ROWS, row.n_rows)
-            try:
-                data = self.ctx.store.read_rows(row.store_key, slice(start, stop))
-            except IntegrityError as exc:
-                problems.append(Problem("missing", what, str(exc), "restore the store from backup, or re-import this set"))
-                return start
-            for i, digest in enumerate(row_digests(data), start=start):
-                if i in digests and digests[i] is None:
-                    continue  # a purged row whose erasure is pending: old bytes or zeros, never read
-                if digests.get(i) != digest:
-                    bad.append(users.get(i, f"row {i}"))
+        unread = {i for d in damaged for i in range(*d.rows)}
+        bad = [users.get(i, f"row {i}") for i in integrity.bad_rows(self.ctx.store, row.store_key, row.n_rows, digests, damaged)
+               if i not in unread]
         if bad:
-            problems.append(Problem(
-                "checksum", what, f"{len(bad)} row(s) fail their sha256 check (users {preview(bad)})",
-                "restore the store from backup, or re-import the set (a new version) and move aliases to it",
-            ))
+            problems.append(Problem("checksum", what, f"{len(bad)} row(s) fail their sha256 check (users {preview(bad)})", _REPAIR))
         return row.n_rows
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS,

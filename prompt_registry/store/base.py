@@ -49,6 +49,18 @@ class ArrayInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class FileDamage:
+    """A file of an array that cannot be read as its layout says: ``rows`` (``start, stop``) of
+    the array live in it; ``why`` is ``missing``, ``size`` (truncated or padded) or ``index``
+    (a shard index that is not the one the layout needs)."""
+
+    path: str
+    rows: tuple[int, int]
+    why: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
 class StoredObject:
     key: str
     kind: str  # "array" | "blob"
@@ -161,7 +173,19 @@ class TensorStore(abc.ABC):
 
     @abc.abstractmethod
     def overwrite_rows(self, key: str, rows: np.ndarray, data: np.ndarray) -> None:
-        """Replace individual rows in place (used only to purge a user's data); durable on return."""
+        """Replace individual rows in place (a purge zeroes a user's rows; a repair restores rows
+        to the bytes their digests name); durable on return."""
+
+    def damaged_files(self, key: str) -> list[FileDamage]:
+        """Files of the array that no read can use (missing, wrong size, bad shard index), found
+        without reading the rows. A backend without files has none."""
+        return []
+
+    def rebuild_files(self, key: str) -> list[FileDamage]:
+        """Make every damaged file readable again (durable on return): the bytes still there are
+        kept, lost rows become zeros (they then fail their checksums until restored), shard
+        indexes are rewritten from the layout. Returns what was damaged."""
+        return []
 
     # -- blobs --------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -63,6 +63,7 @@ from .base import (
     DIGEST_BYTES,
     SUPPORTED_DTYPES,
     ArrayInfo,
+    FileDamage,
     StoredObject,
     TensorStore,
     check_chunk_aligned,
@@ -397,10 +398,17 @@ class ZarrStore(TensorStore):
 
     def read_verified(self, key, rows, digests):
         layout = self._layout(key)
+        idx = normalize_rows(rows, layout.info.shape[0], f"array {key!r} in {self.location}")
+        try:
+            return self._read_verified(key, layout, idx, digests)
+        except RowChecksumError as exc:
+            files = sorted(set(layout.file_of(idx[exc.positions]).tolist()))
+            raise exc.in_files(tuple(str(self._chunk_path(key, f, len(layout.info.shape))) for f in files)) from None
+
+    def _read_verified(self, key: str, layout: _Layout, idx: np.ndarray, digests: np.ndarray) -> np.ndarray:
         info = layout.info
         if not layout.direct or not self.verified_cache_bytes:
-            return super().read_verified(key, rows, digests)
-        idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
+            return super().read_verified(key, idx, digests)
         # small reads hash faster than the cache answers; a read bigger than a quarter of the
         # cache (an export, a scan) would only evict what others use: both just hash
         if not VERIFIED_CACHE_MIN_ROWS <= len(idx) <= self.verified_cache_bytes // 4 // max(info.row_nbytes, mmap.PAGESIZE):
@@ -492,7 +500,8 @@ class ZarrStore(TensorStore):
         except FileNotFoundError:
             raise MissingDataError(
                 f"chunk file {path} is missing from the store; the bytes of this prompt set are lost: "
-                "restore them from backup or re-import the set"
+                "run `prompt-registry doctor --repair` (it rebuilds the file and restores rows other versions hold), "
+                "or restore them from backup or re-import the set"
             ) from None
         ident = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
@@ -504,7 +513,7 @@ class ZarrStore(TensorStore):
         if st.st_size != expected:
             raise MissingDataError(
                 f"chunk file {path} is truncated or padded ({st.st_size} bytes, expected {expected}); "
-                "restore it from backup or re-import the set"
+                "run `prompt-registry doctor --repair`, or restore it from backup or re-import the set"
             )
         with open(path, "rb") as fh:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
@@ -514,7 +523,8 @@ class ZarrStore(TensorStore):
             if mapped[expected - len(index):] != index:
                 raise MissingDataError(
                     f"the shard index at the end of {path} is not the one this array's layout needs "
-                    "(corrupted, or rewritten by another tool); restore the file from backup or re-import the set"
+                    "(corrupted, or rewritten by another tool); run `prompt-registry doctor --repair` (it rewrites "
+                    "the index), or restore the file from backup or re-import the set"
                 )
         view = np.frombuffer(mapped, dtype=info.dtype, count=rows * info.row_nbytes // np.dtype(info.dtype).itemsize)
         view = view.reshape(rows, *info.shape[1:])
@@ -523,6 +533,62 @@ class ZarrStore(TensorStore):
             while len(self._maps) > _MAPS_CACHED:
                 self._maps.popitem(last=False)  # the map closes when no reader holds its view
         return ident, view
+
+    def _file_damage(self, key: str, layout: _Layout, f: int) -> FileDamage | None:
+        info = layout.info
+        path = self._chunk_path(key, f, len(info.shape))
+        rows = (f * layout.file_rows, min((f + 1) * layout.file_rows, info.shape[0]))
+        expected = layout.file_nbytes(f)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return FileDamage(str(path), rows, "missing", "the file is gone")
+        if size != expected:
+            return FileDamage(str(path), rows, "size", f"{size} bytes, expected {expected}")
+        if layout.sharded:
+            index = layout.index_bytes(f)
+            with open(path, "rb") as fh:
+                fh.seek(expected - len(index))
+                if fh.read() != index:
+                    return FileDamage(str(path), rows, "index", "the shard index is not the one the layout needs")
+        return None
+
+    def _files(self, layout: _Layout) -> range:
+        return range(-(-layout.info.shape[0] // layout.file_rows))
+
+    def damaged_files(self, key):
+        layout = self._layout(key)
+        if not layout.direct:
+            return []  # written by another tool: zarr reads it and reports what it cannot
+        return [d for f in self._files(layout) if (d := self._file_damage(key, layout, f)) is not None]
+
+    def rebuild_files(self, key):
+        layout = self._layout(key)
+        if not layout.direct:
+            return []
+        damaged = []
+        for f in self._files(layout):
+            damage = self._file_damage(key, layout, f)
+            if damage is None:
+                continue
+            damaged.append(damage)
+            path = self._chunk_path(key, f, len(layout.info.shape))
+            size = layout.file_nbytes(f)
+            with self._lock:  # the file changes: its map and verified rows are stale
+                self._forget_verified((key, f))
+                self._maps.pop((key, f), None)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(fd, size)  # a truncated file grows with zeros; a padded one loses its tail
+                if layout.sharded:
+                    index = layout.index_bytes(f)
+                    _pwrite_all(fd, memoryview(index), size - len(index))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if damage.why == "missing":
+                fsync_path(path.parent)
+        return damaged
 
     def overwrite_rows(self, key, rows, data):
         layout = self._layout(key)

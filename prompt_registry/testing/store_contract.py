@@ -86,6 +86,12 @@ class TensorStoreContract:
         with pytest.raises(ValueError, match="do not fit"):
             store.write_rows("a", 0, _rows(4, width=5))
 
+    def test_written_arrays_have_no_damaged_files_and_a_rebuild_changes_nothing(self, store):
+        data = self._filled(store)
+        assert store.damaged_files("a") == []
+        assert store.rebuild_files("a") == []
+        np.testing.assert_array_equal(store.read_rows("a", range(len(data))), data)
+
     def test_create_twice_fails(self, store):
         self._filled(store)
         with pytest.raises(FileExistsError):
