@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import validation
 from .entities import TrainResult
 from .registry import Registry
 from .testing.models import build_tiny_bert, build_tiny_llama
@@ -135,6 +136,12 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
     from .migration.selection import SelectionConfig
     from .training.config import TrainConfig
 
+    validation.whole(n_users, "n_users (--users)", 20, 100_000)
+    validation.whole(per_user, "per_user (--per-user)", 5, 1_000)
+    validation.whole(train_epochs, "train_epochs (--train-epochs)", 1, 1_000)
+    validation.whole(adapter_epochs, "adapter_epochs (--adapter-epochs)", 1, 1_000)
+    validation.whole(threads, "threads (--threads)", 1, 1_024)
+    validation.fraction_or_count(budget, "budget (--budget)")
     say = echo or (lambda _msg: None)
     total_started = time.perf_counter()
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="prompt-registry-demo-"))

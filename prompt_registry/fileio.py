@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._util import echo, preview
 from .errors import DTypeError, InvalidFileError
 
 PICKLE_MAGIC = b"\x80"
@@ -34,7 +35,7 @@ def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or "user_id" not in reader.fieldnames:
                 raise InvalidFileError(
-                    f"{path} has no `user_id` column (found {reader.fieldnames}); "
+                    f"{path} has no `user_id` column (found {preview(reader.fieldnames or [])}); "
                     "the first line must be a header naming it"
                 )
             users = []
@@ -47,7 +48,7 @@ def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
     except FileNotFoundError:
         raise InvalidFileError(f"users file {path} does not exist") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidFileError(f"{path} is not a readable UTF-8 CSV ({exc})") from None
+        raise InvalidFileError(f"{path} is not a readable UTF-8 CSV ({echo(str(exc))})") from None
 
 
 def write_users_csv(path: Path, users: list[str]) -> None:

@@ -4,7 +4,8 @@ Limits (documented in README "Limits"):
 
 * ids and counts are integers in ``0 .. 2**63 - 1`` (what both SQLite and Postgres store); a
   reference to an object by id is written in ASCII digits (``'²'`` is a digit to Python, not to us);
-* user ids are 1-200 characters, not blank, without control characters (NUL, newlines, ...);
+* user ids are 1-200 characters, not blank, without control characters (NUL, newlines, ...), with
+  at least one visible character (a stray byte-order mark or zero-width space alone is refused);
 * tag names are 1-100 characters and actors 1-200, not blank, without control characters;
 * durations (days, seconds) are finite and not negative;
 * free text (reasons, notes, tag values) holds no NUL character.
@@ -60,6 +61,22 @@ def count(value: int | None, what: str, *, allow_none: bool = True) -> int | Non
     return value
 
 
+def whole(value: int | None, what: str, low: int, high: int) -> int | None:
+    """An optional whole number in ``low .. high`` (a count of users, epochs, threads)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgumentError(f"{what} must be a whole number from {low} to {high}, not {echo(value)}")
+    return value
+
+
+def fraction_or_count(value: float, what: str) -> float:
+    """A finite number > 0: a share (``<= 1``) or a count (``> 1``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"{what} must be a share in (0, 1] or a number of users, not {echo(value)}")
+    return float(value)
+
+
 def duration(value: float | None, what: str) -> float | None:
     """Days or seconds: ``None``, or a finite number >= 0 (not NaN, not infinite)."""
     if value is None:
@@ -73,12 +90,18 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
 
 
-def with_control_characters(ids: Sequence[str]) -> list[str]:
-    """The ids that hold a control character (NUL, tab, newline, ...). The common case costs one C
-    loop (100,000 ids: ~3 ms): only ids that are not all printable are looked at character by character."""
+def _invisible(text: str) -> bool:
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+
+
+def unfit_ids(ids: Sequence[str]) -> list[str]:
+    """The ids that hold a control character (NUL, tab, newline, ...) or nothing visible (only
+    spaces and format characters such as a stray byte-order mark or a zero-width space). The common
+    case costs one C loop (100,000 ids: ~3 ms): only ids that are not all printable are looked at
+    character by character."""
     if all(map(str.isprintable, ids)):
         return []
-    return [u for u in ids if _has_control(u)]
+    return [u for u in ids if _has_control(u) or _invisible(u)]
 
 
 def label(value: str, what: str, max_chars: int = MAX_LABEL_CHARS) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.expression import FunctionElement
 
-from .._util import aware
+from .._util import aware, echo
 from ..db.schema import (
     AliasEventRow,
     ArtifactRow,
@@ -253,7 +253,7 @@ def _month_postgresql(element: month_utc, compiler: Any, **kw: Any) -> str:
 def cost_summary(session: Session, *, since: dt.datetime | None = None, kind: str | None = None, group_by: str | None = None) -> list[RunCost]:
     """The runs' cost ledger summed, overall or per model, task, kind or month (oldest first)."""
     if group_by is not None and group_by not in GROUP_BY:
-        raise InvalidArgumentError(f"cannot group runs by {group_by!r}; use one of {', '.join(GROUP_BY)}")
+        raise InvalidArgumentError(f"cannot group runs by {echo(group_by)}; use one of {', '.join(GROUP_BY)}")
     key: Any = {
         None: literal_column("NULL", String), "model": BaseModelRow.name, "task": TaskRow.name,
         "kind": RunRow.kind, "month": month_utc(RunRow.started_at),
@@ -334,14 +334,14 @@ def _evaluation_pair(session: Session, set_a: int, set_b: int, split: str, datas
     eval_a = _latest_evaluation(session, set_a, split, dataset)
     if eval_a is None:
         raise NotFoundError(
-            f"set {set_a} has no evaluation on split {split!r}{f' of {dataset!r}' if dataset else ''}; "
+            f"set {set_a} has no evaluation on split {echo(split)}{f' of {echo(dataset)}' if dataset else ''}; "
             "record one with Registry.record_evaluation, or pick another --split/--dataset"
         )
     eval_b = _latest_evaluation(session, set_b, split, eval_a.dataset)
     if eval_b is None:
         others = sorted(set(session.scalars(select(EvaluationRow.dataset).where(EvaluationRow.set_id == set_b, EvaluationRow.split == split))))
         raise NotFoundError(
-            f"set {set_b} has no evaluation on {eval_a.dataset!r} split {split!r} (the data set {set_a} was "
+            f"set {set_b} has no evaluation on {echo(eval_a.dataset)} split {echo(split)} (the data set {set_a} was "
             f"evaluated on); it has {', '.join(map(repr, others)) or 'none'} on that split. Per-user "
             "differences only mean something on the same data: evaluate both sets on one data set"
         )

@@ -73,7 +73,7 @@ def plan(session: Session, policy: RetentionPolicy, now: dt.datetime) -> list[Do
         .order_by(PromptSetRow.model_id, PromptSetRow.task_id, PromptSetRow.version.desc())
     ).all()
     keep = set(session.scalars(select(AliasRow.set_id)))
-    cutoff = now - dt.timedelta(days=policy.older_than_days) if policy.older_than_days is not None else None
+    cutoff = _cutoff(now, policy.older_than_days)
     rank: collections.Counter[tuple[int, int]] = collections.Counter()
     for set_id, model_id, task_id, _, _, created_at in sets:
         rank[model_id, task_id] += 1
@@ -110,3 +110,14 @@ def apply(session: Session, policy: RetentionPolicy, now: dt.datetime) -> list[D
     doomed = plan(session, policy, now)
     remove(session, doomed)
     return doomed
+
+
+def _cutoff(now: dt.datetime, older_than_days: float | None) -> dt.datetime | None:
+    """The newest creation time a removable set may have; a span longer than the calendar holds
+    (``older_than_days=1e9``) reaches back to its start: no set is that old."""
+    if older_than_days is None:
+        return None
+    try:
+        return now - dt.timedelta(days=older_than_days)
+    except OverflowError:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)

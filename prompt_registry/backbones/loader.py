@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
+from .._util import echo
 from ..entities import ModelInfo
 from ..errors import InvalidFileError, ModelMismatchError
 from ..modelinfo import describe_model
@@ -24,9 +25,9 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidFileError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
+        raise InvalidFileError(f"device {echo(device)} requested but CUDA is not available here; use --device cpu or auto")
     if device != "cpu" and not device.startswith("cuda"):
-        raise InvalidFileError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+        raise InvalidFileError(f"unknown device {echo(device)}; use auto, cpu or cuda[:N]")
     return device
 
 
@@ -70,7 +71,7 @@ def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True)
         current = describe_model(info.source)
         if current.fingerprint != info.fingerprint:
             raise ModelMismatchError(
-                f"the files of model {info.name!r} at {info.source} changed since registration (fingerprint "
+                f"the files of model {echo(info.name)} at {info.source} changed since registration (fingerprint "
                 f"{current.fingerprint[:12]}, registered {info.fingerprint[:12]}); restore them or register "
                 "the new weights under a new name"
             )
@@ -81,7 +82,7 @@ def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True)
         tokenizer = AutoTokenizer.from_pretrained(info.source, local_files_only=True)
         model = loader.from_pretrained(info.source, local_files_only=True, dtype=torch.float32)
     except OSError as exc:
-        raise InvalidFileError(f"cannot load model {info.name!r} from {info.source}: {exc}") from None
+        raise InvalidFileError(f"cannot load model {echo(info.name)} from {info.source}: {exc}") from None
     model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps PreTrainedModel.to with functools.wraps: its type loses the bound self
     for param in model.parameters():
         param.requires_grad_(False)

@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from .._util import echo
 from ..errors import InvalidFileError
 from .loader import Backbone
 
@@ -33,9 +34,9 @@ class Template:
 
     def __post_init__(self) -> None:
         if self.text.count(PLACEHOLDER) != 1:
-            raise InvalidFileError(f"template {self.text!r} must contain the placeholder {PLACEHOLDER} exactly once")
+            raise InvalidFileError(f"template {echo(self.text)} must contain the placeholder {PLACEHOLDER} exactly once")
         if "{item}" not in self.text:
-            raise InvalidFileError(f"template {self.text!r} must contain {{item}}")
+            raise InvalidFileError(f"template {echo(self.text)} must contain {{item}}")
         if (self.history_len > 0) != ("{history}" in self.text):
             raise InvalidFileError("use {history} in the template exactly when history_len > 0")
 
@@ -92,7 +93,7 @@ class PromptEncoder:
                 ids = tok(word, add_special_tokens=False)["input_ids"]
                 if len(ids) != 1:
                     raise InvalidFileError(
-                        f"answer {word!r} is {len(ids)} tokens for {backbone.name}'s tokenizer; the {task_kind} "
+                        f"answer {echo(word)} is {len(ids)} tokens for {backbone.name}'s tokenizer; the {task_kind} "
                         "head reads single-token answers"
                     )
                 self.answer_ids.append(ids[0])

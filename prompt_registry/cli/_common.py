@@ -105,9 +105,9 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (PromptRegistryError, OSError, DBAPIError) as exc:
-            if ctx.params.get("debug"):
-                raise
+        except (PromptRegistryError, OSError, DBAPIError, ValueError) as exc:
+            if ctx.params.get("debug") or (isinstance(exc, ValueError) and not isinstance(exc, PromptRegistryError) and "null byte" not in str(exc)):
+                raise  # a ValueError of ours is a PromptRegistryError; another one is a bug: its traceback helps
             message = _one_line(exc)
             if len(message) > ERROR_CHARS:  # a net: messages echo values through _util.echo already
                 message = f"{message[:ERROR_CHARS // 2]} ... {message[-ERROR_CHARS // 4:]}"
@@ -128,8 +128,12 @@ def _one_line(exc: BaseException) -> str:
     """Our errors say what and how to fix; system and database errors get their first line and advice."""
     if isinstance(exc, PromptRegistryError):
         return str(exc)
+    if isinstance(exc, ValueError):  # os calls refuse a path with a NUL character this way
+        return "a path holds a NUL character; give a path without one"
     if isinstance(exc, DBAPIError):
         first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        if "readonly database" in first or "read-only" in first:
+            return f"the catalogue is read-only ({first}): {_OS_ADVICE[errno.EROFS]}"
         return f"the catalogue database failed: {first} (check --registry / PROMPT_REGISTRY_URL and that the server is up); --debug shows more"
     assert isinstance(exc, OSError)
     where = f" ({exc.filename})" if exc.filename else ""

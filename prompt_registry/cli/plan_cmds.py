@@ -112,6 +112,8 @@ def graph() -> None:
 @pass_ctx
 def graph_show(obj: Context, task: str, dot_file: str | None, png_file: str | None, plan_id: int | None, as_json: bool) -> None:
     """Print the graph of TASK (models with user counts and aliases, stored adapters), or write it as Graphviz or a PNG."""
+    if plan_id is not None and not (dot_file or png_file):
+        raise click.UsageError("--plan highlights a plan in a drawing: give --dot FILE or --png FILE too")
     if dot_file or png_file:
         if dot_file:
             Path(dot_file).write_text(obj.registry.planner.dot(task, plan_id=plan_id))

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from .. import validation
 from .._context import Context
-from .._util import aware
+from .._util import aware, echo
 from ..db import lookups, mappers
 from ..db.engine import read_session, write_session
 from ..db.schema import AliasEventRow, AliasRow, BaseModelRow, PromptSetRow, TagRow, TaskRow
@@ -35,13 +35,13 @@ def lock_or_create_alias(ctx: Context, session: Session, name: str, row: PromptS
         alias = session.scalars(locked).one_or_none()
         if alias is not None:
             return alias, alias.set_id
-    raise ConflictError(f"alias {name!r} is being created and deleted concurrently; retry")
+    raise ConflictError(f"alias {echo(name)} is being created and deleted concurrently; retry")
 
 
 def move_alias(ctx: Context, session: Session, name: str, row: PromptSetRow, reason: str | None) -> AliasRow:
     if not ALIAS_RE.match(name) or name == LATEST or VERSION_RE.match(name):
         raise InvalidArgumentError(
-            f"invalid alias name {name!r}: start with a letter, use letters, digits, . _ -; "
+            f"invalid alias name {echo(name)}: start with a letter, use letters, digits, . _ -; "
             "`latest` and `vN` are reserved"
         )
     alias, old = lock_or_create_alias(ctx, session, name, row)
@@ -103,7 +103,7 @@ class AliasService:
                 stmt = stmt.where(AliasEventRow.task_id == lookups.task_row(session, task).id)
             rows = session.scalars(stmt).all()
             if not rows:
-                raise UnknownAliasError(f"alias {name!r} has never been set; see `prompt-registry alias list`")
+                raise UnknownAliasError(f"alias {echo(name)} has never been set; see `prompt-registry alias list`")
             models = dict(session.execute(select(BaseModelRow.id, BaseModelRow.name)).all())
             tasks = dict(session.execute(select(TaskRow.id, TaskRow.name)).all())
             return [

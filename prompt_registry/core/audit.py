@@ -56,6 +56,8 @@ class AuditService:
         ``group_by`` = ``model``, ``task``, ``kind`` or ``month``; only runs started at or after
         ``since`` (a date means its UTC midnight) and of ``kind``. ``ConflictError`` for another
         ``group_by``."""
+        if kind is not None:
+            validation.label(kind, "run kind")
         if isinstance(since, dt.date) and not isinstance(since, dt.datetime):
             since = dt.datetime(since.year, since.month, since.day, tzinfo=dt.timezone.utc)
         elif since is not None and since.tzinfo is None:

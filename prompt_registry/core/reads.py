@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import fileio
+from .. import fileio, names, validation
 from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session
@@ -114,9 +114,9 @@ class SetReader:
             if task is not None:
                 stmt = stmt.where(PromptSetRow.task_id == lookups.task_row(session, task).id)
             if tag is not None:
-                stmt = stmt.where(PromptSetRow.id.in_(select(TagRow.set_id).where(TagRow.name == tag)))
+                stmt = stmt.where(PromptSetRow.id.in_(select(TagRow.set_id).where(TagRow.name == validation.label(tag, "tag name"))))
             if alias is not None:
-                stmt = stmt.where(PromptSetRow.id.in_(select(AliasRow.set_id).where(AliasRow.name == alias)))
+                stmt = stmt.where(PromptSetRow.id.in_(select(AliasRow.set_id).where(AliasRow.name == names.alias_or_task(alias, "alias name"))))
             if not include_deleted:
                 stmt = stmt.where(PromptSetRow.status == "committed")
             return mappers.set_entities(session, session.scalars(stmt).all())

@@ -52,6 +52,7 @@ class RunService:
         process dies is recognised as stale. Starting a run closes, as ``failed``, the stale runs
         of the same kind, model and task (a rerun after a crash).
         """
+        validation.label(kind, "run kind")
         me = liveness.current()
         with write_session(self.ctx.engine) as session:
             model_id = lookups.model_row(session, model).id if model else None
@@ -106,7 +107,7 @@ class RunService:
         with read_session(self.ctx.engine) as session:
             stmt = select(RunRow).order_by(RunRow.id.desc()).limit(validation.count(limit, "limit", allow_none=False))
             if kind is not None:
-                stmt = stmt.where(RunRow.kind == kind)
+                stmt = stmt.where(RunRow.kind == validation.label(kind, "run kind"))
             return [mappers.run_entity(session, r) for r in session.scalars(stmt)]
 
     def record_evaluation(

@@ -26,9 +26,10 @@ def check_user_ids(users: Iterable[str], *, what: str) -> list[str]:
     if min(lengths) < 1 or max(lengths) > longest or any(map(str.isspace, ids)):  # C loops: 100,000 ids in ms
         bad = [u for u in ids if not u.strip() or len(u) > longest]
         raise InvalidArgumentError(f"invalid user id(s) {preview(bad)}: ids are 1-{longest} non-blank characters")
-    controlled = validation.with_control_characters(ids)
-    if controlled:
-        raise InvalidArgumentError(f"invalid user id(s) {preview(controlled)}: ids may not hold control characters (NUL, tab, newline, ...)")
+    unfit = validation.unfit_ids(ids)
+    if unfit:
+        raise InvalidArgumentError(f"invalid user id(s) {preview(unfit)}: ids may not hold control characters (NUL, tab, newline, ...) "
+                                   "and need a visible character")
     if len(set(ids)) != len(ids):
         dupes = sorted(u for u, n in collections.Counter(ids).items() if n > 1)
         raise DuplicateUserError(f"user id(s) given more than once: {preview(dupes)}; each user may appear once")

@@ -10,17 +10,28 @@ Every problem in a file is reported with its path and line number.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from ..errors import InvalidFileError, UnknownUserError
+from .._util import echo, preview
+from ..errors import InvalidArgumentError, InvalidFileError, UnknownUserError
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Undecodable bytes or a broken CSV row become one InvalidFileError naming the file."""
+    try:
+        yield
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _unreadable(path, exc) from None
 
 INTERACTIONS = "interactions.csv"
 ITEMS = "items.csv"
@@ -31,16 +42,25 @@ ITEM_COLUMNS = ("item_id", "text")
 def _open_csv(path: Path, columns: Sequence[str]) -> tuple[csv.DictReader[str], TextIO]:
     if not path.is_file():
         raise InvalidFileError(f"{path} does not exist; a data set folder holds {INTERACTIONS} and {ITEMS}")
-    fh = open(path, newline="", encoding="utf-8")
+    fh = open(path, newline="", encoding="utf-8-sig")  # -sig: the byte-order mark Excel writes
     reader = csv.DictReader(fh)
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    try:
+        fieldnames = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        fh.close()
+        raise _unreadable(path, exc) from None
+    missing = [c for c in columns if c not in fieldnames]
     if missing:
         fh.close()
         raise InvalidFileError(
-            f"{path}:1: missing column(s) {', '.join(missing)} (found {reader.fieldnames}); "
+            f"{path}:1: missing column(s) {', '.join(missing)} (found {preview(fieldnames)}); "
             f"the header must name {', '.join(columns)}"
         )
     return reader, fh
+
+
+def _unreadable(path: Path, exc: Exception) -> InvalidFileError:
+    return InvalidFileError(f"{path} is not a readable UTF-8 CSV ({echo(str(exc))})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +73,7 @@ class Split:
 
     def part(self, name: str) -> np.ndarray:
         if name not in ("train", "valid", "test"):
-            raise InvalidFileError(f"unknown split {name!r}; use train, valid or test")
+            raise InvalidFileError(f"unknown split {echo(name)}; use train, valid or test")
         return getattr(self, name)
 
 
@@ -75,13 +95,13 @@ class Dataset:
         digest = hashlib.sha256()
         item_text: dict[str, str] = {}
         reader, fh = _open_csv(folder / ITEMS, ITEM_COLUMNS)
-        with fh:
+        with fh, _readable(folder / ITEMS):
             for row in reader:
                 item = (row["item_id"] or "").strip()
                 if not item:
                     raise InvalidFileError(f"{folder / ITEMS}:{reader.line_num}: empty item_id")
                 if item in item_text:
-                    raise InvalidFileError(f"{folder / ITEMS}:{reader.line_num}: item {item!r} is listed twice")
+                    raise InvalidFileError(f"{folder / ITEMS}:{reader.line_num}: item {echo(item)} is listed twice")
                 item_text[item] = (row["text"] or "").strip()
         users: list[str] = []
         items: list[str] = []
@@ -89,24 +109,26 @@ class Dataset:
         stamps: list[int] = []
         path = folder / INTERACTIONS
         reader, fh = _open_csv(path, INTERACTION_COLUMNS)
-        with fh:
+        with fh, _readable(path):
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 user, item = (row["user_id"] or "").strip(), (row["item_id"] or "").strip()
                 if not user:
                     raise InvalidFileError(f"{where}: empty user_id")
                 if item not in item_text:
-                    raise InvalidFileError(f"{where}: unknown item {item!r} (not in {ITEMS})")
+                    raise InvalidFileError(f"{where}: unknown item {echo(item)} (not in {ITEMS})")
                 try:
                     label = float(row["label"])
                 except (TypeError, ValueError):
-                    raise InvalidFileError(f"{where}: label {row['label']!r} is not a number") from None
+                    raise InvalidFileError(f"{where}: label {echo(row['label'])} is not a number") from None
                 if not np.isfinite(label):
-                    raise InvalidFileError(f"{where}: label {row['label']!r} is not finite")
+                    raise InvalidFileError(f"{where}: label {echo(row['label'])} is not finite")
                 try:
                     stamp = int(float(row["timestamp"]))
-                except (TypeError, ValueError):
-                    raise InvalidFileError(f"{where}: timestamp {row['timestamp']!r} is not a number") from None
+                except (TypeError, ValueError, OverflowError):
+                    raise InvalidFileError(f"{where}: timestamp {echo(row['timestamp'])} is not a finite number") from None
+                if not -2**63 <= stamp < 2**63:
+                    raise InvalidFileError(f"{where}: timestamp {echo(row['timestamp'])} is out of range (a 64-bit count of seconds)")
                 users.append(user)
                 items.append(item)
                 labels.append(label)
@@ -200,6 +222,9 @@ def subsample(src: str | Path, dest: str | Path, *, n_users: int, per_user: int 
               min_interactions: int = 1) -> Path:
     """Write a smaller data set: ``n_users`` users drawn (seeded) among those with at least
     ``min_interactions`` interactions, each keeping their ``per_user`` most recent interactions."""
+    for what, value, low in (("n_users", n_users, 1), ("per_user", per_user, 1), ("seed", seed, 0), ("min_interactions", min_interactions, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 2**63 - 1):
+            raise InvalidArgumentError(f"{what} must be a whole number from {low} to 2**63 - 1, not {echo(value)}")
     data = Dataset.load(src)
     ids, counts = np.unique(data.users, return_counts=True)
     eligible = ids[counts >= min_interactions]

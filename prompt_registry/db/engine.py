@@ -8,11 +8,15 @@ half-way with "database is locked" when a deferred transaction tries to upgrade 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .._forksafe import reset_in_child
@@ -33,10 +37,29 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def on_read_only_file_system(path: Path) -> bool:
+    """Whether ``path`` (or the nearest folder above it that exists) is on a read-only mount."""
+    for candidate in (path, *path.parents):
+        try:
+            return bool(os.statvfs(candidate).f_flag & os.ST_RDONLY)
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def make_engine(url: str) -> Engine:
-    """Create an engine for a catalogue URL with the settings this package relies on."""
+    """Create an engine for a catalogue URL with the settings this package relies on.
+
+    A SQLite file on a read-only file system is opened ``immutable`` (nothing can change it:
+    WAL mode would otherwise need to create its ``-shm`` file there, and even reads would fail);
+    reads work, writes fail with "attempt to write a readonly database"."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:" and on_read_only_file_system(Path(database)):
+        uri = f"{Path(database).absolute().as_uri()}?immutable=1"
+        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), pool_pre_ping=False)
+        _configure_sqlite(engine, read_only=True)
+    elif parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -49,12 +72,16 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         # Take transaction control away from the sqlite3 module so that we emit BEGIN ourselves.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        if read_only:
+            cur.execute("PRAGMA query_only=ON")
+            cur.close()
+            return
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -74,13 +101,31 @@ def write_session(engine: Engine) -> Iterator[Session]:
 
     On SQLite the transaction starts with ``BEGIN IMMEDIATE`` (takes the write lock up front).
     """
-    with engine.connect() as conn:
-        if is_sqlite(engine):
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin():
-            with Session(bind=conn, expire_on_commit=False, autoflush=False) as session:
-                yield session
-                session.flush()
+    try:
+        with engine.connect() as conn:
+            if is_sqlite(engine):
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                with Session(bind=conn, expire_on_commit=False, autoflush=False) as session:
+                    yield session
+                    session.flush()
+    except OperationalError as exc:
+        raise _as_os_error(engine, exc) or exc
+
+
+_OS_ERRORS = (("disk is full", errno.ENOSPC, "No space left on device"), ("could not extend file", errno.ENOSPC, "No space left on device"),
+              ("readonly database", errno.EROFS, "Read-only file system"), ("read-only transaction", errno.EROFS, "Read-only catalogue"))
+
+
+def _as_os_error(engine: Engine, exc: OperationalError) -> OSError | None:
+    """A catalogue write that failed for want of disk space or write access, as the OSError a
+    store write would raise (rolled back: nothing of it is visible); ``None`` for other errors."""
+    text = str(exc.orig)
+    for needle, code, what in _OS_ERRORS:
+        if needle in text:
+            where = engine.url.database if is_sqlite(engine) else engine.url.render_as_string(hide_password=True)
+            return OSError(code, f"{what} (the catalogue database: {text.strip().splitlines()[0]})", where)
+    return None
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         raise SchemaError(
             f"the catalogue is at schema revision {before}, which this version of prompt-registry does not know "
             "(written by a newer release?): upgrade the package (`pip install -U prompt-registry`), or downgrade the "
-            "schema with the release that wrote it"
+            f"schema to {head_revision()} with the release that wrote it (`alembic downgrade {head_revision()}`)"
         )
     command.upgrade(alembic_config(engine), revision)
     after = current_revision(engine)
@@ -83,8 +83,10 @@ def check_schema(engine: Engine, where: str) -> None:
         )
     if current not in known_revisions():
         raise SchemaError(
-            f"the catalogue at {where} is at schema revision {current}, which this version of "
-            "prompt-registry does not know (written by a newer release?); upgrade the package"
+            f"the catalogue at {where} is at schema revision {current}, which this version of prompt-registry "
+            f"(schema {head}) does not know (written by a newer release?): upgrade the package (`pip install -U "
+            f"prompt-registry`), or, to keep this release, downgrade the schema to {head} with the release that wrote it "
+            f"(`alembic downgrade {head}`) or restore a backup"
         )
     raise SchemaError(
         f"the catalogue at {where} is at schema revision {current} but this package needs {head}; "

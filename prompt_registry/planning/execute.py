@@ -17,6 +17,7 @@ import dataclasses
 import os
 from typing import Any
 
+from .._util import echo
 from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import Plan, PlanStep
@@ -104,7 +105,7 @@ def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, 
                 **({"alias": outcome} if outcome else {})}
     wanted = config or MigrationConfig(method=step.method or "puma")
     if step.method is not None and wanted.method != step.method:
-        raise InvalidArgumentError(f"step {step.position} of plan {plan.id} fits with {step.method!r}; the config given is for {wanted.method!r}")
+        raise InvalidArgumentError(f"step {step.position} of plan {plan.id} fits with {echo(step.method)}; the config given is for {echo(wanted.method)}")
     request = plan.inputs.get("request", {})  # the plan's coverage policy rules (a plan stored before it had one: the config's)
     wanted = dataclasses.replace(wanted, coverage=request.get("coverage") or wanted.coverage,
                                  cold_start=request.get("cold_start") or wanted.cold_start)

@@ -25,6 +25,7 @@ from typing import Any
 
 import networkx as nx
 
+from .._util import echo
 from ..core.services import Services
 from ..errors import InvalidArgumentError, NotFoundError, UnknownTaskError
 from ..migration.base import available_methods
@@ -40,7 +41,7 @@ def build_graph(services: Services, task: str, *, methods: tuple[str, ...] | Non
     """The graph of ``task`` as the catalogue holds it now (see the module docstring)."""
     known = [t.name for t in services.models.list_tasks()]
     if task not in known:  # else every model's set lookup below fails as "not found" and the graph is silently empty
-        raise UnknownTaskError(f"unknown task {task!r} (known: {', '.join(known) or 'none'}); "
+        raise UnknownTaskError(f"unknown task {echo(task)} (known: {', '.join(known) or 'none'}); "
                                "create it with `prompt-registry task add NAME --kind rating|click`")
     graph: nx.MultiDiGraph = nx.MultiDiGraph(task=task)
     graph.add_node(SCRATCH, kind="scratch")

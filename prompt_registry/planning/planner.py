@@ -20,6 +20,7 @@ from typing import Any
 
 import networkx as nx
 
+from .._util import echo
 from ..core.services import Services
 from ..entities import Plan, PlanStep
 from ..errors import InvalidArgumentError, NoPlanError, UnknownModelError
@@ -57,13 +58,13 @@ class PlanRequest:
         object.__setattr__(self, "sources", tuple(self.sources) if self.sources is not None else None)
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.strategy not in STRATEGIES:
-            raise InvalidArgumentError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+            raise InvalidArgumentError(f"unknown strategy {echo(self.strategy)}; use one of {', '.join(STRATEGIES)}")
         if self.max_hops < 1:
             raise InvalidArgumentError("max_hops must be >= 1")
         if self.max_token_passes is not None and self.max_token_passes < 0:
             raise InvalidArgumentError("max_token_passes must be >= 0")
         if self.via is not None and self.strategy not in ("auto", "chain"):
-            raise InvalidArgumentError(f"via makes a chain; it does not go with strategy {self.strategy!r}")
+            raise InvalidArgumentError(f"via makes a chain; it does not go with strategy {echo(self.strategy)}")
         get_method(self.method)  # an unknown method names the registered ones
         defaults = MigrationConfig()
         coverage, cold_start = self.coverage or defaults.coverage, self.cold_start or defaults.cold_start
@@ -104,22 +105,22 @@ def make_plan(services: Services, request: PlanRequest) -> Plan:
     Raises ``NoPlanError`` naming what is missing when no path meets the constraints."""
     graph = build_graph(services, request.task, methods=(request.method,))
     if request.target not in graph:
-        raise UnknownModelError(f"no model named {request.target!r}; register it first (`prompt-registry model add`)")
+        raise UnknownModelError(f"no model named {echo(request.target)}; register it first (`prompt-registry model add`)")
     if request.target in request.exclude:
-        raise InvalidArgumentError(f"the target {request.target!r} cannot be excluded")
+        raise InvalidArgumentError(f"the target {echo(request.target)} cannot be excluded")
     for name in (*request.exclude, *(request.sources or ()), *([request.via] if request.via else [])):
         if name not in graph or graph.nodes[name]["kind"] != "model":
-            raise UnknownModelError(f"no model named {name!r}")
+            raise UnknownModelError(f"no model named {echo(name)}")
     if request.via in request.exclude:
-        raise InvalidArgumentError(f"{request.via!r} is both the via model and excluded")
+        raise InvalidArgumentError(f"{echo(request.via)} is both the via model and excluded")
     holders = [n for n, d in graph.nodes(data=True) if d["kind"] == "model" and d["users"] > 0]
     if request.sources is not None:
         sources = list(request.sources)
         empty = [s for s in sources if graph.nodes[s]["users"] == 0]
         if empty:
-            raise NoPlanError(f"model(s) {', '.join(empty)} hold no prompts for task {request.task!r}: nothing to migrate from")
+            raise NoPlanError(f"model(s) {', '.join(empty)} hold no prompts for task {echo(request.task)}: nothing to migrate from")
         if request.target in sources:
-            raise InvalidArgumentError(f"the target {request.target!r} is also a source")
+            raise InvalidArgumentError(f"the target {echo(request.target)} is also a source")
         blocked = [s for s in sources if s in request.exclude]
         if blocked:
             raise InvalidArgumentError(f"source(s) {', '.join(blocked)} are also excluded")
@@ -168,7 +169,7 @@ def make_plan(services: Services, request: PlanRequest) -> Plan:
         reasons += [f"{c.kind} {' -> '.join(c.path())} needs {c.token_passes:,} token-passes, over the budget {request.max_token_passes:,}"
                     for c in candidates if c not in within]
     if not within:
-        raise NoPlanError(f"no {want} plan to {request.target!r} for task {request.task!r}: " + ("; ".join(dict.fromkeys(reasons)) or "no path"))
+        raise NoPlanError(f"no {want} plan to {echo(request.target)} for task {echo(request.task)}: " + ("; ".join(dict.fromkeys(reasons)) or "no path"))
     within.sort(key=lambda c: (c.token_passes, len(c.steps), c.kind != "direct", c.path()))
     best = within[0]
     estimate = {

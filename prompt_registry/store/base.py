@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util import echo
 from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 
 DEFAULT_CHUNK_ROWS = 256
@@ -89,7 +90,7 @@ def mismatched_rows(data: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 def check_key(key: str) -> str:
     if not _KEY_RE.match(key):
-        raise InvalidArgumentError(f"invalid store key {key!r}: use letters, digits, '.', '_' or '-' (max 128)")
+        raise InvalidArgumentError(f"invalid store key {echo(key)}: use letters, digits, '.', '_' or '-' (max 128)")
     return key
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from .._util import echo
 from ..errors import InvalidArgumentError
 
 KINDS = ("set", "artifact")
@@ -23,7 +24,7 @@ _CATALOG_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def check_catalog_id(catalog_id: str) -> str:
     if not _CATALOG_ID.match(catalog_id):
-        raise InvalidArgumentError(f"catalogue id {catalog_id!r} is not 32 lowercase hex digits")
+        raise InvalidArgumentError(f"catalogue id {echo(catalog_id)} is not 32 lowercase hex digits")
     return catalog_id
 
 
@@ -31,11 +32,11 @@ def new_key(catalog_id: str, kind: str, token: str | None = None) -> str:
     """A fresh key for an object of ``kind`` written by catalogue ``catalog_id``; ``token``
     (hex, 16-64 digits) makes it deterministic, e.g. an idempotency key."""
     if kind not in KINDS:
-        raise InvalidArgumentError(f"unknown store object kind {kind!r}; use one of {', '.join(KINDS)}")
+        raise InvalidArgumentError(f"unknown store object kind {echo(kind)}; use one of {', '.join(KINDS)}")
     token = uuid.uuid4().hex if token is None else token
     key = f"{kind}-{check_catalog_id(catalog_id)}-{token}{_SUFFIX[kind]}"
     if not _OWNED.match(key):
-        raise InvalidArgumentError(f"invalid key token {token!r}: use 16-64 lowercase hex digits")
+        raise InvalidArgumentError(f"invalid key token {echo(token)}: use 16-64 lowercase hex digits")
     return key
 
 

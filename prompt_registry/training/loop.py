@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util import echo
 from ..backbones.heads import TaskHead
 from ..backbones.prompting import PromptEncoder
 from ..entities import CostLedger
@@ -54,7 +55,7 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise InvalidArgumentError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+            raise InvalidArgumentError(f"unknown schedule {echo(self.schedule)}; use one of {', '.join(SCHEDULES)}")
         if self.min_steps < 0 or self.warmup_steps < 0 or self.valid_every < 0:
             raise InvalidArgumentError("min_steps, warmup_steps and valid_every must be >= 0")
         if not 0 <= self.final_lr <= 1:

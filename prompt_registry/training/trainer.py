@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._util import echo
 from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone, load_backbone
 from ..backbones.prompting import PromptEncoder
@@ -92,7 +93,7 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
         services.models.add_task(task, dataset.kind)  # raises UnknownTask-style errors for bad names
         task_info = next(t for t in services.models.list_tasks() if t.name == task)
     if task_info.kind != dataset.kind:
-        raise ConflictError(f"task {task!r} is a {task_info.kind} task but {dataset.root} holds {dataset.kind} labels")
+        raise ConflictError(f"task {echo(task)} is a {task_info.kind} task but {dataset.root} holds {dataset.kind} labels")
     info = services.models.get_model(model)
     split = dataset.split(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, users=users)
     train_users = list(dict.fromkeys(dataset.users[split.train].tolist()))
