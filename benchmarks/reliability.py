@@ -18,9 +18,17 @@ every visible set reads back and verifies (every row's checksum); no set that ex
 that the operation must not touch changed or vanished (else it is counted as ``lost``); the
 operation rerun completes; ``gc`` then removes the orphans and ``doctor`` is clean.
 
+Two more sections run after the kills (``--only`` picks sections):
+
+* ``faults`` (``reliability_faults.py``, ``--faults`` per backend): store corruption (flipped
+  bytes, a corrupted shard index, truncated, padded and deleted shard files, a deleted array)
+  injected, detected by ``doctor`` and on read, and restored by ``doctor --repair`` from the other
+  version wherever it holds the bytes;
+* ``inputs`` (``reliability_inputs.py``, ``--inputs`` examples per target): hostile prompt files,
+  pickles, CSVs, references and names fuzzed with Hypothesis.
+
 Results: benchmarks/results/<name>.{json,md} with top-level ``kills``, ``faults``, ``inputs`` and
-``lost`` (the crash harness fills ``kills`` and ``lost``; ``faults`` and ``inputs`` count what the
-fuzz and fault tests of ``tests/`` cover and are left empty here).
+``lost`` (rows or sets the registry lost, over kills and faults: must be 0).
 """
 
 from __future__ import annotations
@@ -269,20 +277,66 @@ def run(kinds: list[str], ops: list[str], points: int, seed: int, workdir: Path,
             k = kills[f"{op}/{kind}"]
             say(f"{op:<12} {kind:<8} {events:>4} events, {k['points_tried']:>3} kill points, {k['survived']:>3} survived, "
                 f"lost {k['lost']}, {k['seconds']:.0f} s", flush=True)
-    return {"kills": kills, "faults": {}, "inputs": {}, "lost": sum(k["lost"] for k in kills.values()),
-            "failures": sum(len(k["failures"]) for k in kills.values())}
+    return {"kills": kills, "lost": sum(k["lost"] for k in kills.values()), "failures": sum(len(k["failures"]) for k in kills.values())}
+
+
+def run_all(kinds: list[str], ops: list[str], points: int, faults: int, inputs: int, seed: int, workdir: Path,
+            only: list[str] | None = None, say: Any = print) -> dict[str, Any]:
+    """The sections asked for (default all): kills, faults, inputs."""
+    import reliability_faults
+    import reliability_inputs
+
+    from prompt_registry.testing.models import build_tiny_llama
+
+    only = only or ["kills", "faults", "inputs"]
+    report: dict[str, Any] = {"kills": {}, "faults": {}, "inputs": {}, "lost": 0, "failures": 0}
+    if "kills" in only:
+        report.update(run(kinds, ops, points, seed, workdir, say))
+    if "faults" in only:
+        workdir.mkdir(parents=True, exist_ok=True)
+        model = build_tiny_llama(workdir / "model-faults", hidden_size=16, seed=3)
+        report["faults"] = reliability_faults.run(kinds, backend, model, workdir, faults, seed)
+        for f in report["faults"].values():
+            say(f"faults       {f['backend']:<8} {f['injected']:>3} injected, {f['detected']:>3} detected, {f['rows_repaired']} rows repaired, "
+                f"{f['rows_unrecoverable']} unrecoverable, lost {f['lost']}, {f['seconds']:.0f} s", flush=True)
+        report["lost"] += sum(f["lost"] for f in report["faults"].values())
+        report["failures"] += sum(len(f["failures"]) for f in report["faults"].values())
+    if "inputs" in only:
+        report["inputs"] = reliability_inputs.run(inputs, seed)
+        say(f"inputs       {sum(v['examples'] for v in report['inputs'].values())} fuzzed, none broke the rule", flush=True)
+    return report
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Reliability: SIGKILL at many points of every write operation", "", f"Command: `{report['command']}` (seed {report['seed']}).",
-             "", "| operation | backend | events | kill points | killed | survived | lost | s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["# Reliability: crashes, corruption and hostile inputs", "", f"Command: `{report['command']}` (seed {report['seed']})."]
+    if report["kills"]:
+        lines += ["", "## SIGKILL at many points of every write operation", "",
+                  "| operation | backend | events | kill points | killed | survived | lost | s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for k in report["kills"].values():
         lines.append(f"| {k['operation']} | {k['backend']} | {k['events']} | {k['points_tried']} | {k['killed']} | {k['survived']} | "
                      f"{k['lost']} | {k['seconds']:.0f} |")
-    lines += ["", f"Data lost: {report['lost']}. Kill points that failed a check: {report['failures']}."]
     for k in report["kills"].values():
         for f in k["failures"]:
             lines.append(f"- {k['operation']}/{k['backend']} kill at {f['kill_at']}: {'; '.join(f['problems'])[:500]}")
+    if report.get("faults"):
+        lines += ["", "## Corruption injected, detected and repaired", "",
+                  "| backend | injected | detected | by kind | rows destroyed | rows repaired | rows no copy held | lost | s |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for f in report["faults"].values():
+            kinds = ", ".join(f"{k} {n}" for k, n in f["by_kind"].items())
+            lines.append(f"| {f['backend']} | {f['injected']} | {f['detected']} | {kinds} | {f['rows_destroyed']} | {f['rows_repaired']} | "
+                         f"{f['rows_unrecoverable']} | {f['lost']} | {f['seconds']:.0f} |")
+            for fail in f["failures"]:
+                lines.append(f"- {f['backend']} seed {fail['seed']} ({fail['kind']}: {fail['what']}): {'; '.join(fail['problems'])[:500]}")
+        lines += ["", "Rows no copy held: destroyed rows of users the other version had changed; `doctor --repair` names them "
+                  "(restore from backup). Lost counts what the registry should have restored or read back and did not."]
+    if report.get("inputs"):
+        lines += ["", "## Hostile inputs fuzzed", "", "| target | examples | accepted | refused | s |", "|---|---:|---:|---:|---:|"]
+        for name, v in report["inputs"].items():
+            lines.append(f"| {name} | {v['examples']} | {v['accepted']} | {v['refused']} | {v.get('seconds', 0):.0f} |")
+        lines += ["", "Every input was accepted correctly or refused with one of our errors (a short message), leaving the registry as "
+                  "it was; no pickle ran."]
+    lines += ["", f"Data lost: {report['lost']}. Checks failed: {report['failures']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -290,13 +344,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", action="append", choices=("sqlite", "postgres"), help="repeatable; default both")
     parser.add_argument("--op", action="append", choices=OPERATIONS, help="repeatable; default all")
-    parser.add_argument("--points", type=int, default=50)
+    parser.add_argument("--points", type=int, default=50, help="kill points per operation and backend")
+    parser.add_argument("--faults", type=int, default=60, help="corruptions injected per backend (the six kinds in turn)")
+    parser.add_argument("--inputs", type=int, default=500, help="Hypothesis examples per fuzzed target")
+    parser.add_argument("--only", action="append", choices=("kills", "faults", "inputs"), help="repeatable; default all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / ".work" / "reliability")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="reliability")
     args = parser.parse_args()
-    report = run(args.backend or ["sqlite", "postgres"], args.op or list(OPERATIONS), args.points, args.seed, args.workdir)
+    report = run_all(args.backend or ["sqlite", "postgres"], args.op or list(OPERATIONS), args.points, args.faults, args.inputs, args.seed,
+                     args.workdir, args.only)
     report = {"command": "python benchmarks/reliability.py " + " ".join(sys.argv[1:]), "seed": args.seed, **report}
     from bench_store import write_results  # here, not at the top: the child imports this module from its work folder
 

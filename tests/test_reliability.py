@@ -23,3 +23,13 @@ def test_sigkill_at_seeded_points_of_every_write_operation_loses_nothing(kind, t
     assert report["lost"] == 0 and report["failures"] == 0, reliability.markdown({"command": "test", "seed": 1, **report})
     for entry in report["kills"].values():
         assert entry["points_tried"] == 2 and entry["events"] > 20, entry
+
+
+def test_corruption_is_detected_and_repaired_and_hostile_inputs_keep_the_rule(tmp_path):
+    """The faults and inputs sections, short: each fault kind once on SQLite, 15 examples per target."""
+    report = reliability.run_all(["sqlite"], [], 0, faults=6, inputs=15, seed=2, workdir=tmp_path, only=["faults", "inputs"], say=lambda *a, **k: None)
+    faults = report["faults"]["sqlite"]
+    assert faults["injected"] == faults["detected"] == 6 and faults["lost"] == 0 and not faults["failures"], faults
+    assert faults["rows_repaired"] > 0 and all(n == 1 for n in faults["by_kind"].values())
+    assert report["lost"] == 0 and all(v["examples"] >= 15 for v in report["inputs"].values()), report["inputs"]
+    assert "Corruption injected" in reliability.markdown({"command": "test", "seed": 2, **report})
