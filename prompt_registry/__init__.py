@@ -45,6 +45,7 @@ from .entities import (
 )
 from .errors import (
     AssetMissingError,
+    BusyError,
     ChecksumError,
     ConflictError,
     DTypeError,
@@ -87,6 +88,7 @@ __all__ = [
     "AliasWindow",
     "Artifact",
     "AssetMissingError",
+    "BusyError",
     "AuditEvent",
     "BlastRadius",
     "ChecksumError",

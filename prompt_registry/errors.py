@@ -22,6 +22,7 @@ derives from the builtin that fits, so callers may catch either::
     |   +-- ModelMismatchError               prompt/artifact made for another model
     |   +-- StoreBindingError                the tensor store belongs to another catalogue
     |   +-- NoPlanError                      no migration path meets the constraints (says what is missing)
+    |   +-- BusyError                        the catalogue stayed locked by other writers: rolled back, run again
     +-- InvalidPromptError                   (+ ValueError)         bad tensor values or shape
     |   +-- ShapeError
     |   +-- NonFiniteError
@@ -96,6 +97,12 @@ class ConflictError(PromptRegistryError, ValueError):
 
 class ModelConflictError(ConflictError):
     pass
+
+
+class BusyError(ConflictError):
+    """Other writers kept the catalogue locked past the wait (SQLite's busy timeout), or Postgres
+    ended the transaction to break a deadlock or a serialization conflict: it was rolled back,
+    nothing of it is visible, and running the operation again is safe."""
 
 
 class DuplicateUserError(ConflictError):

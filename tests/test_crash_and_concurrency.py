@@ -258,3 +258,37 @@ def test_four_writers_and_two_readers_at_once_lose_nothing(prepared, tmp_path):
         users = set(reg.list_set_users(final.id))
         assert all(f"w{i}-{k}-0" in users for i in range(2) for k in range(5)) and final.n_users == 10 + 10 * 50
         assert reg.doctor().ok
+
+
+def test_a_writer_locked_out_past_the_wait_gets_a_busy_error_and_nothing_half_written(backend, tmp_path, monkeypatch):
+    """Another writer holds the lock (SQLite's write lock, Postgres's model row) past the wait: the
+    blocked import fails with one BusyError saying it was rolled back, and works once the lock goes."""
+    import sqlalchemy as sa
+
+    import prompt_registry as pr
+    from prompt_registry.db import engine as engine_module
+
+    location, store = backend
+    with Registry.init(location, store=store) as reg:
+        reg.register_model("m", make_fake_model(tmp_path / "model", WIDTH))
+        reg.add_task("rate", "rating")
+        url = str(reg.where) if "://" in str(reg.where) else f"sqlite:///{Path(location) / 'registry.db'}"
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    holder = sa.create_engine(url)
+    with holder.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("SELECT id FROM base_models FOR UPDATE")
+        with Registry.open(location, store=store) as reg:
+            started = time.monotonic()
+            with pytest.raises(pr.BusyError, match="rolled back.*run it again"):
+                reg.import_prompts("m", "rate", np.zeros((3, 1, WIDTH), np.float32), ["x1", "x2", "x3"], create_users=True)
+            assert time.monotonic() - started < 30
+            conn.rollback()
+            assert reg.list_sets() == [] and reg.count_users() == 0
+            reg.import_prompts("m", "rate", np.zeros((3, 1, WIDTH), np.float32), ["x1", "x2", "x3"], create_users=True)
+            reg.gc(grace_seconds=0)
+            assert reg.doctor().ok
+    holder.dispose()

@@ -20,8 +20,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .._forksafe import reset_in_child
+from ..errors import BusyError
 
-SQLITE_BUSY_TIMEOUT_MS = 60_000
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another's lock (SQLite busy timeout, Postgres lock_timeout)
 
 
 def _forget_connections(engine: Engine) -> None:
@@ -68,8 +69,20 @@ def make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        _configure_postgres(engine)
     reset_in_child(engine, _forget_connections)
     return engine
+
+
+def _configure_postgres(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: object, _record: object) -> None:
+        # a writer waits for another's row lock as long as a SQLite writer waits for the file
+        # lock, then fails with lock_not_available (a BusyError), instead of hanging forever
+        cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+        cur.execute(f"SET lock_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}")
+        cur.close()
+        dbapi_conn.commit()  # type: ignore[attr-defined]
 
 
 def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
@@ -110,7 +123,22 @@ def write_session(engine: Engine) -> Iterator[Session]:
                     yield session
                     session.flush()
     except OperationalError as exc:
-        raise _as_os_error(engine, exc) or exc
+        raise _as_os_error(engine, exc) or _as_busy(exc) or exc
+
+
+_BUSY_SQLSTATES = {"40001": "a serialization conflict", "40P01": "a deadlock", "55P03": "a lock it could not get"}
+
+
+def _as_busy(exc: OperationalError) -> BusyError | None:
+    """A write that lost to other writers (rolled back) as one clear ``BusyError``."""
+    text = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    if "database is locked" in text or "database table is locked" in text:
+        why = f"other writers held the SQLite write lock for more than {SQLITE_BUSY_TIMEOUT_MS // 1000} s"
+    elif (state := getattr(exc.orig, "sqlstate", None)) in _BUSY_SQLSTATES:
+        why = f"Postgres ended it to resolve {_BUSY_SQLSTATES[state]} with another writer"
+    else:
+        return None
+    return BusyError(f"the catalogue was busy: {why} ({text}); the operation was rolled back and nothing of it is visible: run it again")
 
 
 _OS_ERRORS = (("disk is full", errno.ENOSPC, "No space left on device"), ("could not extend file", errno.ENOSPC, "No space left on device"),
