@@ -6,9 +6,9 @@
 Operations: ``import`` (a new version), ``incremental`` (rows on top of a version, moving its
 alias), ``apply`` (a streamed write through a stored adapter), ``alias`` (ten alias moves),
 ``purge`` (three users removed everywhere, one after the other), ``gc`` (retention keep-last-1
-over three versions), ``plan`` (a stored plan's reuse step, run with ``resume``). Each runs in a child process that counts the
-events it goes through (SQL statements before and after they run, commits, store row writes,
-fsyncs, renames; store write batches are made small so a streamed write has many) and kills
+over three versions, and eight orphan blobs), ``plan`` (a stored plan's reuse step, run with ``resume``). Each runs in a child process that counts the
+events it goes through (SQL statements before and after they run, commits, store row writes
+and deletes, fsyncs, renames; store write batches are made small so a streamed write has many) and kills
 itself with SIGKILL at event N. A dry run counts the events; the kill points are drawn from them
 with the seed (all of them when there are fewer than ``--points``).
 
@@ -54,6 +54,7 @@ OPERATIONS = ("import", "incremental", "apply", "alias", "purge", "gc", "plan")
 PG_URL = os.environ.get("PROMPT_REGISTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 N_USERS, WIDTH_A, WIDTH_B = 2000, 16, 24
 PURGED = ("u00007", "u00008", "u00009")
+GC_ORPHANS = 8
 
 CHILD = textwrap.dedent(
     """
@@ -82,6 +83,10 @@ CHILD = textwrap.dedent(
     def write_rows(self, key, start, data):
         tick(); real_write(self, key, start, data); tick()
     ZarrStore.write_rows = write_rows
+    real_delete = ZarrStore.delete
+    def delete(self, key):
+        tick(); real_delete(self, key); tick()
+    ZarrStore.delete = delete
     import prompt_registry.core.writes as writes
     writes.WRITE_BATCH_ROWS = 256  # one chunk: a streamed write of 2,000 users makes 8 batches, each a kill point
 
@@ -129,6 +134,15 @@ def prepare(reg: Any, models: dict[str, Path], workdir: Path) -> dict[str, Any]:
     state = {"sets": [first.id, second.id, third.id], "adapter": adapter.id, "plan": plan.id}
     (workdir / "state.json").write_text(json.dumps(state))
     return state
+
+
+def leave_orphans(reg: Any, n: int) -> None:
+    """What ``n`` interrupted artifact writes leave: blobs under this catalogue's keys that no row
+    names (gc's retention removes two sets; deleting these as well gives it 50+ kill points)."""
+    from prompt_registry.store import keys
+
+    for i in range(n):
+        reg.store.put_blob(keys.new_key(reg.catalog_id, "artifact"), f"orphan {i}".encode())
 
 
 def run_operation(reg: Any, op: str, workdir: str | Path) -> None:
@@ -215,6 +229,8 @@ def trial(kind: str, op: str, models: dict[str, Path], root: Path, kill_at: int)
     with backend(kind, root) as (location, store):
         with Registry.init(location, store=store, actor="harness") as reg:
             state = prepare(reg, models, root)
+            if op == "gc":
+                leave_orphans(reg, GC_ORPHANS)
             before = snapshot(reg)
         proc = child(location, store, op, root, kill_at)
         out: dict[str, Any] = {"kill_at": kill_at, "killed": proc.returncode == -9}
