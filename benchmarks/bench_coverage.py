@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import paired_bootstrap, pooled  # noqa: E402
 from bench_store import args_record, machine_info, mean_sd, write_results  # noqa: E402
 
 from prompt_registry import Registry  # noqa: E402
@@ -44,6 +43,7 @@ from prompt_registry.migration.config import MigrationConfig  # noqa: E402
 from prompt_registry.migration.puma.selection import SelectionConfig  # noqa: E402
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama  # noqa: E402
 from prompt_registry.training.config import TrainConfig  # noqa: E402
+from prompt_registry.training.stats import paired_bootstrap, pooled  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GROUPS = ("full", "only_a", "only_b", "partial", "all")

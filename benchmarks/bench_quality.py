@@ -43,37 +43,10 @@ from prompt_registry.migration.puma import PumaConfig  # noqa: E402
 from prompt_registry.migration.puma.selection import SelectionConfig  # noqa: E402
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama  # noqa: E402
 from prompt_registry.training.config import TrainConfig  # noqa: E402
+from prompt_registry.training.stats import paired_bootstrap  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PHIS = ("mlp", "linear", "lowrank", "linear+mlp")
-
-
-# ------------------------------------------------------------------------------------ statistics
-def pooled(per_user: dict[str, dict[str, float]], users: list[str], kind: str) -> float:
-    if kind == "rating":
-        sse = sum(per_user[u]["rmse"] ** 2 * per_user[u]["n"] for u in users)
-        return float(np.sqrt(sse / sum(per_user[u]["n"] for u in users)))
-    return float(np.mean([per_user[u]["auc"] for u in users]))
-
-
-def paired_bootstrap(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], kind: str, *, reps: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Bootstrap over users of metric(a) - metric(b) (same users in both): mean, sd (the paired
-    standard error) and a 95% interval."""
-    key = "rmse" if kind == "rating" else "auc"
-    users = sorted(u for u in a if u in b and key in a[u] and key in b[u])
-    rng = np.random.default_rng(seed)
-    if kind == "rating":
-        sa = np.array([a[u]["rmse"] ** 2 * a[u]["n"] for u in users])
-        sb = np.array([b[u]["rmse"] ** 2 * b[u]["n"] for u in users])
-        n = np.array([a[u]["n"] for u in users])
-        idx = rng.integers(0, len(users), size=(reps, len(users)))
-        diffs = np.sqrt(sa[idx].sum(1) / n[idx].sum(1)) - np.sqrt(sb[idx].sum(1) / n[idx].sum(1))
-    else:
-        va, vb = np.array([a[u]["auc"] for u in users]), np.array([b[u]["auc"] for u in users])
-        idx = rng.integers(0, len(users), size=(reps, len(users)))
-        diffs = va[idx].mean(1) - vb[idx].mean(1)
-    return {"diff": float(pooled(a, users, kind) - pooled(b, users, kind)), "se": float(diffs.std(ddof=1)),
-            "lo": float(np.quantile(diffs, 0.025)), "hi": float(np.quantile(diffs, 0.975)), "users": len(users)}
 
 
 # ------------------------------------------------------------------------------------ one seed

@@ -176,5 +176,17 @@ class Manifest:
                 "restore the store from backup or re-import the set"
             ) from None
         except MissingDataError as exc:
-            users = preview([self.users[int(p)] for p in positions])
-            raise MissingDataError(f"set {holder}, user(s) {users}: {exc}") from None
+            raise MissingDataError(f"set {holder}, user(s) {self._unreadable_users(store, key, positions)}: {exc}") from None
+
+    def _unreadable_users(self, store: TensorStore, key: str, positions: np.ndarray) -> str:
+        """The asked users whose rows lie in a damaged file of ``key`` (all asked, if none is found)."""
+        try:
+            ranges = [d.rows for d in store.damaged_files(key)]
+        except MissingDataError:
+            ranges = []
+        rows = self.rows[positions]
+        hit = np.zeros(len(positions), dtype=bool)
+        for lo, hi in ranges:
+            hit |= (rows >= lo) & (rows < hi)
+        chosen = positions[hit] if hit.any() else positions
+        return preview([self.users[int(p)] for p in chosen])

@@ -17,6 +17,7 @@ Errors raise ``InvalidArgumentError`` naming the argument and the rule, and echo
 from __future__ import annotations
 
 import math
+import numbers
 import unicodedata
 from collections.abc import Sequence
 
@@ -65,9 +66,9 @@ def whole(value: int | None, what: str, low: int, high: int) -> int | None:
     """An optional whole number in ``low .. high`` (a count of users, epochs, threads)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         raise InvalidArgumentError(f"{what} must be a whole number from {low} to {high}, not {echo(value)}")
-    return value
+    return int(value)
 
 
 def fraction_or_count(value: float, what: str) -> float:

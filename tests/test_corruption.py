@@ -164,3 +164,39 @@ def test_doctor_repair_on_the_cli(two_versions, backend):
     assert data["repair"]["rows_restored"] == 1 and data["repair"]["lost"] == {str(v1.id): ["u005"]}
     out = runner.invoke(main, [*base, "doctor", "--dry-run"])
     assert out.exit_code != 0 and "--repair" in out.output and "Traceback" not in out.output
+
+
+def test_a_missing_file_error_names_the_users_in_that_file_not_the_others_asked(two_versions):
+    reg, v1, _, _, _ = two_versions
+    _file(reg, v1, 1).unlink()  # rows 256-511
+    with pytest.raises(pr.MissingDataError) as err:
+        reg.get_prompts(["u006", "u007", "u300"], "a", "rate", version=1)
+    assert "u300" in str(err.value) and "u006" not in str(err.value)
+
+
+def test_repair_leaves_alone_an_array_the_catalogue_does_not_describe(two_versions):
+    reg, v1, _, _, _ = two_versions
+    meta = reg.store.root / "arrays" / v1.store_key / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][0] += 1  # the metadata now disagrees with the catalogue
+    meta.write_text(json.dumps(doc))
+    reg.store._layouts.clear()
+    before = {p.name: p.read_bytes() for p in meta.parent.iterdir()}
+    report = reg.doctor(repair=True)
+    assert any(f"set {v1.id}" in line and "catalogue says" in line for line in report.repair.unreadable), report.repair
+    assert {p.name: p.read_bytes() for p in meta.parent.iterdir()} == before  # nothing written
+
+
+def test_repair_does_not_rewrite_a_valid_shard_another_writer_laid_out(two_versions):
+    import google_crc32c
+
+    reg, v1, _, _, _ = two_versions
+    path = _file(reg, v1, 2)  # rows 512-599 in one 256-row chunk: stored as written by a writer that moved the chunk
+    raw = path.read_bytes()
+    chunk = raw[: 256 * ROW]
+    index = np.array([[16, 256 * ROW]], dtype="<u8").tobytes()
+    path.write_bytes(bytes(16) + chunk + index + google_crc32c.value(index).to_bytes(4, "little"))
+    before = path.read_bytes()
+    report = reg.doctor(repair=True)
+    assert any("laid out differently" in line for line in report.repair.unreadable), report.repair
+    assert path.read_bytes() == before

@@ -129,10 +129,11 @@ def test_a_registry_on_a_read_only_file_system_reads_and_refuses_writes_clearly(
         with Registry.open(disk / "reg", actor="t") as reg:
             np.testing.assert_array_equal(reg.get_prompt("u00003", "a", "t", alias="production").numpy(), np.ones((1, 16), np.float32))
             assert [s.id for s in reg.list_sets()] == [first.id] and reg.doctor().ok
+            assert reg.doctor(repair=True, dry_run=True).repair.nothing_to_do  # a dry run only reads
             reg.export_prompts(first.id, tmp_path / "out.npy")  # an export elsewhere works
-            with pytest.raises(Exception) as err:
+            with pytest.raises(OSError) as err:
                 reg.import_prompts("a", "t", np.ones((2, 1, 16), dtype=np.float32), ["x1", "x2"], create_users=True)
-            assert "read" in str(err.value).lower()
+            assert err.value.errno == errno.EROFS, err.value
         runner = CliRunner()
         base = ["--registry", str(disk / "reg")]
         shown = runner.invoke(main, [*base, "prompt", "list", "--json"])
@@ -166,3 +167,22 @@ def test_a_catalogue_newer_than_the_package_is_refused_with_the_advice(backend):
         result = CliRunner().invoke(main, [*args, *verb])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1 and "Traceback" not in result.output and len(lines) == 1 and "upgrade the package" in lines[0], result.output
+
+
+def test_a_read_only_copy_whose_write_ahead_log_holds_commits_is_refused_not_read_stale(tmp_path):
+    import shutil
+    import sqlite3
+
+    with _tmpfs(tmp_path / "disk", "16m") as disk:
+        with Registry.init(tmp_path / "reg", actor="t") as reg:
+            _populate(reg, tmp_path)
+        held = sqlite3.connect(tmp_path / "reg" / "registry.db")
+        held.execute("PRAGMA wal_autocheckpoint=0")
+        held.execute("INSERT INTO users (external_id, created_at) VALUES ('late', '2026-01-01 00:00:00')")
+        held.commit()  # in the -wal only: nothing checkpoints it while this connection is open
+        shutil.copytree(tmp_path / "reg", disk / "reg")
+        held.close()
+        assert (disk / "reg" / "registry.db-wal").stat().st_size > 0
+        _remount(disk, "ro")
+        with pytest.raises(pr.SchemaError, match="write-ahead log .* not yet in the database file"):
+            Registry.open(disk / "reg")

@@ -106,7 +106,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except (PromptRegistryError, OSError, DBAPIError, ValueError) as exc:
-            if ctx.params.get("debug") or (isinstance(exc, ValueError) and not isinstance(exc, PromptRegistryError) and "null byte" not in str(exc)):
+            if ctx.params.get("debug") or (isinstance(exc, ValueError) and not isinstance(exc, PromptRegistryError) and str(exc) != "embedded null byte"):
                 raise  # a ValueError of ours is a PromptRegistryError; another one is a bug: its traceback helps
             message = _one_line(exc)
             if len(message) > ERROR_CHARS:  # a net: messages echo values through _util.echo already

@@ -11,8 +11,9 @@ readable first (``TensorStore.rebuild_files``): what is still on disk is kept, s
 are rewritten from the layout, lost rows are restored where a copy exists. Rows no copy holds
 stay reported (restore them from backup or re-import the set); the rest of the set reads.
 
-The repair runs in one write transaction that holds the lock purges and imports take, so no
-purge zeroes a row while it is restored, and records a ``repair`` audit event.
+The scan reads in a snapshot, without blocking writers; the damaged sets are then repaired in one
+write transaction that holds the lock purges and imports take (no purge zeroes a row while it is
+restored), which records a ``repair`` audit event.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 from .._context import Context
 from .._util import preview
 from ..audit import deletion
-from ..db.engine import write_session
+from ..db.engine import read_session, write_session
 from ..db.schema import PromptRowRow, PromptSetRow, UserRow
 from ..entities import RepairReport
 from ..errors import IntegrityError
@@ -77,51 +78,89 @@ class _Damaged:
     users: dict[int, str]
 
 
+def _scan(ctx: Context, session: Session, row: PromptSetRow, fix: bool) -> tuple[list[str], bool, _Damaged | None]:
+    """One set: its damaged files (rebuilt when ``fix``), whether its array was missing (recreated
+    when ``fix``) and its damaged rows. ``IntegrityError`` when the array cannot be repaired here
+    (metadata that cannot be read, or an array that is not the one the catalogue describes)."""
+    key = row.store_key
+    assert key is not None
+    shape = (row.n_rows, row.prompt_len, row.width)
+    files: list[FileDamage] = []
+    missing = not ctx.store.exists(key)
+    if missing:
+        files = [FileDamage(key, (0, row.n_rows), "missing", "the array is gone")]
+        if fix:  # an array of zeros: every row fails until restored
+            ctx.store.create_array(key, shape, row.dtype)
+            ctx.store.rebuild_files(key)
+    else:
+        info = ctx.store.array_info(key)
+        if info.shape != shape or info.dtype != row.dtype:
+            raise IntegrityError(f"array {key!r} is {info.shape} {info.dtype}, the catalogue says {shape} {row.dtype}: "
+                                 "restore it from backup")
+        files = ctx.store.rebuild_files(key) if fix else ctx.store.damaged_files(key)
+    digests = deletion.expected_digests(session, row.id, int(np.prod(shape[1:])) * np.dtype(row.dtype).itemsize)
+    bad = bad_rows(ctx.store, key, row.n_rows, digests, () if fix else files)
+    damaged = _Damaged(row.id, key, (row.prompt_len, row.width), row.dtype, bad, digests, users_of(session, row.id)) if bad else None
+    return ([] if missing else [d.path for d in files]), missing, damaged
+
+
 def repair(ctx: Context, *, dry_run: bool = False) -> RepairReport:
-    """Make damaged files readable and restore every damaged row another copy holds."""
-    with write_session(ctx.engine) as session:
-        deletion.lock_catalogue(session)  # no purge zeroes, no import reads, what we restore meanwhile
-        rebuilt: list[str] = []
-        recreated: list[str] = []
-        unreadable: list[str] = []
-        damaged: list[_Damaged] = []
+    """Make damaged files readable and restore every damaged row another copy holds.
+
+    The scan reads every row in a read-only snapshot (writers go on meanwhile); only the sets it
+    found damaged are then rebuilt and restored, under the lock purges and imports take. A set
+    that cannot be repaired here is listed in ``unreadable`` and the others go on."""
+    rebuilt: list[str] = []
+    recreated: list[str] = []
+    unreadable: list[str] = []
+    damaged_ids: list[int] = []
+    found: list[_Damaged] = []
+    with read_session(ctx.engine) as session:
         sets = session.scalars(select(PromptSetRow).where(PromptSetRow.status == "committed", PromptSetRow.store_key.is_not(None))
                                .order_by(PromptSetRow.id)).all()
         for row in sets:
-            key = row.store_key
-            assert key is not None
-            shape = (row.n_rows, row.prompt_len, row.width)
-            files: list[FileDamage] = []
-            if not ctx.store.exists(key):
-                recreated.append(key)
-                files = [FileDamage(key, (0, row.n_rows), "missing", "the array is gone")]
-                if not dry_run:  # an array of zeros: every row fails until restored
-                    ctx.store.create_array(key, shape, row.dtype)
-                    ctx.store.rebuild_files(key)
-            else:
+            try:
+                files, missing, damaged = _scan(ctx, session, row, fix=False)
+            except (IntegrityError, ValueError) as exc:
+                unreadable.append(f"set {row.id}: {exc}")
+                continue
+            if files or missing or damaged:
+                damaged_ids.append(row.id)
+            if dry_run:
+                rebuilt += files
+                recreated += [row.store_key] if missing and row.store_key else []
+                found += [damaged] if damaged else []
+        if dry_run:
+            restored, lost = _restore_rows(session, ctx.store, found, dry_run=True)
+    if not dry_run and damaged_ids:
+        with write_session(ctx.engine) as session:
+            deletion.lock_catalogue(session)  # no purge zeroes, no import reads, what we restore meanwhile
+            for row in session.scalars(select(PromptSetRow).where(PromptSetRow.id.in_(damaged_ids)).order_by(PromptSetRow.id)):
                 try:
-                    files = ctx.store.damaged_files(key) if dry_run else ctx.store.rebuild_files(key)
-                except IntegrityError as exc:  # metadata the layout cannot be read from
+                    files, missing, damaged = _scan(ctx, session, row, fix=True)
+                except (IntegrityError, ValueError) as exc:
                     unreadable.append(f"set {row.id}: {exc}")
                     continue
-                rebuilt.extend(d.path for d in files)
-            digests = deletion.expected_digests(session, row.id, int(np.prod(shape[1:])) * np.dtype(row.dtype).itemsize)
-            bad = bad_rows(ctx.store, key, row.n_rows, digests, files if dry_run else ())
-            if bad:
-                damaged.append(_Damaged(row.id, key, (row.prompt_len, row.width), row.dtype, bad, digests, users_of(session, row.id)))
-        restored, lost = _restore_rows(session, ctx.store, damaged, dry_run)
-        report = RepairReport(
-            dry_run=dry_run, files_rebuilt=tuple(rebuilt), arrays_recreated=tuple(recreated),
-            rows_restored=sum(len(v) for v in restored.values()), restored={k: tuple(v) for k, v in restored.items()},
-            lost={k: tuple(v) for k, v in lost.items()}, unreadable=tuple(unreadable),
-        )
-        if not dry_run and not report.nothing_to_do:
+                rebuilt += files
+                recreated += [row.store_key] if missing and row.store_key else []
+                found += [damaged] if damaged else []
+            restored, lost = _restore_rows(session, ctx.store, found, dry_run=False)
+            report = _report(False, rebuilt, recreated, restored, lost, unreadable)
             ctx.audit(session, "repair", "store", ctx.store.location, {
-                "files_rebuilt": list(rebuilt), "arrays_recreated": list(recreated), "rows_restored": report.rows_restored,
-                "rows_lost": report.rows_lost})
-    if not dry_run:
+                "files_rebuilt": rebuilt, "arrays_recreated": recreated, "rows_restored": report.rows_restored,
+                "rows_lost": report.rows_lost, "unreadable": unreadable})
         ctx.caches.forget()
-    return report
+        return report
+    if not dry_run:
+        restored, lost = {}, {}
+    return _report(dry_run, rebuilt, recreated, restored, lost, unreadable)
+
+
+def _report(dry_run: bool, rebuilt: list[str], recreated: list[str], restored: dict[int, list[str]], lost: dict[int, list[str]],
+            unreadable: list[str]) -> RepairReport:
+    return RepairReport(dry_run=dry_run, files_rebuilt=tuple(rebuilt), arrays_recreated=tuple(recreated),
+                        rows_restored=sum(len(v) for v in restored.values()), restored={k: tuple(v) for k, v in restored.items()},
+                        lost={k: tuple(v) for k, v in lost.items()}, unreadable=tuple(unreadable))
 
 
 def _restore_rows(session: Session, store: TensorStore, damaged: Sequence[_Damaged], dry_run: bool
@@ -146,14 +185,22 @@ def _restore_rows(session: Session, store: TensorStore, damaged: Sequence[_Damag
             rows.append(i)
             data.append(copy)
             restored[s.set_id].append(who)
-        if rows and not dry_run:
-            index = np.asarray(rows, dtype=np.int64)
-            store.overwrite_rows(s.key, index, np.stack(data))
-            still = [i for i, d in zip(rows, row_digests(store.read_rows(s.key, index))) if d != s.digests.get(i)]
-            if still:
-                raise IntegrityError(f"rows {preview(still)} of array {s.key!r} in {store.location} still fail their sha256 "
-                                     "check after being restored: check the store's storage")
+            if len(rows) == SCAN_ROWS:  # bounded memory: restore in batches
+                _write_back(store, s, rows, data, dry_run)
+                rows, data = [], []
+        _write_back(store, s, rows, data, dry_run)
     return dict(restored), dict(lost)
+
+
+def _write_back(store: TensorStore, s: _Damaged, rows: list[int], data: list[np.ndarray], dry_run: bool) -> None:
+    if not rows or dry_run:
+        return
+    index = np.asarray(rows, dtype=np.int64)
+    store.overwrite_rows(s.key, index, np.stack(data))
+    still = [i for i, d in zip(rows, row_digests(store.read_rows(s.key, index))) if d != s.digests.get(i)]
+    if still:
+        raise IntegrityError(f"rows {preview(still)} of array {s.key!r} in {store.location} still fail their sha256 "
+                             "check after being restored: check the store's storage")
 
 
 def _donors(session: Session, digests: Iterable[bytes], broken: set[tuple[int, int]]

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -223,7 +224,7 @@ def subsample(src: str | Path, dest: str | Path, *, n_users: int, per_user: int 
     """Write a smaller data set: ``n_users`` users drawn (seeded) among those with at least
     ``min_interactions`` interactions, each keeping their ``per_user`` most recent interactions."""
     for what, value, low in (("n_users", n_users, 1), ("per_user", per_user, 1), ("seed", seed, 0), ("min_interactions", min_interactions, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 2**63 - 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= 2**63 - 1):
             raise InvalidArgumentError(f"{what} must be a whole number from {low} to 2**63 - 1, not {echo(value)}")
     data = Dataset.load(src)
     ids, counts = np.unique(data.users, return_counts=True)

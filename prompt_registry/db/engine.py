@@ -18,9 +18,10 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from .._forksafe import reset_in_child
-from ..errors import BusyError
+from ..errors import BusyError, SchemaError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another's lock (SQLite busy timeout, Postgres lock_timeout)
 
@@ -53,12 +54,23 @@ def make_engine(url: str) -> Engine:
 
     A SQLite file on a read-only file system is opened ``immutable`` (nothing can change it:
     WAL mode would otherwise need to create its ``-shm`` file there, and even reads would fail);
-    reads work, writes fail with "attempt to write a readonly database"."""
+    reads work, writes fail with "attempt to write a readonly database". An immutable open
+    ignores the ``-wal`` file, so one holding commits not yet checkpointed into the database is
+    refused (the reads would silently miss them)."""
     parsed = make_url(url)
     database = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if database and database != ":memory:" and on_read_only_file_system(Path(database)):
-        uri = f"{Path(database).absolute().as_uri()}?immutable=1"
-        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), pool_pre_ping=False)
+        path = Path(database).absolute()
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise SchemaError(
+                f"the catalogue {path} is on a read-only file system and its write-ahead log {wal.name} holds commits not yet in "
+                "the database file: reading it here would miss them. Open the registry once where it is writable (that "
+                "checkpoints the log), or mount it read-write"
+            )
+        uri = f"{path.as_uri()}?immutable=1"
+        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+                               poolclass=NullPool, pool_pre_ping=False)
         _configure_sqlite(engine, read_only=True)
     elif parsed.get_backend_name() == "sqlite":
         engine = create_engine(

@@ -556,6 +556,21 @@ class ZarrStore(TensorStore):
     def _files(self, layout: _Layout) -> range:
         return range(-(-layout.info.shape[0] // layout.file_rows))
 
+    @staticmethod
+    def _foreign_shard(path: Path, layout: _Layout, f: int) -> bool:
+        """Whether ``path`` ends with a shard index whose crc32c holds and whose chunks all lie in
+        the file: a valid shard another writer laid out (e.g. one that dropped empty chunks)."""
+        n_index = len(layout.index_bytes(f))
+        raw = path.read_bytes()
+        if len(raw) < n_index:
+            return False
+        tail = raw[-n_index:]
+        if google_crc32c.value(tail[:-4]).to_bytes(4, "little") != tail[-4:]:
+            return False
+        entries = np.frombuffer(tail[:-4], dtype="<u8").reshape(-1, 2)
+        used = entries[(entries[:, 0] != _EMPTY) | (entries[:, 1] != _EMPTY)]
+        return bool(np.all(used[:, 0] + used[:, 1] <= len(raw) - n_index)) and tail != layout.index_bytes(f)
+
     def damaged_files(self, key):
         layout = self._layout(key)
         if not layout.direct:
@@ -571,8 +586,13 @@ class ZarrStore(TensorStore):
             damage = self._file_damage(key, layout, f)
             if damage is None:
                 continue
-            damaged.append(damage)
             path = self._chunk_path(key, f, len(layout.info.shape))
+            if damage.why in ("size", "index") and layout.sharded and self._foreign_shard(path, layout, f):
+                raise MissingDataError(
+                    f"{path} is a valid shard laid out differently from ours (rewritten by another Zarr writer?): "
+                    "it is not rewritten; read the array through zarr, or restore the file from backup"
+                )
+            damaged.append(damage)
             size = layout.file_nbytes(f)
             with self._lock:  # the file changes: its map and verified rows are stale
                 self._forget_verified((key, f))

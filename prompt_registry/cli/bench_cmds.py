@@ -1,0 +1,31 @@
+"""``bench paper``: the paper's claims side by side, one call into ``prompt_registry.paper``."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import json_option, print_json
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks shipped with the package."""
+
+
+@bench.command("paper")
+@click.option("--scale", type=click.Choice(["smoke"]), default="smoke", show_default=True,
+              help="smoke: tiny local models, minutes (the cpu and gpu scales are not built yet).")
+@click.option("--seeds", type=int, help="Seeds per row (default: the scale's, 3 for smoke).")
+@click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True, help="Where the report goes.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where models, data and the registry are built (default: a temp dir).")
+@json_option
+def bench_paper(scale: str, seeds: int | None, out: str, workdir: str | None, as_json: bool) -> None:
+    """Reproduce the paper's tables (retrain vs migration, selection, chain, aggregate) with our numbers beside its."""
+    from prompt_registry.paper import run_paper
+
+    report = run_paper(scale, seeds=seeds, out=out, workdir=workdir, say=None if as_json else click.echo)
+    if as_json:
+        print_json({k: report[k] for k in ("scale", "seeds", "puma_vs_retrain", "registry", "plots", "seconds")})
+
+
+COMMANDS = (bench,)

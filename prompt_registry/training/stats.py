@@ -1,0 +1,42 @@
+"""Statistics for comparing prompt sets on the same users: pooled metrics from per-user metrics,
+and a paired bootstrap over users (what the quality benchmarks report against a baseline).
+
+Per-user metrics are what ``evaluate`` stores: ``{"rmse", "mae", "n"}`` for ratings, ``{"auc",
+"n"}`` for clicks (users with one class only have no AUC).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pooled(per_user: dict[str, dict[str, float]], users: list[str], kind: str) -> float:
+    if kind == "rating":
+        sse = sum(per_user[u]["rmse"] ** 2 * per_user[u]["n"] for u in users)
+        return float(np.sqrt(sse / sum(per_user[u]["n"] for u in users)))
+    return float(np.mean([per_user[u]["auc"] for u in users]))
+
+
+def paired_bootstrap(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], kind: str, *, reps: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap over users of metric(a) - metric(b) (same users in both): mean, sd (the paired
+    standard error) and a 95% interval."""
+    key = "rmse" if kind == "rating" else "auc"
+    users = sorted(u for u in a if u in b and key in a[u] and key in b[u])
+    rng = np.random.default_rng(seed)
+    if kind == "rating":
+        sa = np.array([a[u]["rmse"] ** 2 * a[u]["n"] for u in users])
+        sb = np.array([b[u]["rmse"] ** 2 * b[u]["n"] for u in users])
+        n = np.array([a[u]["n"] for u in users])
+        idx = rng.integers(0, len(users), size=(reps, len(users)))
+        diffs = np.sqrt(sa[idx].sum(1) / n[idx].sum(1)) - np.sqrt(sb[idx].sum(1) / n[idx].sum(1))
+    else:
+        va, vb = np.array([a[u]["auc"] for u in users]), np.array([b[u]["auc"] for u in users])
+        idx = rng.integers(0, len(users), size=(reps, len(users)))
+        diffs = va[idx].mean(1) - vb[idx].mean(1)
+    return {"diff": float(pooled(a, users, kind) - pooled(b, users, kind)), "se": float(diffs.std(ddof=1)),
+            "lo": float(np.quantile(diffs, 0.025)), "hi": float(np.quantile(diffs, 0.975)), "users": len(users)}
+
+
+def recovered(random_init: float, method: float, retrain: float) -> float | None:
+    """The share of retrain's gain over random-init a method recovers: ``(random_init - method) / (random_init - retrain)``."""
+    return (random_init - method) / (random_init - retrain) if random_init != retrain else None

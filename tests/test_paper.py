@@ -1,0 +1,48 @@
+"""``prompt-registry bench paper --scale smoke`` (issue 15): the whole report is produced on tiny
+local models, every figure in it is finite, and the tables name each of our rows beside the
+paper's. At this scale the claims are not expected to hold; the cpu scale is where they are tested."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from click.testing import CliRunner
+
+from prompt_registry.cli.main import main
+
+
+def _numbers(value):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield float(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+
+
+def test_the_smoke_scale_writes_a_complete_finite_report(tmp_path):
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["bench", "paper", "--scale", "smoke", "--out", str(out), "--workdir", str(tmp_path / "work"), "--json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    report = json.loads((out / "paper_smoke.json").read_text())
+    assert len(report["seeds"]) == 3 and report["seconds"] < 300
+    numbers = list(_numbers({k: v for k, v in report.items() if k != "paper"}))
+    assert numbers and all(math.isfinite(x) for x in numbers)
+    rows = report["summary"]["rows"]
+    for name in ("retrain", "random-init", "default migration A->B (group)", "random selection, same budget",
+                 "random selection, 3x the budget", "anchor-ridge A->B (group)", "single source C->B",
+                 "chain A->C->B hop 1 (A->C)", "chain A->C->B hop 2 (C->B)", "aggregate A+C->B hop 1 (A+C->B)"):
+        assert name in rows and len(rows[name]["rmse"]) == 3, name
+    assert rows["chain A->C->B hop 1 (A->C)"]["model"] == "C" and rows["chain A->C->B hop 2 (C->B)"]["model"] == "B"
+    assert all(len(r["vs_retrain"]) == 3 for n, r in rows.items() if r["model"] == "B" and n != "retrain")
+    ratio = report["puma_vs_retrain"]
+    assert ratio["quality_ratio"] > 0 and 0 < ratio["cost_ratio"] < 5
+    assert report["registry"]["apply_prompts_per_second"] > 0 and report["registry"]["import_over_raw_write"] > 0
+    md = (out / "paper_smoke.md").read_text()
+    assert "Table 2" in md and "Table 4" in md and "0.9414" in md and "Chain" in md and "Aggregate" in md
+    assert all((out / p.split("/")[-1]).exists() for p in report["plots"])
