@@ -167,6 +167,8 @@ MIXED_CHILD = textwrap.dedent(
     made, reads = [], 0
     with Registry.open(location, store=store, actor=f"{role}-{index}") as reg:
         if role == "importer":  # five incremental versions on top of whatever production is, each moving it
+            while os.environ.get("ADAPTER") and not os.path.exists(go + ".migrated"):
+                time.sleep(0.01)  # the migrator's first apply first: its next ones then race the imports
             for k in range(5):
                 users = [f"w{index}-{k}-{i}" for i in range(50)]
                 rows = np.full((50, 1, 4), index * 100 + k, dtype=np.float32)
@@ -177,6 +179,7 @@ MIXED_CHILD = textwrap.dedent(
                 made.append(reg.apply_adapter(int(os.environ["ADAPTER"]), sources=["m/rate@production"], alias="migrated",
                                               progress=False).id)
                 source = reg.get_set(made[-1]).parents[0]
+                open(go + ".migrated", "a").close()
                 deadline = time.monotonic() + 30
                 while reg.get_set("m/rate@production").id == source and time.monotonic() < deadline:
                     time.sleep(0.05)  # the next apply maps a newer version (the same one would be the same set)
