@@ -131,7 +131,7 @@ def test_every_option_hostile_on_its_own(env, path, cmd, option):
 
 @pytest.mark.parametrize("path, cmd", [v for v in VERBS if v[0] != ("init",)], ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
 def test_every_verb_against_a_registry_that_does_not_exist(env, path, cmd):
-    if path in (("data", "convert"), ("data", "stats"), ("data", "subsample"), ("assets", "fetch"), ("demo",)):
+    if path in (("data", "convert"), ("data", "stats"), ("data", "subsample"), ("assets", "fetch"), ("demo",), ("bench", "paper")):
         pytest.skip("does not open a registry")
     args = [a for p in _positional(cmd) for a in _args(p, _valid(path, p, env))]
     _check(env, [*path, *args], registry=str(env["tmp"] / "no-registry-here"))
