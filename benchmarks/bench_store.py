@@ -49,11 +49,9 @@ import contextlib
 import cProfile
 import datetime as dt
 import hashlib
-import importlib.metadata
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -72,6 +70,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 import prompt_registry
 from prompt_registry import Registry
+from prompt_registry._util import machine_info  # noqa: F401  (the other benchmarks import it from here)
 from prompt_registry.store.zarr_store import fsync_path
 
 MODEL = "bench-model"
@@ -168,26 +167,6 @@ def package_state() -> dict[str, Any]:
         "head": git("rev-parse", "HEAD").strip() or None,
         "uncommitted_package_files": git("status", "--porcelain", "--", "prompt_registry").splitlines(),
         "uncommitted_package_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    versions = {}
-    for dist in ("numpy", "zarr", "sqlalchemy", "torch", "transformers", "psycopg", "safetensors", "alembic", "prompt-registry"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    import torch  # the registry returns torch tensors; record its thread settings
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": sys.version.split()[0],
-        "versions": versions,
-        "torch_threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
-        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
     }
 
 

