@@ -10,10 +10,7 @@ minimal failing example.
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +22,10 @@ from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
 
-class _Sentinel:
-    path = ""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (Path(self.path),))
-
-
 def _file_targets(workdir: Path) -> dict[str, Any]:
     import prompt_registry as pr
     from prompt_registry.fileio import load_prompt_file
+    from prompt_registry.testing.hostile import npy_header, safetensors_bytes
 
     def load(raw: bytes, suffix: str) -> str:
         path = workdir / f"f{suffix}"
@@ -47,46 +38,29 @@ def _file_targets(workdir: Path) -> dict[str, Any]:
         assert isinstance(array, np.ndarray) and (users is None or all(isinstance(u, str) for u in users))
         return "accepted"
 
-    def safetensors(header: dict[str, Any], payload: bytes) -> bytes:
-        raw = json.dumps(header).encode()
-        return struct.pack("<Q", len(raw)) + raw + payload
-
     return {
         "random bytes as .npy / .safetensors": (st.tuples(st.binary(max_size=512), st.sampled_from([".npy", ".safetensors"])),
                                                 lambda v: load(*v)),
         "safetensors headers": (st.tuples(st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "C64", "XYZ"]),
                                           st.lists(st.integers(0, 2**40), max_size=4), st.binary(max_size=256),
                                           st.one_of(st.none(), st.text(max_size=20), st.integers(), st.lists(st.text(max_size=5), max_size=4))),
-                                lambda v: load(safetensors({"prompts": {"dtype": v[0], "shape": v[1], "data_offsets": [0, len(v[2])]},
+                                lambda v: load(safetensors_bytes({"prompts": {"dtype": v[0], "shape": v[1], "data_offsets": [0, len(v[2])]},
                                                             **({"__metadata__": {"users": json.dumps(v[3])}} if v[3] is not None else {})}, v[2]),
                                                ".safetensors")),
         "npy headers": (st.tuples(st.sampled_from(["<f4", "<f2", ">f8", "<i8", "|u1", "|b1", "<c8", "|O", "<U4", "V8"]),
                                   st.lists(st.integers(0, 2**50), max_size=4), st.binary(max_size=256)),
-                        lambda v: load(_npy_header(v[0], v[1]) + v[2], ".npy")),
+                        lambda v: load(npy_header(v[0], v[1]) + v[2], ".npy")),
     }
-
-
-def _npy_header(descr: str, shape: list[int]) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
-    return buffer.getvalue()
 
 
 def _pickles(workdir: Path) -> dict[str, int]:
     """Every pickle-bearing payload under every name: refused, and the sentinel never appears."""
-    import torch
-
     import prompt_registry as pr
     from prompt_registry.fileio import load_prompt_file
+    from prompt_registry.testing.hostile import pickle_payloads
 
     sentinel = workdir / "ran"
-    _Sentinel.path = str(sentinel)
-    archive = io.BytesIO()
-    torch.save({"prompts": _Sentinel()}, archive)
-    object_npy = io.BytesIO()
-    np.save(object_npy, np.array([_Sentinel()], dtype=object), allow_pickle=True)
-    payloads = [pickle.dumps(_Sentinel(), protocol=p) for p in range(2, 6)] + [archive.getvalue(), object_npy.getvalue(),
-                                                                              pickle.dumps(np.array([_Sentinel()], dtype=object))]
+    payloads = pickle_payloads(sentinel)
     refused = 0
     for suffix in (".npy", ".safetensors", ".pt", ".pth", ".bin", ".pkl", ".npz", ""):
         for payload in payloads:

@@ -4,10 +4,7 @@ smuggles in is ever executed (a pickle whose unpickling would create a sentinel 
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +14,9 @@ from hypothesis import strategies as st
 
 import prompt_registry as pr
 from prompt_registry.fileio import load_prompt_file
+from prompt_registry.testing.hostile import npy_header, pickle_payloads, safetensors_bytes
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-class _Sentinel:
-    """Unpickling this creates a file: proof that something ran."""
-
-    path = ""
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.path),))
 
 
 def _load(path: Path) -> None:
@@ -37,11 +26,6 @@ def _load(path: Path) -> None:
         return
     assert isinstance(array, np.ndarray) and array.dtype.kind in "fiubc"  # import refuses non-float dtypes (DTypeError)
     assert users is None or all(isinstance(u, str) for u in users)
-
-
-def _safetensors(header: dict, payload: bytes) -> bytes:
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + payload
 
 
 @SETTINGS
@@ -65,7 +49,7 @@ def test_mutated_safetensors_headers_are_refused_or_loaded(tmp_path, dtype, shap
     if users is not None:
         header["__metadata__"] = {"users": json.dumps(users) if not isinstance(users, str) else users}
     path = tmp_path / "f.safetensors"
-    path.write_bytes(_safetensors(header, payload))
+    path.write_bytes(safetensors_bytes(header, payload))
     _load(path)
 
 
@@ -76,30 +60,19 @@ def test_mutated_safetensors_headers_are_refused_or_loaded(tmp_path, dtype, shap
     payload=st.binary(max_size=256),
 )
 def test_npy_headers_declaring_any_shape_are_refused_or_loaded(tmp_path, descr, shape, payload):
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
     path = tmp_path / "f.npy"
-    path.write_bytes(buffer.getvalue() + payload)
+    path.write_bytes(npy_header(descr, shape) + payload)
     _load(path)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".pt", ".bin", ".pkl"])
 def test_pickles_under_any_name_never_run(tmp_path, suffix):
     sentinel = tmp_path / "ran"
-    _Sentinel.path = str(sentinel)
-    import torch
-
-    archive = io.BytesIO()
-    torch.save({"prompts": _Sentinel()}, archive)  # a zip around a pickle
-    for payload in (pickle.dumps(_Sentinel()), pickle.dumps(np.array([_Sentinel()], dtype=object)), archive.getvalue()):
+    for payload in pickle_payloads(sentinel):
         path = tmp_path / f"evil{suffix}"
         path.write_bytes(payload)
         with pytest.raises(pr.PromptRegistryError):
             load_prompt_file(path)
-        npy = tmp_path / "object.npy"
-        np.save(npy, np.array([_Sentinel()], dtype=object), allow_pickle=True)
-        with pytest.raises(pr.InvalidFileError):
-            load_prompt_file(npy)
     assert not sentinel.exists()
 
 
@@ -117,7 +90,7 @@ def test_a_refused_import_leaves_the_registry_exactly_as_it_was(populated_once, 
     if users is not None:
         header["__metadata__"] = {"users": json.dumps(users)}
     path = tmp_path / "p.safetensors"
-    path.write_bytes(_safetensors(header, payload))
+    path.write_bytes(safetensors_bytes(header, payload))
     before = (reg.count_users(), [s.id for s in reg.list_sets()], sorted(o.key for o in reg.store.list_objects()))
     try:
         made = reg.import_prompts("a", "rate", path)

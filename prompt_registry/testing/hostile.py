@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,47 @@ from ..errors import PromptRegistryError
 from ..fileio import read_users_csv
 
 MAX_MESSAGE_CHARS = 2000  # an error line echoes at most a cut of what it was given
+
+# -------------------------------------------------------------------------------- hostile files
+
+
+class Sentinel:
+    """Unpickling this creates the file at ``Sentinel.path``: proof that something a file smuggled in ran."""
+
+    path = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path(self.path),))
+
+
+def safetensors_bytes(header: dict[str, Any], payload: bytes) -> bytes:
+    """A safetensors file with this (possibly lying) JSON header and payload."""
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + payload
+
+
+def npy_header(descr: str, shape: list[int] | tuple[int, ...]) -> bytes:
+    """An npy 1.0 header declaring ``descr`` and ``shape`` (whatever bytes follow it)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def pickle_payloads(sentinel: Path) -> list[bytes]:
+    """Every pickle-bearing payload we know of (each protocol, a ``torch.save`` zip, an object npy,
+    a pickled object array); loading any of them must never create ``sentinel``."""
+    import pickle
+
+    import torch
+
+    Sentinel.path = str(sentinel)
+    archive = io.BytesIO()
+    torch.save({"prompts": Sentinel()}, archive)  # a zip around a pickle
+    object_npy = io.BytesIO()
+    np.save(object_npy, np.array([Sentinel()], dtype=object), allow_pickle=True)
+    return [pickle.dumps(Sentinel(), protocol=p) for p in range(2, 6)] + [
+        archive.getvalue(), object_npy.getvalue(), pickle.dumps(np.array([Sentinel()], dtype=object))]
+
 
 # -------------------------------------------------------------------------------- strategies
 
