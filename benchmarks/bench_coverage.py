@@ -49,10 +49,6 @@ HERE = Path(__file__).resolve().parent
 GROUPS = ("full", "only_a", "only_b", "partial", "all")
 
 
-def tokens(run: Any) -> int:
-    return int((run.forward_tokens or 0) + (run.backward_tokens or 0))
-
-
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     root = args.workdir / f"seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
@@ -81,16 +77,16 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         rand = reg.train_prompts("t", "task", data, config=TrainConfig(**{**train_cfg.to_dict(), "freeze_prompts": True}),
                                  progress=False)
-        rand_pu, rand_cost = per_user(rand.set.id), tokens(rand.run)
+        rand_pu, rand_cost = per_user(rand.set.id), rand.run.token_passes
         retrain = reg.train_prompts("t", "task", data, config=train_cfg, progress=False)
-        retrain_pu, retrain_cost = per_user(retrain.set.id), tokens(retrain.run)
+        retrain_pu, retrain_cost = per_user(retrain.set.id), retrain.run.token_passes
 
         def config(policy: str) -> MigrationConfig:
             return MigrationConfig(seed=seed, coverage=policy, lr=3e-3, head_lr=1e-2, selection=SelectionConfig(budget=args.budget, seed=seed))
 
         def migrate(sources: list[str], policy: str) -> tuple[dict[str, dict[str, float]], int]:
             result = reg.migrate(sources, "t", "task", data, config=config(policy), progress=False, evaluate=False)
-            return per_user(result.set.id), tokens(result.run)
+            return per_user(result.set.id), result.run.token_passes
 
         impute, impute_cost = migrate(["a", "b"], "impute")
         common, common_cost = migrate(["a", "b"], "common")

@@ -68,10 +68,6 @@ def world(setting: str, root: Path, args: argparse.Namespace, seed: int) -> tupl
     return models, data, "minilm", "mpnet"
 
 
-def cost(run: Any) -> int:
-    return int((run.forward_tokens or 0) + (run.backward_tokens or 0))
-
-
 def migration_rows(args: argparse.Namespace, setting: str) -> list[tuple[str, dict[str, Any]]]:
     """(row name, MigrationConfig keywords) of every migration row."""
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -107,10 +103,10 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
         def record(name: str, evaluation: Any, run: Any, seconds: float, set_id: int, extra: dict[str, Any] | None = None) -> None:
             evaluation = reg.get_evaluation(evaluation.id)  # with its per-user metrics
             m = evaluation.metrics
-            out["rows"][name] = {"metrics": {k: m[k] for k in ("rmse", "mae", "auc", "uauc") if k in m}, "token_passes": cost(run),
+            out["rows"][name] = {"metrics": {k: m[k] for k in ("rmse", "mae", "auc", "uauc") if k in m}, "token_passes": run.token_passes,
                                  "seconds": round(seconds, 1), "per_user": evaluation.per_user, "set_id": set_id, **(extra or {})}
             key = "rmse" if kind == "rating" else "uauc"
-            say(f"  [{setting} seed {seed}] {name:<42} {key} {m[key]:.4f}  {cost(run):>13,} token-passes  {seconds:6.1f} s")
+            say(f"  [{setting} seed {seed}] {name:<42} {key} {m[key]:.4f}  {run.token_passes:>13,} token-passes  {seconds:6.1f} s")
 
         started = time.perf_counter()
         src = reg.train_prompts(source, "task", data, config=train_cfg, progress=False, evaluate_split="test", alias="production")

@@ -164,7 +164,7 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
     rows: list[dict[str, Any]] = []
 
     def row(name: str, model: str, rmse: float, run: Any, started: float) -> None:
-        tokens = (run.forward_tokens or 0) + (run.backward_tokens or 0)
+        tokens = run.token_passes
         rows.append({"prompts": name, "model": model, "test_rmse": round(rmse, 4), "seconds": round(time.perf_counter() - started, 1),
                      "token_passes": tokens})
         say(f"  {name:<34} on {model:<10} test RMSE {rmse:.4f}   {tokens:>12,} token-passes")

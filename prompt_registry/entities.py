@@ -164,6 +164,11 @@ class Run(_Entity):
     actor: str
     error: str | None
 
+    @property
+    def token_passes(self) -> int:
+        """Tokens through the backbone, forward and backward: the cost every report compares."""
+        return (self.forward_tokens or 0) + (self.backward_tokens or 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class CostLedger(_Entity):

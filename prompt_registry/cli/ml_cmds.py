@@ -237,7 +237,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
     if result.refined is not None:
         click.echo(f"refined set {result.refined.id} = {result.refined.ref}")
     click.echo(f"cost: {run.wall_seconds:.1f} s on {run.device}, {run.examples_seen} examples, "
-               f"{(run.forward_tokens or 0) + (run.backward_tokens or 0)} token-passes")
+               f"{run.token_passes} token-passes")
     if result.report is not None:
         metric = result.report.metric
         rows = [{"set": r["name"], "id": r["set_id"], "model": r["model"], metric: round(r[metric], 4)} for r in result.report.rows]

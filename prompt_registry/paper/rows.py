@@ -16,11 +16,6 @@ Say = Callable[[str], Any]
 SOURCE_ROWS = ("source prompts on A", "source prompts on C")
 
 
-def cost(run: Any) -> int:
-    """A run's backbone token-passes (forward + backward): the cost measure of every row."""
-    return int((run.forward_tokens or 0) + (run.backward_tokens or 0)) if run is not None else 0
-
-
 def _train_config(scale: Scale, seed: int, epochs: int, **extra: Any) -> Any:
     from ..training.config import TrainConfig
 
@@ -39,7 +34,7 @@ class Rows:
         evaluation = self.reg.get_evaluation(evaluation.id)  # with its per-user metrics
         # seconds: the run's own (training or migration, evaluation excluded); the wall clock since ``started`` without one
         seconds = run.wall_seconds if run is not None and run.wall_seconds is not None else time.perf_counter() - started
-        row = {"model": model, "rmse": float(evaluation.metrics["rmse"]), "token_passes": cost(run),
+        row = {"model": model, "rmse": float(evaluation.metrics["rmse"]), "token_passes": run.token_passes if run is not None else 0,
                "seconds": round(seconds, 2), "set_id": set_id, "per_user": evaluation.per_user}
         self.rows[name] = row
         self.say(f"  [seed {self.seed}] {name:<34} on {model:<2} RMSE {row['rmse']:.4f}  {row['token_passes']:>13,} token-passes  "
