@@ -163,7 +163,9 @@ def markdown(report: dict[str, Any]) -> str:
               f"| C alone | {cell('single source C->B')} | {cost('single source C->B')} | {PAPER['aggregate_singles'][1]} |"]
     side = report["registry"]
     lines += ["", "## The registry side (same process, same disk)", "",
-              f"{side['prompts']:,} prompts of width {side['width']} ({side['megabytes']:.0f} MB) on SQLite:", "",
+              f"{side['prompts']:,} prompts of width {side['width']} ({side['megabytes']:.0f} MB) on SQLite; the adapter has the default "
+              f"method's architecture ({side['adapter']['kind']}" + (f", rank {side['adapter']['rank']}" if side["adapter"]["kind"] == "lowrank" else "")
+              + f", {side['adapter']['source_widths'][0]} -> {side['adapter']['target_width']}):", "",
               "| figure | registry | raw store | ratio |", "|---|---:|---:|---:|",
               f"| import (validated, checksummed, catalogued) vs a raw store write, s | {side['import_seconds']:.2f} | {side['raw_write_seconds']:.2f} | "
               f"{side['import_over_raw_write']:.2f}x |",

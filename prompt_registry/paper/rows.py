@@ -116,6 +116,7 @@ def registry_side(reg: Registry, scale: Scale) -> dict[str, Any]:
     import torch
 
     from ..migration.puma.adapter import AdapterConfig, Phi
+    from ..migration.puma.config import PumaConfig
 
     n, width_a, width_b = scale.apply_prompts, reg.get_model("A").hidden_size, reg.get_model("B").hidden_size
     prompts = np.random.default_rng(0).normal(size=(n, 1, width_a)).astype(np.float32)
@@ -138,7 +139,10 @@ def registry_side(reg: Registry, scale: Scale) -> dict[str, Any]:
         _, seconds = _timed(lambda: reg.get_prompt(user, set=made.id))  # noqa: B023 (called at once)
         single.append(seconds)
     torch.manual_seed(0)
-    phi = Phi(AdapterConfig((width_a,), width_b, hidden=64))
+    default = PumaConfig()  # the default method's map (its weights do not change the throughput)
+    phi = Phi(AdapterConfig((width_a,), width_b, default.hidden, default.dropout, default.norm_match,
+                            1.0 if default.norm_match or default.output_scale else None, kind=default.phi, rank=default.rank,
+                            output_scale=default.output_scale))
     head = reg.put_artifact("head", "B/bulk", {"w": torch.zeros(width_b)}, task="bulk", target_model="B")
     adapter = reg.put_artifact("adapter", "A->B/bulk", phi.state_dict(), task="bulk", target_model="B", source_models=["A"],
                                config={"adapter": phi.config.to_dict(), "head_id": head.id})
@@ -153,7 +157,7 @@ def registry_side(reg: Registry, scale: Scale) -> dict[str, Any]:
     for key in (raw_key, out_key):
         reg.store.delete(key)
     mb = prompts.nbytes / 1e6
-    return {"prompts": n, "width": width_a, "megabytes": round(mb, 1),
+    return {"prompts": n, "width": width_a, "megabytes": round(mb, 1), "adapter": phi.config.to_dict(),
             "import_seconds": round(import_s, 3), "raw_write_seconds": round(raw_write_s, 3),
             "import_over_raw_write": round(import_s / raw_write_s, 2),
             "read_all_seconds": round(read_s, 3), "read_megabytes_per_second": round(mb / read_s), "raw_read_seconds": round(raw_read_s, 3),
