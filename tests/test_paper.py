@@ -61,3 +61,33 @@ def test_a_claim_needs_two_paired_standard_errors():
     assert _verdict(0.03, 0.01, want="lower") == "fails"
     assert _verdict(0.01, 0.01, want="not higher") == "holds"
     assert _verdict(0.03, 0.01, want="not higher") == "fails"
+
+
+def test_a_run_resumes_with_its_sources_and_finished_seeds_and_refuses_another_configuration(tmp_path):
+    """The cpu scale runs for an hour or more: an interrupted run continues where it stopped. Here a
+    tiny scale with shared sources (as cpu's): seed 0 is run, then a resumed run of 2 seeds keeps
+    the sources and seed 0 exactly and runs only seed 1."""
+    import dataclasses
+
+    import pytest
+
+    from prompt_registry.errors import InvalidArgumentError
+    from prompt_registry.paper import SCALES, run_paper
+
+    tiny = dataclasses.replace(SCALES["smoke"], name="tiny", users=24, per_user=12, items=30, train_epochs=1, source_epochs=1,
+                               apply_prompts=300, shared_sources=True)
+    said: list[str] = []
+    first = run_paper(tiny, seeds=1, out=tmp_path / "out", workdir=tmp_path / "work", say=said.append)
+    assert not first["resumed"] and first["seeds"] == [0]
+    said.clear()
+    second = run_paper(tiny, seeds=2, out=tmp_path / "out", workdir=tmp_path / "work", resume=True, say=said.append)
+    assert said[0] == "resuming: seeds [0] done, sources trained" and second["resumed"]
+    assert not any("source prompts on A" in line for line in said)  # the sources were not trained again
+    assert [line for line in said if "[seed 0]" in line] == []  # nor seed 0
+    assert second["per_seed"][0] == first["per_seed"][0] and second["seeds"] == [0, 1]
+    rows = second["summary"]["rows"]
+    assert rows["source prompts on A"]["rmse"][0] == rows["source prompts on A"]["rmse"][1] and len(rows["retrain"]["rmse"]) == 2
+    with pytest.raises(InvalidArgumentError, match="another configuration"):
+        run_paper(dataclasses.replace(tiny, users=30), seeds=1, out=tmp_path / "out", workdir=tmp_path / "work", resume=True, say=None)
+    with pytest.raises(InvalidArgumentError, match="workdir"):
+        run_paper(tiny, resume=True, out=tmp_path / "out", say=None)

@@ -82,12 +82,13 @@ def run_paper(scale: str | Scale = "smoke", *, seeds: int | None = None, out: st
     started = time.perf_counter()
     try:
         models = {role: BACKBONES[key][1](root / "models") for role, key in spec.models.items()}
+        widths: dict[str, int] = {}
         base = root / "registry-base"
         if not (base / "registry.db").exists() or (spec.shared_sources and progress["shared"] is None):
             shutil.rmtree(base, ignore_errors=True)
             with Registry.init(base, actor="paper") as reg:
                 for role, path in models.items():
-                    reg.register_model(role, path)
+                    widths[role] = reg.register_model(role, path).hidden_size
                 reg.add_task(TASK, "rating")
                 if spec.shared_sources:
                     emit(f"source prompts on A and C, trained once ({spec.source_epochs} epochs)")
@@ -112,8 +113,8 @@ def run_paper(scale: str | Scale = "smoke", *, seeds: int | None = None, out: st
         side_root = root / "registry-side"  # a registry of its own: a resumed run measures it afresh
         shutil.rmtree(side_root, ignore_errors=True)
         with Registry.init(side_root, actor="paper") as reg:
-            for role in ("A", "B"):
-                reg.register_model(role, models[role])
+            for role, path in models.items():
+                widths[role] = reg.register_model(role, path).hidden_size
             side = registry_side(reg, spec)
         shutil.rmtree(side_root, ignore_errors=True)
         summary = reporting.summary(per_seed)
@@ -122,7 +123,7 @@ def run_paper(scale: str | Scale = "smoke", *, seeds: int | None = None, out: st
             "scale": spec.name, "about": spec.about, "seeds": list(range(n_seeds)),
             "command": f"prompt-registry bench paper --scale {spec.name} --seeds {n_seeds} --threads {n_threads}",
             "machine": {**machine_info(), "load_after": list(os.getloadavg())}, "config": dataclasses.asdict(spec),
-            "models": {role: BACKBONES[key][0] for role, key in spec.models.items()},
+            "models": {role: BACKBONES[key][0] for role, key in spec.models.items()}, "widths": widths,
             "data": "synthetic users (prompt_registry.data.make_synthetic), new users per seed" if spec.data == "synthetic"
                     else "MovieLens-100k (GroupLens, via the recbole wheel), one subsample (seed 0) for every seed",
             "baselines": {k: float(np.mean([s["baselines"][k] for s in per_seed])) for k in per_seed[0]["baselines"]},
