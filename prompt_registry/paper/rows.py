@@ -34,8 +34,10 @@ class Rows:
         evaluation = self.reg.get_evaluation(evaluation.id)  # with its per-user metrics
         # seconds: the run's own (training or migration, evaluation excluded); the wall clock since ``started`` without one
         seconds = run.wall_seconds if run is not None and run.wall_seconds is not None else time.perf_counter() - started
+        parts = {k: v["token_passes"] for k, v in (run.cost if run is not None else {}).items() if isinstance(v, dict) and "token_passes" in v}
         row = {"model": model, "rmse": float(evaluation.metrics["rmse"]), "token_passes": run.token_passes if run is not None else 0,
-               "seconds": round(seconds, 2), "set_id": set_id, "per_user": evaluation.per_user}
+               "seconds": round(seconds, 2), "set_id": set_id, "per_user": evaluation.per_user, "cost_parts": parts,
+               "steps": run.cost.get("steps") if run is not None else None}
         self.rows[name] = row
         self.say(f"  [seed {self.seed}] {name:<34} on {model:<2} RMSE {row['rmse']:.4f}  {row['token_passes']:>13,} token-passes  "
                  f"{row['seconds']:7.1f} s")

@@ -107,8 +107,7 @@ def run_paper(scale: str | Scale = "smoke", *, seeds: int | None = None, out: st
                 sources = progress["shared"] or train_sources(reg, data, TASK, spec, seed, emit)
                 per_seed.append(seed_rows(reg, data, TASK, spec, seed, sources, emit))
             progress["seeds"][str(seed)] = per_seed[-1]
-            save()
-            shutil.rmtree(copy, ignore_errors=True)
+            save()  # the seed's registry stays in the workdir: its runs, adapters and sets are there to inspect
         emit(f"registry side: {spec.apply_prompts:,} prompts")
         side_root = root / "registry-side"  # a registry of its own: a resumed run measures it afresh
         shutil.rmtree(side_root, ignore_errors=True)
@@ -129,8 +128,7 @@ def run_paper(scale: str | Scale = "smoke", *, seeds: int | None = None, out: st
             "baselines": {k: float(np.mean([s["baselines"][k] for s in per_seed])) for k in per_seed[0]["baselines"]},
             "puma_vs_retrain": {"quality_ratio": default["rmse_mean"] / retrain["rmse_mean"], "cost_ratio": default["cost_vs_retrain"]},
             "summary": summary, "claims": reporting.claims(per_seed, summary), "registry": side, "paper": PAPER,
-            "per_seed": [{k: v for k, v in s.items() if k != "rows"} | {"rows": {n: {k: r[k] for k in ("model", "rmse", "token_passes", "seconds")}
-                                                                                for n, r in s["rows"].items()}} for s in per_seed],
+            "per_seed": [_published(s) for s in per_seed],
             "seconds": round(prior_seconds + time.perf_counter() - started, 1), "resumed": prior_seconds > 0,
         }
         result["plots"] = reporting.plots(result, out_dir, spec.name)
@@ -143,3 +141,8 @@ def run_paper(scale: str | Scale = "smoke", *, seeds: int | None = None, out: st
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
 
+
+def _published(seed: dict[str, Any]) -> dict[str, Any]:
+    """A seed as the JSON report keeps it: every figure but the per-user metrics (those stay in the workdir)."""
+    kept = ("model", "rmse", "token_passes", "seconds", "steps", "cost_parts")
+    return {k: v for k, v in seed.items() if k != "rows"} | {"rows": {n: {k: r.get(k) for k in kept} for n, r in seed["rows"].items()}}
