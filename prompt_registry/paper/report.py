@@ -185,7 +185,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"method's architecture ({side['adapter']['kind']}" + (f", rank {side['adapter']['rank']}" if side["adapter"]["kind"] == "lowrank" else "")
               + f", {side['adapter']['source_widths'][0]} -> {side['adapter']['target_width']}):", "",
               "| figure | registry | raw store | ratio |", "|---|---:|---:|---:|",
-              f"| import (validated, checksummed, catalogued) vs a raw store write, s | {side['import_seconds']:.2f} | {side['raw_write_seconds']:.2f} | "
+              f"| import (validated, checksummed, catalogued, its {side['prompts']:,} users created) vs a raw store write, s | "
+              f"{side['import_seconds']:.2f} | {side['raw_write_seconds']:.2f} | "
               f"{side['import_over_raw_write']:.2f}x |",
               f"| read every prompt (verified) vs a raw store read, s | {side['read_all_seconds']:.2f} | {side['raw_read_seconds']:.2f} | "
               f"{side['read_over_raw_read']:.2f}x |",
