@@ -19,22 +19,10 @@ def pooled(per_user: dict[str, dict[str, float]], users: list[str], kind: str) -
 
 def paired_bootstrap(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], kind: str, *, reps: int = 1000, seed: int = 0) -> dict[str, float]:
     """Bootstrap over users of metric(a) - metric(b) (same users in both): mean, sd (the paired
-    standard error) and a 95% interval."""
-    key = "rmse" if kind == "rating" else "auc"
-    users = sorted(u for u in a if u in b and key in a[u] and key in b[u])
-    rng = np.random.default_rng(seed)
-    if kind == "rating":
-        sa = np.array([a[u]["rmse"] ** 2 * a[u]["n"] for u in users])
-        sb = np.array([b[u]["rmse"] ** 2 * b[u]["n"] for u in users])
-        n = np.array([a[u]["n"] for u in users])
-        idx = rng.integers(0, len(users), size=(reps, len(users)))
-        diffs = np.sqrt(sa[idx].sum(1) / n[idx].sum(1)) - np.sqrt(sb[idx].sum(1) / n[idx].sum(1))
-    else:
-        va, vb = np.array([a[u]["auc"] for u in users]), np.array([b[u]["auc"] for u in users])
-        idx = rng.integers(0, len(users), size=(reps, len(users)))
-        diffs = va[idx].mean(1) - vb[idx].mean(1)
-    return {"diff": float(pooled(a, users, kind) - pooled(b, users, kind)), "se": float(diffs.std(ddof=1)),
-            "lo": float(np.quantile(diffs, 0.025)), "hi": float(np.quantile(diffs, 0.975)), "users": len(users)}
+    standard error) and a 95% interval. The one-seed case of ``paired_bootstrap_seeds``."""
+    out = paired_bootstrap_seeds([a], [b], kind, reps=reps, seed=seed)
+    del out["seeds"]
+    return out
 
 
 def recovered(random_init: float, method: float, retrain: float) -> float | None:
