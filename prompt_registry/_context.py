@@ -83,8 +83,9 @@ class Context:
                                   object_id=str(obj), reason=reason, details=details))
 
     def scratch_dir(self) -> Path:
-        """A local directory for working files (checkpoints, write journals): beside the store."""
-        root = self.store.local_root or Path(tempfile.gettempdir()) / "prompt-registry"
+        """A local directory for working files (checkpoints, write journals): beside the store, or
+        for a store with no local directory (s3://) one per catalogue under the system's temp dir."""
+        root = self.store.local_root or Path(tempfile.gettempdir()) / "prompt-registry" / self.catalog_id
         path = root / "work"
         path.mkdir(parents=True, exist_ok=True)
         return path

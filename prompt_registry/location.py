@@ -20,7 +20,7 @@ ENV_STORE = "PROMPT_REGISTRY_STORE"
 @dataclasses.dataclass(frozen=True)
 class Location:
     db_url: str
-    store: str  # a store location for ``store.resolve.open_store``: a directory, or memory://
+    store: str  # a store location for ``store.resolve.open_store``: a directory, s3://bucket/prefix or memory://
     display: str  # what messages call this registry
     directory: Path | None  # the embedded registry folder, when there is one
 
@@ -45,7 +45,7 @@ def resolve_location(location: str | os.PathLike[str] | None = None, store: str 
         return Location(raw, store_path, raw, None)
     if not store_raw:
         raise RegistryNotFoundError(
-            f"a {url.get_backend_name()} catalogue needs a tensor store: pass --store DIR or set "
-            f"{ENV_STORE} (a local directory for the Zarr arrays)"
+            f"a {url.get_backend_name()} catalogue needs a tensor store: pass --store DIR_OR_URL or set "
+            f"{ENV_STORE} (a local directory for the Zarr arrays, or s3://BUCKET/PREFIX)"
         )
     return Location(raw, store_raw, url.render_as_string(hide_password=True), None)

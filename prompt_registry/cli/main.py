@@ -19,8 +19,9 @@ from ._common import Context, Group
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--registry", envvar="PROMPT_REGISTRY_URL", metavar="PATH_OR_DB_URL",
               help="Registry directory (default ./.prompt-registry) or database URL. Env: PROMPT_REGISTRY_URL.")
-@click.option("--store", envvar="PROMPT_REGISTRY_STORE", metavar="DIR",
-              help="Zarr tensor store directory (needed with a Postgres URL). Env: PROMPT_REGISTRY_STORE.")
+@click.option("--store", envvar="PROMPT_REGISTRY_STORE", metavar="DIR_OR_URL",
+              help="Tensor store: a Zarr directory or s3://BUCKET/PREFIX (AWS_* variables; needed with a Postgres URL). "
+                   "Env: PROMPT_REGISTRY_STORE.")
 @click.option("--actor", envvar="PROMPT_REGISTRY_ACTOR", help="Who is acting (recorded in the audit log). Default: OS user.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="prompt-registry")

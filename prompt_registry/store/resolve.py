@@ -1,11 +1,12 @@
 """Turn a store location into a ``TensorStore``: the one place that knows the backends by name.
 
 * a directory path, or ``file://PATH``: a Zarr v3 store on the local file system (``ZarrStore``);
-* ``memory://`` (or ``memory``): an in-process store, gone when the process ends (tests, demos).
+* ``memory://`` (or ``memory``): an in-process store, gone when the process ends (tests, demos);
+* ``s3://bucket/prefix``: Zarr v3 on an S3-compatible object store (``S3Store``, the ``s3``
+  extra; endpoint and credentials from the ``AWS_*`` environment variables).
 
-Object stores (``s3://bucket/prefix``) are refused until a backend exists: add it as a module
-under ``store/``, one branch here, and one subclass of the contract suite
-(``prompt_registry.testing.store_contract``).
+A new backend is a module under ``store/``, one branch here, and one subclass of the contract
+suite (``prompt_registry.testing.store_contract``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def open_store(location: str | os.PathLike[str], *, create: bool = False) -> Ten
 
         text = os.fspath(location)
         return ZarrStore(text[len("file://"):] if text.startswith("file://") else text, create=create)
+    if kind == "s3":
+        from .s3_store import S3Store
+
+        return S3Store(os.fspath(location), create=create)
     raise InvalidArgumentError(
-        f"no tensor store backend for {kind}:// (in {os.fspath(location)!r}); use a local directory "
-        "or memory:// (object stores are planned)"
+        f"no tensor store backend for {kind}:// (in {os.fspath(location)!r}); use a local directory, "
+        "memory:// or s3://BUCKET/PREFIX"
     )
