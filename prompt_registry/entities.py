@@ -344,6 +344,17 @@ class PlanStep(_Entity):
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerReport(_Entity):
+    """What one worker (``prompt-registry worker``) did: each step it claimed, with ``status``
+    ``done``, ``failed`` or ``lost`` (its lease was taken over before it finished: nothing
+    recorded), ``taken_over`` when it took the step over from a dead worker."""
+
+    worker: str
+    steps: tuple[dict[str, Any], ...]
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan(_Entity):
     """A migration plan over the migration graph: which path, which adapters are reused or
     fitted, which users it covers, and what it is estimated to cost. ``id`` is None until stored."""

@@ -1,4 +1,4 @@
-"""CLI verbs of the migration planner: ``migrate plan`` (and ``show``, ``list``), ``graph show``."""
+"""CLI verbs of the migration planner: ``migrate plan`` (and ``show``, ``list``), ``graph show``, ``worker``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from prompt_registry.entities import Plan
 
-from ._common import Context, json_option, pass_ctx, print_json, print_table
+from ._common import Context, device_option, json_option, pass_ctx, print_json, print_table
 
 _STRATEGIES = ("auto", "direct", "chain", "aggregate", "retrain")  # planning.STRATEGIES (importing it loads torch); a test keeps them equal
 
@@ -134,5 +134,33 @@ def graph_show(obj: Context, task: str, dot_file: str | None, png_file: str | No
     click.echo(f"{described['possible_fit_edges']} possible fit edge(s); every model can be retrained")
 
 
+@click.command("worker")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The data set the steps train and map on.")
+@click.option("--plan", "plan_id", type=int, help="Serve only this stored plan (default: every stored plan).")
+@click.option("--lease-seconds", type=float, help="A dead worker's step is taken over this long after its last heartbeat (default 60).")
+@click.option("--poll", "poll_seconds", type=float, help="Seconds between looks when nothing is runnable yet (default 5).")
+@click.option("--max-steps", type=int, help="Exit after this many steps.")
+@click.option("--idle-exit", "idle_exit_seconds", type=float, help="Exit after this many seconds without a claim.")
+@device_option
+@json_option
+@pass_ctx
+def worker(obj: Context, data_dir: str, plan_id: int | None, lease_seconds: float | None, poll_seconds: float | None,
+           max_steps: int | None, idle_exit_seconds: float | None, device: str, as_json: bool) -> None:
+    """Execute steps of stored plans beside other workers (Postgres): claim, heartbeat, take over dead workers' steps."""
+    from ..planning.worker import WorkerConfig
+
+    given: dict[str, Any] = {"lease_seconds": lease_seconds, "poll_seconds": poll_seconds, "max_steps": max_steps, "idle_exit_seconds": idle_exit_seconds}
+    settings = WorkerConfig(**{k: v for k, v in given.items() if v is not None})
+    report = obj.registry.planner.work(data_dir, plan_id=plan_id, worker=settings, device=device, progress=not as_json)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    for step in report.steps:
+        made = f" -> set {step['set_id']} (run {step['run_id']})" if step.get("set_id") is not None else ""
+        click.echo(f"plan {step['plan_id']} step {step['position']} {step['kind']} -> {step['target']}: {step['status']}"
+                   f"{' (taken over)' if step['taken_over'] else ''}{made}")
+    click.echo(f"worker {report.worker}: {len(report.steps)} step(s) in {report.seconds:.1f} s")
+
+
 MIGRATE_COMMANDS = (plan,)  # added to `migrate` by main
-COMMANDS = (graph,)
+COMMANDS = (graph, worker)  # top-level verbs

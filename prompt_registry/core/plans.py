@@ -6,8 +6,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from .. import liveness, validation
 from .._context import Context
@@ -92,6 +92,11 @@ class PlanService:
                 raise UnknownPlanError(f"no migration plan with id {plan_id}; see `prompt-registry migrate plan list`")
             if row.status == "done":
                 raise ConflictError(f"plan {plan_id} is done; its sets are in `migrate plan show {plan_id}`")
+            leased = session.scalars(select(PlanStepRow).where(PlanStepRow.plan_id == row.id, PlanStepRow.status == "running",
+                                                               PlanStepRow.lease_expires_at > self.ctx.now())).first()
+            if leased is not None:
+                raise ConflictError(f"step {leased.position} of plan {plan_id} is being run by worker {leased.lease_token} (lease until "
+                                    f"{aware(leased.lease_expires_at)}); the workers finish the plan, or rerun once that lease has expired")
             if row.lease_token is not None and row.lease_token != str(run_id):
                 holder = session.get(RunRow, int(row.lease_token))
                 live = holder is not None and holder.status == "running" and liveness.stale_reason(holder, self.ctx.now(), me=me) is None
@@ -125,3 +130,85 @@ class PlanService:
             if result is not None:
                 step.result = _plain(result)
             self.ctx.audit(session, "plan_step", "plan", plan_id, {"position": position, "status": status, "run": run_id})
+
+    # -- workers: step leases (``planning.worker``) ----------------------------------------------
+    def _plan_lease_live(self, session: Session, plan: PlanRow) -> bool:
+        """Whether a ``plan run`` process (the plan-level lease) is alive on ``plan``."""
+        holder = session.get(RunRow, int(plan.lease_token)) if plan.lease_token and plan.lease_token.isdigit() else None
+        return holder is not None and holder.status == "running" and liveness.stale_reason(holder, self.ctx.now(), me=liveness.current()) is None
+
+    def claim_step(self, worker: str, lease_seconds: float, *, plan_id: int | None = None) -> tuple[Plan, int, bool] | None:
+        """Claim the first runnable step for ``worker``: pending, or running under a lease that
+        has expired (its worker died), every earlier step of its plan done, the plan neither
+        finished nor failed nor held by a live ``plan run`` process. ``SELECT ... FOR UPDATE SKIP
+        LOCKED``: concurrent claimers never wait on each other and never get the same step. The
+        step becomes ``running`` under a lease of ``lease_seconds``. Returns (plan, position,
+        taken over from a dead worker) or ``None`` when nothing is runnable now."""
+        now = self.ctx.now()
+        prior = aliased(PlanStepRow)
+        blocked = select(prior.position).where(prior.plan_id == PlanStepRow.plan_id, prior.position < PlanStepRow.position,
+                                               prior.status != "done").exists()
+        stmt = (select(PlanStepRow, PlanRow).join(PlanRow, PlanRow.id == PlanStepRow.plan_id)
+                .where(PlanRow.status.in_(("planned", "running")), PlanStepRow.status.in_(("pending", "running")),
+                       or_(PlanStepRow.lease_expires_at.is_(None), PlanStepRow.lease_expires_at < now), ~blocked)
+                .order_by(PlanStepRow.plan_id, PlanStepRow.position).limit(20)
+                .with_for_update(of=PlanStepRow, skip_locked=True))
+        if plan_id is not None:
+            stmt = stmt.where(PlanStepRow.plan_id == validation.as_id(plan_id, "a plan id"))
+        with write_session(self.ctx.engine) as session:
+            for step, plan in session.execute(stmt).all():
+                if plan.lease_token is not None and self._plan_lease_live(session, plan):
+                    continue
+                taken_over = step.status == "running"
+                step.status, step.lease_token = "running", worker
+                step.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
+                step.attempts = (step.attempts or 0) + 1
+                if plan.status == "planned":
+                    plan.status = "running"
+                self.ctx.audit(session, "claim_step", "plan", plan.id, {"position": step.position, "worker": worker,
+                                                                         "attempt": step.attempts, "taken_over": taken_over})
+                session.flush()
+                return _entity(session, plan), step.position, taken_over
+        return None
+
+    def steps_left(self, *, plan_id: int | None = None) -> int:
+        """Steps not yet done in plans that are neither done nor failed (``plan_id``: of that plan)."""
+        with read_session(self.ctx.engine) as session:
+            stmt = (select(func.count()).select_from(PlanStepRow).join(PlanRow, PlanRow.id == PlanStepRow.plan_id)
+                    .where(PlanRow.status.in_(("planned", "running")), PlanStepRow.status.in_(("pending", "running"))))
+            if plan_id is not None:
+                stmt = stmt.where(PlanStepRow.plan_id == plan_id)
+            return int(session.scalar(stmt) or 0)
+
+    def renew_step(self, plan_id: int, position: int, worker: str, lease_seconds: float) -> bool:
+        """Push ``worker``'s lease on a step forward (its heartbeat); ``False`` if the lease is no
+        longer ``worker``'s (it expired and another worker took the step over)."""
+        with write_session(self.ctx.engine) as session:
+            done = session.execute(update(PlanStepRow).where(PlanStepRow.plan_id == plan_id, PlanStepRow.position == position,
+                                                             PlanStepRow.lease_token == worker, PlanStepRow.status == "running")
+                                   .values(lease_expires_at=self.ctx.now() + dt.timedelta(seconds=lease_seconds)))
+            return bool(done.rowcount)  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
+
+    def finish_step(self, plan_id: int, position: int, worker: str, status: str, *, run_id: int | None = None,
+                    result: dict[str, Any] | None = None) -> bool:
+        """Record the end of ``worker``'s step (``done`` or ``failed``) and free its lease; the plan
+        is ``done`` after its last step, ``failed`` with a failed step. Compare-and-set on the
+        lease: ``False`` (nothing recorded) when the step is no longer ``worker``'s, so a step
+        completes once however many workers ran it."""
+        with write_session(self.ctx.engine) as session:
+            step = session.scalars(select(PlanStepRow).where(PlanStepRow.plan_id == plan_id, PlanStepRow.position == position)
+                                   .with_for_update()).one()
+            if step.lease_token != worker or step.status != "running":
+                return False
+            step.status, step.lease_token, step.lease_expires_at = status, None, None
+            if run_id is not None:
+                step.run_id = run_id
+            if result is not None:
+                step.result = _plain(result)
+            plan = session.get(PlanRow, plan_id)
+            assert plan is not None
+            last = session.scalar(select(PlanStepRow.position).where(PlanStepRow.plan_id == plan_id).order_by(PlanStepRow.position.desc()).limit(1))
+            if status == "failed" or (status == "done" and position == last):
+                plan.status = status
+            self.ctx.audit(session, "plan_step", "plan", plan_id, {"position": position, "status": status, "run": run_id, "worker": worker})
+            return True

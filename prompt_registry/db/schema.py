@@ -363,3 +363,7 @@ class PlanStepRow(Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the set (and adapter) it made
+    # the lease of the worker executing it (``prompt-registry worker``; revision 0009): who, until when (renewed by its heartbeat)
+    lease_token: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

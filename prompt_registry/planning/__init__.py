@@ -16,8 +16,10 @@ from .planner import STRATEGIES, PlanRequest, make_plan
 
 if TYPE_CHECKING:
     from ..data.dataset import Dataset
+    from ..entities import WorkerReport
     from ..migration.config import MigrationConfig
     from ..training.config import TrainConfig
+    from .worker import WorkerConfig
 
 __all__ = ["STRATEGIES", "PlanRequest", "Planner"]
 
@@ -60,6 +62,18 @@ class Planner:
 
         return run_plan(self._s, plan_id, data, config=config, train_config=train_config, device=device, alias=alias, gate=gate,
                         resume=resume, progress=progress)
+
+    def work(self, data: str | os.PathLike[str] | Dataset, *, plan_id: int | None = None, config: MigrationConfig | None = None,
+             train_config: TrainConfig | None = None, worker: WorkerConfig | None = None, device: str = "auto",
+             progress: bool = False) -> WorkerReport:
+        """Run as one of any number of workers sharing the stored plans (``plan_id``: only that
+        one) through a Postgres catalogue: claim runnable steps under leases with a heartbeat,
+        execute them, take over the steps of dead workers (``planning.worker``). Returns when
+        nothing is left to run. ``ConflictError`` on SQLite (multi-worker mode needs Postgres)."""
+        from .worker import work
+
+        return work(self._s, data, plan_id=plan_id, config=config, train_config=train_config, worker=worker, device=device,
+                    progress=progress)
 
     def graph(self, task: str) -> dict[str, Any]:
         """The migration graph of ``task`` as JSON (models with users and aliases, stored adapters)."""

@@ -63,7 +63,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
                 continue
             services.plans.mark_step(plan_id, step.position, "running")
             last = step.position == plan.steps[-1].position
-            result = _execute(services, plan, step, current, dataset, config, train_config, device, progress,
+            result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress,
                               alias if last else None, gate if last else None, resume and step.status == "running")
             current[step.target] = int(result["set_id"])
             services.plans.mark_step(plan_id, step.position, "done", run_id=result["run_id"], result=result)
@@ -81,7 +81,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
         raise
 
 
-def _execute(services: Services, plan: Plan, step: PlanStep, current: dict[str, int | None], dataset: Dataset,
+def execute_step(services: Services, plan: Plan, step: PlanStep, current: dict[str, int | None], dataset: Dataset,
              config: MigrationConfig | None, train_config: TrainConfig | None, device: str, progress: bool,
              alias: str | None, gate: float | None, resume: bool) -> dict[str, Any]:
     if step.kind == "retrain":
