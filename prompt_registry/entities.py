@@ -344,6 +344,21 @@ class PlanStep(_Entity):
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardWrite(_Entity):
+    """One shard of a sharded write (``Registry.apply_adapter_shard``): the rows it covers, whether
+    an earlier run had already written them (``reused``), and the set once every shard is
+    written (the process that finished last commits it); until then ``set`` is None and
+    ``missing`` names the shards not written yet."""
+
+    shard: int
+    n_shards: int
+    rows: tuple[int, int]
+    reused: bool
+    set: PromptSet | None
+    missing: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerReport(_Entity):
     """What one worker (``prompt-registry worker``) did: each step it claimed, with ``status``
     ``done``, ``failed`` or ``lost`` (its lease was taken over before it finished: nothing

@@ -31,6 +31,7 @@ from .entities import (
     ModelInfo,
     PromptSet,
     Run,
+    ShardWrite,
     Task,
     TrainResult,
     User,
@@ -136,6 +137,12 @@ class Registry:
         """Map prompts through a stored adapter without training: new users, or a newer source version."""
         from .migration.migrate import apply_adapter
         return apply_adapter(self._s, adapter_id, sources=sources, users=users, device=device, alias=alias, progress=progress)
+
+    def apply_adapter_shard(self, adapter_id: int, shard: int, n_shards: int, *, sources: Sequence[str | int] | None = None,
+            device: str = "auto", progress: bool = True) -> ShardWrite:
+        """Shard ``shard`` of ``n_shards`` processes mapping every user through an adapter; the last to finish commits (``migration.migrate``)."""
+        from .migration.migrate import apply_adapter_shard
+        return apply_adapter_shard(self._s, adapter_id, shard, n_shards, sources=sources, device=device, progress=progress)
 
     def register_model(self, name: str, path: str | os.PathLike[str], *, revision: str | None = None, reason: str | None = None) -> ModelInfo:
         """Register a local model folder under ``name``, fingerprinting its config and weights."""
@@ -309,22 +316,19 @@ class Registry:
         return self._s.audit.alias_timeline(name, model=model, task=task)
 
     def cost_summary(self, *, since: dt.datetime | dt.date | None = None, kind: str | None = None, group_by: str | None = None) -> list[RunCost]:
-        """The runs' cost ledger summed (runs, wall time, examples, token passes), overall or per ``group_by``
-        = ``model``, ``task``, ``kind`` or ``month``; only runs started at or after ``since`` (a date means
-        its UTC midnight) and of ``kind``. ``ConflictError`` for another ``group_by``."""
+        """The runs' cost ledger summed (runs, wall time, examples, token passes), overall or per ``group_by`` = ``model``, ``task``,
+        ``kind`` or ``month``; runs of ``kind`` started at or after ``since`` (a date: its UTC midnight). ``ConflictError``: other group_by."""
         return self._s.audit.cost_summary(since=since, kind=kind, group_by=group_by)
 
     def blast_radius(self, adapter: int | None = None, *, set: int | str | PromptSet | None = None, user_limit: int | None = 1000) -> BlastRadius:
-        """Every set derived directly or transitively from an adapter (or from a set), and the users with a
-        prompt written by one of them: their count, and the first ``user_limit`` of them in registration order
-        (``None``: all). ``UnknownArtifactError``/``UnknownSetError``."""
+        """Every set derived directly or transitively from an adapter (or a set), and the users with a prompt written by one of them:
+        their count and the first ``user_limit`` in registration order (``None``: all). ``UnknownArtifactError``/``UnknownSetError``."""
         return self._s.audit.blast_radius(adapter, set=set, user_limit=user_limit)
 
     def diff_evaluations(self, set_a: int | str | PromptSet, set_b: int | str | PromptSet, *, split: str = "test", dataset: str | None = None,
             metric: str | None = None, limit: int | None = 100) -> EvaluationDiff:
-        """Per-user metric differences (B - A) between the newest evaluation of ``set_a`` on ``split`` (and
-        ``dataset``) and ``set_b``'s newest on the same data set: per-metric summary and the ``limit`` largest
-        per-user changes. ``NotFoundError`` if either set has no such evaluation."""
+        """Per-user metric differences (B - A) between the newest evaluations of ``set_a`` and ``set_b`` on ``split`` (and ``dataset``):
+        per-metric summary and the ``limit`` largest per-user changes. ``NotFoundError`` if either has no such evaluation."""
         return self._s.audit.diff_evaluations(set_a, set_b, split=split, dataset=dataset, metric=metric, limit=limit)
 
     def doctor(self, *, checksums: bool = True, repair: bool = False, dry_run: bool = False, stale_after_seconds: float = STALE_AFTER_SECONDS) -> DoctorReport:
@@ -340,10 +344,6 @@ class Registry:
             stale_after_seconds=stale_after_seconds)
 
     def purge_user(self, user: str, *, reason: str | None = None, dry_run: bool = False) -> PurgeReport:
-        """Delete a user everywhere: remove their prompt rows from every set (derived ones included),
-        overwrite their rows in the store with zeros and verify the old bytes are gone, delete their per-user
-        metrics, and mark them deleted. Every other user's data stays readable and checksum-valid. The audit
-        log records the deletion (sets, row count, who, why), never the data. ``dry_run`` reports what would
-        go and changes nothing. ``UnknownUserError`` if no such user; ``IntegrityError`` if the store kept the
-        bytes."""
+        """Delete a user everywhere: rows, metrics, bytes (zeroed, verified; a versioned bucket's old object versions deleted); the
+        audit log records it, never the data (``audit.deletion``). ``dry_run`` changes nothing. ``IntegrityError``: bytes kept."""
         return self._s.admin.purge_user(user, reason=reason, dry_run=dry_run)

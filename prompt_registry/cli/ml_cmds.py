@@ -7,6 +7,8 @@ with its ``SelectionConfig``, ``PumaConfig``), so ``--help`` shows what a run wo
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from prompt_registry.fileio import read_users_csv
@@ -252,20 +254,53 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                    + (f": {result.alias['why']}" if not result.alias["moved"] else ""))
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard R/N``, or ``auto``: torchrun's ``RANK``/``WORLD_SIZE`` (one shard per rank)."""
+    if text is None:
+        return None
+    if text == "auto":
+        if "WORLD_SIZE" not in os.environ:
+            raise click.BadParameter("auto takes the shard from torchrun's RANK and WORLD_SIZE, which are not set", param_hint="--shard")
+        return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+    rank, sep, world = text.partition("/")
+    if not (sep and rank.isdigit() and world.isdigit()):
+        raise click.BadParameter(f"{text!r}: use R/N (shard R of N, from 0), or auto under torchrun", param_hint="--shard")
+    return int(rank), int(world)
+
+
 @migrate.command("apply")
 @click.option("--adapter", "adapter_id", type=int, required=True)
 @click.option("--from", "sources", help="Source set(s)/model(s), comma-separated (default: the adapter's source models).")
 @click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV (user_id) of users to map; default all.")
 @click.option("--alias", help="Point this alias at the new set.")
+@click.option("--shard", "shard_text", metavar="R/N|auto",
+              help="Map shard R of N (chunk-aligned user ranges), beside N-1 other processes; the last to finish commits the set. "
+                   "auto: torchrun's RANK/WORLD_SIZE.")
 @device_option
 @json_option
 @pass_ctx
-def migrate_apply(obj: Context, adapter_id: int, sources: str | None, users_file: str | None, alias: str | None, device: str, as_json: bool) -> None:
-    """Map prompts through a stored adapter, without training (new users, newer source versions)."""
-    result = obj.registry.apply_adapter(
-        adapter_id, sources=[s.strip() for s in sources.split(",")] if sources else None,
-        users=read_users_csv(users_file) if users_file else None, alias=alias, device=device, progress=not as_json,
-    )
+def migrate_apply(obj: Context, adapter_id: int, sources: str | None, users_file: str | None, alias: str | None, shard_text: str | None,
+                  device: str, as_json: bool) -> None:
+    """Map prompts through a stored adapter, without training (new users, newer source versions); or one shard of that."""
+    source_list = [s.strip() for s in sources.split(",")] if sources else None
+    shard = _shard(shard_text)
+    if shard is not None:
+        if users_file or alias:
+            raise click.UsageError("--shard maps every user of the sources: leave out --users and --alias (move the alias once the set exists)")
+        written = obj.registry.apply_adapter_shard(adapter_id, shard[0], shard[1], sources=source_list, device=device, progress=not as_json)
+        if as_json:
+            print_json(written.to_dict())
+            return
+        rows = f"rows {written.rows[0]}:{written.rows[1]} {'reused' if written.reused else 'written'}"
+        if written.set is not None:
+            click.echo(f"shard {written.shard}/{written.n_shards}: {rows}; mapped set {written.set.id} = {written.set.ref} "
+                       f"({written.set.n_rows} rows) is committed")
+        else:
+            click.echo(f"shard {written.shard}/{written.n_shards}: {rows}; the set commits when shard(s) "
+                       f"{', '.join(map(str, written.missing))} are written")
+        return
+    result = obj.registry.apply_adapter(adapter_id, sources=source_list, users=read_users_csv(users_file) if users_file else None,
+                                        alias=alias, device=device, progress=not as_json)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import re
 import sys
@@ -24,12 +25,12 @@ from ..db import lookups, mappers
 from ..db.bulk import insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
 from ..db.schema import BaseModelRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow
-from ..entities import PromptSet
+from ..entities import PromptSet, ShardWrite
 from ..errors import DTypeError, IntegrityError, InvalidArgumentError, InvalidFileError, InvalidPromptError, NonFiniteError, ShapeError, UnknownUserError
 from ..ingest import BackgroundWrite, digest_batches, digests_in_batches
 from ..manifest import ContentHash, row_digests
 from ..store import keys
-from ..store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore
+from ..store.base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, TensorStore, digest_matrix
 from . import resolution
 from .aliases import move_alias
 from .users import check_user_ids
@@ -324,6 +325,128 @@ class SetWriter:
                                   started_at=started_at, idempotency_key=key)
         journal.clear()
         return result
+
+    def write_prompt_shard(
+        self, model: str, task: str, users: Sequence[str], produce: Callable[[int, int], Any], *, prompt_len: int, key: str,
+        shard: int, n_shards: int, dtype: str = "float32", run_id: int | None = None, head: int | None = None,
+        adapter: int | None = None, sources: Sequence[int | str | PromptSet] = (), note: str | None = None,
+        base: int | str | PromptSet | None = None, progress: bool = False,
+    ) -> ShardWrite:
+        """Shard ``shard`` of ``n_shards`` processes (ranks, workers, machines) writing one version
+        together, all called with the same ``users`` and idempotency ``key``.
+
+        The users are split into ``n_shards`` contiguous, chunk-aligned ranges; this call writes
+        its range (``produce(start, stop)`` as for ``write_prompts``) into the one array named by
+        ``key``, then stores its row digests as a write-once ``shard-`` object once the bytes are
+        durable. No catalogue row is written until every shard's digests are there: the call that
+        finds them all (the last to finish) commits the set in one transaction, the others return
+        with ``set`` None. A killed shard leaves no visible set; rerun, a shard whose digests are
+        stored and whose rows still match them is reused, not written again. Two calls committing
+        at once are settled by the unique idempotency key: both return the one set.
+        """
+        from sqlalchemy.exc import IntegrityError as DuplicateKey
+        from tqdm.auto import tqdm
+
+        validation.text(note, "note")
+        started, started_at = time.perf_counter(), self.ctx.now()
+        user_ids = check_user_ids(users, what="users to write")
+        if not re.fullmatch(r"[0-9a-f]{16,64}", key):
+            raise InvalidArgumentError(f"idempotency key {key!r} must be 16-64 lowercase hex characters")
+        if not (isinstance(n_shards, int) and isinstance(shard, int) and n_shards >= 1 and 0 <= shard < n_shards):
+            raise InvalidArgumentError(f"shard {shard!r} of {n_shards!r}: need 0 <= shard < n_shards, n_shards >= 1")
+        n_chunks = -(-len(user_ids) // DEFAULT_CHUNK_ROWS)
+        if n_shards > n_chunks:
+            raise InvalidArgumentError(f"{n_shards} shards for {len(user_ids)} users ({n_chunks} chunk(s) of {DEFAULT_CHUNK_ROWS}): "
+                                       f"use at most {n_chunks} shards, so that every shard writes whole chunks")
+        bounds = [min(len(user_ids), (i * n_chunks // n_shards) * DEFAULT_CHUNK_ROWS) for i in range(n_shards + 1)]
+        start, stop = bounds[shard], bounds[shard + 1]
+        users_sha = hashlib.sha256("\n".join(user_ids).encode()).hexdigest()
+
+        def committed() -> PromptSet | None:
+            with read_session(self.ctx.engine) as session:
+                done = session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+                return mappers.set_entities(session, [done])[0] if done is not None else None
+
+        if (done := committed()) is not None:
+            return ShardWrite(shard, n_shards, (start, stop), True, done, ())
+        with read_session(self.ctx.engine) as session:
+            model_row = lookups.model_row(session, model)
+            lookups.task_row(session, task)
+            known = lookups.user_ids(session, user_ids, active_only=True)
+            width = model_row.hidden_size
+        if len(known) < len(user_ids):
+            missing_users = [u for u in user_ids if u not in known]
+            raise UnknownUserError(f"{len(missing_users)} user(s) are not registered: {preview(missing_users)}; add them first")
+        store, store_key, shape = self.ctx.store, keys.new_key(self.ctx.catalog_id, "set", key), (len(user_ids), prompt_len, width)
+        try:
+            store.create_array(store_key, shape, dtype, DEFAULT_CHUNK_ROWS)
+        except FileExistsError:  # another shard (or an earlier run) made it
+            pass
+        except Exception:
+            if not store.exists(store_key):
+                raise
+        if store.array_info(store_key).shape != shape:
+            raise IntegrityError(f"array {store_key} in {store.location} has shape {store.array_info(store_key).shape}, not {shape}: "
+                                 "the shards were not given the same users and prompt length")
+
+        def manifest_key(i: int) -> str:
+            return keys.new_key(self.ctx.catalog_id, "shard", hashlib.sha256(f"{key}:{n_shards}:{i}".encode()).hexdigest()[:32])
+
+        def load_manifest(i: int) -> np.ndarray | None:
+            if not store.exists(manifest_key(i)):
+                return None
+            from safetensors.numpy import load as load_tensors
+
+            tensors = load_tensors(store.get_blob(manifest_key(i)))
+            digests, meta = tensors["digests"], tensors["meta"].tolist()
+            if meta != [bounds[i], bounds[i + 1], n_shards] or tensors["users"].tobytes().decode() != users_sha:
+                raise IntegrityError(f"the digests of shard {i} ({manifest_key(i)}) were written for other users or another "
+                                     "split; remove that object (`prompt-registry gc --grace 0`) and rerun every shard")
+            return np.asarray(digests, dtype=np.uint8)
+
+        mine = load_manifest(shard)
+        reused = mine is not None and bool((digest_matrix(row_digests(store.read_rows(store_key, slice(start, stop)))) == mine).all())
+        if not reused:
+            if mine is not None:
+                store.delete(manifest_key(shard))  # its rows no longer match: write them again
+            digests: list[bytes] = []
+            bar = tqdm(total=stop - start, disable=not progress, desc=f"write {model}/{task} shard {shard}/{n_shards}", unit="user")
+            try:
+                for lo in range(start, stop, WRITE_BATCH_ROWS):
+                    hi = min(lo + WRITE_BATCH_ROWS, stop)
+                    rows = _check_prompt_array(_to_numpy(produce(lo, hi), "produced rows"), user_ids[lo:hi], model_row, prompt_len, dtype)
+                    store.write_rows(store_key, lo, rows)
+                    digests += row_digests(rows)
+                    bar.update(hi - lo)
+            finally:
+                bar.close()
+            from safetensors.numpy import save as save_tensors
+
+            payload = save_tensors({"digests": digest_matrix(digests) if digests else np.zeros((0, 32), np.uint8),
+                                    "meta": np.array([start, stop, n_shards], dtype=np.int64),
+                                    "users": np.frombuffer(users_sha.encode(), dtype=np.uint8)})
+            try:
+                store.put_blob(manifest_key(shard), payload)  # after the rows are durable: the shard is done
+            except FileExistsError:
+                pass  # a concurrent rerun of this shard wrote the same rows first
+        manifests = [load_manifest(i) for i in range(n_shards)]
+        missing = tuple(i for i, m in enumerate(manifests) if m is None)
+        if missing:
+            done = committed()  # a shard that finished meanwhile may have committed (and removed the digests)
+            return ShardWrite(shard, n_shards, (start, stop), reused, done, () if done else missing)
+        every = np.concatenate([m for m in manifests if m is not None])
+        spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources, note=note)
+        try:
+            made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches([bytes(r) for r in every]), bytes_ready=lambda: None,
+                                    store_key=store_key, shape=(prompt_len, width), dtype=dtype, source="shards", started=started,
+                                    started_at=started_at, idempotency_key=key)
+        except DuplicateKey:
+            if (done := committed()) is None:
+                raise
+            made = done  # another shard committed it at the same moment
+        for i in range(n_shards):
+            store.delete(manifest_key(i))
+        return ShardWrite(shard, n_shards, (start, stop), reused, made, ())
 
     def _commit_set(self, spec: _NewSet, *, user_ids: Sequence[str], batches: Iterable[tuple[int, int, bytes]],
                     bytes_ready: Callable[[], None], store_key: str, shape: tuple[int, int], dtype: str, source: str,

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from ..backbones.loader import load_backbone, resolve_device
 from ..backbones.prompting import PromptEncoder
 from ..core.services import Services
 from ..data.dataset import Dataset
-from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run
+from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run, ShardWrite
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
 from ..training.loop import TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
@@ -76,14 +76,10 @@ def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[s
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
-              target: str, task: str, head_id: int, run_id: int | None, device: str, batch_users: int,
-              base: int | None = None, progress: bool = False, overrides: dict[str, np.ndarray] | None = None,
-              holders: Sequence[set[str]] | None = None, means: Sequence[torch.Tensor] | None = None) -> PromptSet:
-    """Stream ``users``' source rows through the fitted method into a new target set (idempotent,
-    resumable); ``overrides`` (user -> prompt) replace the mapped prompt of those users. With
-    ``means`` (and ``holders``, each source's users), a user missing from a source reads its mean."""
-    method = method.to(device)
+def _producer(services: Services, method: MigrationMethod[Any], sets: Sequence[PromptSet], users: Sequence[str], device: str,
+              batch_users: int, holders: Sequence[set[str]] | None, means: Sequence[torch.Tensor] | None,
+              overrides: dict[str, np.ndarray] | None) -> Callable[[int, int], np.ndarray]:
+    """``produce(start, stop)``: the mapped prompts of ``users[start:stop]`` (for a streaming write)."""
     have = list(holders) if holders is not None else [set() for _ in sets]
 
     def produce(start: int, stop: int) -> np.ndarray:
@@ -101,6 +97,17 @@ def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifac
                     rows[i] = overrides[user]
         return rows
 
+    return produce
+
+
+def map_users(services: Services, method: MigrationMethod[Any], adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[str], *,
+              target: str, task: str, head_id: int, run_id: int | None, device: str, batch_users: int,
+              base: int | None = None, progress: bool = False, overrides: dict[str, np.ndarray] | None = None,
+              holders: Sequence[set[str]] | None = None, means: Sequence[torch.Tensor] | None = None) -> PromptSet:
+    """Stream ``users``' source rows through the fitted method into a new target set (idempotent,
+    resumable); ``overrides`` (user -> prompt) replace the mapped prompt of those users. With
+    ``means`` (and ``holders``, each source's users), a user missing from a source reads its mean."""
+    produce = _producer(services, method.to(device), sets, users, device, batch_users, holders, means, overrides)
     return services.writes.write_prompts(
         target, task, users, produce, prompt_len=sets[0].prompt_len, key=_mapping_key(adapter, sets, users, base, overrides),
         run_id=run_id, head=head_id, adapter=adapter.id, sources=[s.id for s in sets], base=base, progress=progress,
@@ -276,10 +283,19 @@ def apply_adapter(services: Services, adapter_id: int, *, sources: Sequence[str 
     return apply_adapter_run(services, adapter_id, sources=sources, users=users, device=device, alias=alias, progress=progress)[0]
 
 
-def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[str | int] | None = None, users: Sequence[str] | None = None,
-                      device: str = "auto", alias: str | None = None, progress: bool = True) -> tuple[PromptSet, Run]:
-    """``apply_adapter``, and the ``apply`` run that did it (the set may be an earlier run's, when
-    the same inputs were mapped before: mapping is idempotent)."""
+@dataclasses.dataclass(frozen=True)
+class _Apply:
+    """What mapping users through a stored adapter needs, resolved once."""
+
+    adapter: Artifact
+    method: MigrationMethod[Any]
+    source_sets: list[PromptSet]
+    users: list[str]
+    holders: Sequence[set[str]]
+    means: Sequence[torch.Tensor] | None
+
+
+def _prepare_apply(services: Services, adapter_id: int, sources: Sequence[str | int] | None, users: Sequence[str] | None) -> _Apply:
     adapter = services.artifacts.get_artifact(adapter_id)
     if adapter.kind != "adapter":
         raise ConflictError(f"artifact {adapter_id} is a {adapter.kind}, not an adapter")
@@ -297,6 +313,15 @@ def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[
     if missing:
         need = "any source set" if means is not None else "every source set (this adapter was fitted with coverage='common')"
         raise UnknownSetError(f"{len(missing)} user(s) have no prompt in {need}: {missing[:5]}")
+    return _Apply(adapter, method, list(source_sets), chosen, cover.holders, means)
+
+
+def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[str | int] | None = None, users: Sequence[str] | None = None,
+                      device: str = "auto", alias: str | None = None, progress: bool = True) -> tuple[PromptSet, Run]:
+    """``apply_adapter``, and the ``apply`` run that did it (the set may be an earlier run's, when
+    the same inputs were mapped before: mapping is idempotent)."""
+    job = _prepare_apply(services, adapter_id, sources, users)
+    adapter, source_sets, chosen = job.adapter, job.source_sets, job.users
     base = None
     if users is not None:
         produced = [s for s in services.reads.list_sets(model=adapter.target_model, task=adapter.task) if s.adapter_id == adapter_id]
@@ -305,9 +330,9 @@ def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[
                              config={"adapter_id": adapter_id, "sources": [s.id for s in source_sets], "n_users": len(chosen), "base": base})
     started = time.perf_counter()
     try:
-        result = map_users(services, method, adapter, source_sets, chosen, target=adapter.target_model, task=adapter.task,
+        result = map_users(services, job.method, adapter, source_sets, chosen, target=adapter.target_model, task=adapter.task,
                            head_id=int(adapter.config["head_id"]), run_id=run.id, device=resolve_device(device),
-                           batch_users=4096, base=base, progress=progress, holders=cover.holders, means=means)
+                           batch_users=4096, base=base, progress=progress, holders=job.holders, means=job.means)
         if alias:
             services.aliases.set_alias(alias, result.id, reason=f"adapter {adapter_id} applied")
         finished = services.runs.finish_run(run.id, ledger=CostLedger(round(time.perf_counter() - started, 3), resolve_device(device),
@@ -316,5 +341,37 @@ def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[
         services.runs.finish_run(run.id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     return result, finished
+
+
+def apply_adapter_shard(services: Services, adapter_id: int, shard: int, n_shards: int, *, sources: Sequence[str | int] | None = None,
+                        device: str = "auto", progress: bool = True) -> ShardWrite:
+    """Shard ``shard`` of ``n_shards`` processes mapping every user through a stored adapter
+    together (``torchrun`` ranks, workers, machines; ``WritePrompts.write_prompt_shard``): each
+    maps and writes its chunk-aligned range of users; the one that finishes last commits the
+    set, which no one sees before every shard is written. A killed shard leaves no visible set,
+    and a rerun reuses the shards already written. Each call records its own ``apply`` run with
+    its shard and rows; the set names the run of the shard that committed it."""
+    job = _prepare_apply(services, adapter_id, sources, None)
+    adapter, source_sets, chosen = job.adapter, job.source_sets, job.users
+    run = services.runs.start_run("apply", model=adapter.target_model, task=adapter.task,
+                                  config={"adapter_id": adapter_id, "sources": [s.id for s in source_sets], "n_users": len(chosen),
+                                          "base": None, "shard": shard, "n_shards": n_shards})
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    try:
+        produce = _producer(services, job.method.to(dev), source_sets, chosen, dev, 4096, job.holders, job.means, None)
+        written = services.writes.write_prompt_shard(
+            adapter.target_model, adapter.task, chosen, produce, prompt_len=source_sets[0].prompt_len,
+            key=_mapping_key(adapter, source_sets, chosen, None), shard=shard, n_shards=n_shards, run_id=run.id,
+            head=int(adapter.config["head_id"]), adapter=adapter.id, sources=[s.id for s in source_sets], progress=progress,
+            note=f"mapped by adapter {adapter.id} from sets {', '.join(str(s.id) for s in source_sets)} in {n_shards} shards")
+        rows = 0 if written.reused else written.rows[1] - written.rows[0]
+        services.runs.finish_run(run.id, ledger=CostLedger(round(time.perf_counter() - started, 3), dev, rows, 0, 0),
+                                 results={"shard": shard, "n_shards": n_shards, "rows": list(written.rows), "reused": written.reused,
+                                          "set_id": written.set.id if written.set else None, "missing": list(written.missing)})
+    except BaseException as exc:
+        services.runs.finish_run(run.id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    return written
 
 

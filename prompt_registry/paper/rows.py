@@ -117,8 +117,7 @@ def registry_side(reg: Registry, scale: Scale) -> dict[str, Any]:
     ``apply_prompts`` prompts vs a raw store read + write of the same bytes (all in this process)."""
     import torch
 
-    from ..migration.puma.adapter import AdapterConfig, Phi
-    from ..migration.puma.config import PumaConfig
+    from ..migration.puma.config import default_phi
 
     n, width_a, width_b = scale.apply_prompts, reg.get_model("A").hidden_size, reg.get_model("B").hidden_size
     prompts = np.random.default_rng(0).normal(size=(n, 1, width_a)).astype(np.float32)
@@ -140,11 +139,7 @@ def registry_side(reg: Registry, scale: Scale) -> dict[str, Any]:
         user = users[i]
         _, seconds = _timed(lambda: reg.get_prompt(user, set=made.id))  # noqa: B023 (called at once)
         single.append(seconds)
-    torch.manual_seed(0)
-    default = PumaConfig()  # the default method's map (its weights do not change the throughput)
-    phi = Phi(AdapterConfig((width_a,), width_b, default.hidden, default.dropout, default.norm_match,
-                            1.0 if default.norm_match or default.output_scale else None, kind=default.phi, rank=default.rank,
-                            output_scale=default.output_scale))
+    phi = default_phi((width_a,), width_b)  # the default method's map (its weights do not change the throughput)
     head = reg.put_artifact("head", "B/bulk", {"w": torch.zeros(width_b)}, task="bulk", target_model="B")
     adapter = reg.put_artifact("adapter", "A->B/bulk", phi.state_dict(), task="bulk", target_model="B", source_models=["A"],
                                config={"adapter": phi.config.to_dict(), "head_id": head.id})

@@ -1,7 +1,10 @@
 """Store keys: every key a registry writes names the catalogue that wrote it.
 
 A key is ``KIND-CATALOGUE-TOKEN[.SUFFIX]``: ``set-<catalogue id>-<uuid or idempotency key>`` for
-a prompt set's array, ``artifact-<catalogue id>-<uuid>.safetensors`` for an adapter or head.
+a prompt set's array, ``artifact-<catalogue id>-<uuid>.safetensors`` for an adapter or head,
+``shard-<catalogue id>-<token>.safetensors`` for the row digests one shard of a sharded write
+made durable (read by the process that commits the set, then deleted; gc removes those of a
+write that never committed).
 The catalogue id (32 hex digits, made once per catalogue by Alembic revision 0006) is what lets
 ``doctor`` and ``gc`` prove that an unreferenced object is *their own* orphan: an interrupted
 write of this catalogue. Anything else in the store (keys of the format before revision 0006,
@@ -16,9 +19,9 @@ import uuid
 from .._util import echo
 from ..errors import InvalidArgumentError
 
-KINDS = ("set", "artifact")
-_SUFFIX = {"set": "", "artifact": ".safetensors"}
-_OWNED = re.compile(r"^(set|artifact)-([0-9a-f]{32})-[0-9a-f]{16,64}(\.safetensors)?$")
+KINDS = ("set", "artifact", "shard")
+_SUFFIX = {"set": "", "artifact": ".safetensors", "shard": ".safetensors"}
+_OWNED = re.compile(r"^(set|artifact|shard)-([0-9a-f]{32})-[0-9a-f]{16,64}(\.safetensors)?$")
 _CATALOG_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 from ...errors import InvalidArgumentError
 from ..base import MethodConfig
-from .adapter import KINDS
+from .adapter import KINDS, AdapterConfig, Phi
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,3 +53,15 @@ class PumaConfig(MethodConfig):
         for ok, message in checks:
             if not ok:
                 raise InvalidArgumentError(f"invalid migration config: {message}")
+
+
+def default_phi(source_widths: tuple[int, ...], target_width: int, *, seed: int = 0) -> Phi:
+    """An untrained Phi with the default PUMA architecture (``PumaConfig()``): what throughput
+    benchmarks and tests map through (its weights do not change the cost of a map)."""
+    import torch
+
+    default = PumaConfig()
+    torch.manual_seed(seed)
+    return Phi(AdapterConfig(tuple(source_widths), target_width, default.hidden, default.dropout, default.norm_match,
+                             1.0 if default.norm_match or default.output_scale else None, kind=default.phi, rank=default.rank,
+                             output_scale=default.output_scale))

@@ -1,0 +1,156 @@
+"""Sharded apply: N processes map chunk-aligned user ranges through one adapter into one set; the
+set is visible only once every shard is written, a killed shard leaves nothing visible, and a
+rerun reuses the shards already written. Under torchrun too. On SQLite and Postgres."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_fake_model, prompts, user_ids
+
+import prompt_registry as pr
+from prompt_registry.migration.puma.config import default_phi
+
+N_USERS = 1000  # 4 chunks of 256: two shards of 2 chunks (512 + 488 rows)
+
+
+@pytest.fixture
+def mapped(backend, tmp_path):
+    """A registry with source prompts on ``a`` (width 16) and a stored default-architecture adapter a -> b (24)."""
+    location, store = backend
+    reg = pr.Registry.init(location, store=store, actor="tester")
+    reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))
+    reg.register_model("b", make_fake_model(tmp_path / "b", 24, seed=2))
+    reg.add_task("rate", "rating")
+    data = prompts(N_USERS, 16, seed=3)
+    reg.import_prompts("a", "rate", data, user_ids(N_USERS), create_users=True, alias="production")
+    phi = default_phi((16,), 24, seed=4)
+    with torch.no_grad():
+        phi.log_scale.fill_(0.5)  # not the identity scale: the rows must really go through the map
+        expected = phi.eval()(torch.from_numpy(data)).numpy()
+    head = reg.put_artifact("head", "b/rate", {"w": torch.zeros(24)}, task="rate", target_model="b")
+    adapter = reg.put_artifact("adapter", "a->b", phi.state_dict(), task="rate", target_model="b", source_models=["a"],
+                               config={"adapter": phi.config.to_dict(), "head_id": head.id})
+    yield reg, adapter.id, expected, location, store
+    reg.close()
+
+
+def _sets_on_b(reg):
+    return reg.list_sets(model="b", task="rate")
+
+
+@pytest.mark.registry
+def test_the_set_appears_only_when_every_shard_is_written(mapped):
+    reg, adapter, expected, _, _ = mapped
+    first = reg.apply_adapter_shard(adapter, 0, 2, progress=False)
+    assert (first.rows, first.reused, first.set, first.missing) == ((0, 512), False, None, (1,))
+    assert _sets_on_b(reg) == []  # nothing visible yet
+    last = reg.apply_adapter_shard(adapter, 1, 2, progress=False)
+    assert last.rows == (512, N_USERS) and last.set is not None and last.missing == ()
+    assert [s.id for s in _sets_on_b(reg)] == [last.set.id] and last.set.n_rows == N_USERS
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=last.set.id), expected, rtol=1e-5, atol=1e-6)
+    assert reg.doctor().ok
+    assert not [o for o in reg.store.list_objects() if o.key.startswith("shard-")]  # the shards' digests are gone after the commit
+    again = reg.apply_adapter_shard(adapter, 0, 2, progress=False)
+    assert again.set.id == last.set.id and again.reused  # idempotent
+    assert reg.apply_adapter(adapter, progress=False).id == last.set.id  # the same mapping, however it was split
+    runs = [r for r in reg.list_runs(kind="apply") if r.config.get("n_shards") == 2]
+    assert sorted(r.config["shard"] for r in runs) == [0, 0, 1] and all(r.status == "succeeded" for r in runs)
+
+
+@pytest.mark.registry
+def test_a_failed_shard_leaves_no_set_and_the_rerun_reuses_the_finished_shards(mapped, monkeypatch):
+    reg, adapter, expected, _, _ = mapped
+    assert reg.apply_adapter_shard(adapter, 0, 3, progress=False).missing == (1, 2)
+    real_put = type(reg.store).put_blob
+
+    def crash(self, key, data):
+        if key.startswith("shard-"):
+            raise OSError("disk on fire")  # the shard's rows are written, its digests never recorded
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(type(reg.store), "put_blob", crash)
+    with pytest.raises(OSError, match="disk on fire"):
+        reg.apply_adapter_shard(adapter, 1, 3, progress=False)
+    monkeypatch.setattr(type(reg.store), "put_blob", real_put)
+    assert _sets_on_b(reg) == [] and reg.list_runs(kind="apply")[0].status == "failed"
+    produced: list[tuple[int, int]] = []
+    from prompt_registry.migration import migrate as migrate_module
+
+    real_producer = migrate_module._producer
+
+    def counting(*args, **kwargs):
+        produce = real_producer(*args, **kwargs)
+
+        def wrapped(start, stop):
+            produced.append((start, stop))
+            return produce(start, stop)
+
+        return wrapped
+
+    monkeypatch.setattr(migrate_module, "_producer", counting)
+    reused = reg.apply_adapter_shard(adapter, 0, 3, progress=False)
+    assert reused.reused and produced == [] and reused.missing == (1, 2)  # shard 0 is not mapped again
+    assert reg.apply_adapter_shard(adapter, 2, 3, progress=False).missing == (1,)
+    done = reg.apply_adapter_shard(adapter, 1, 3, progress=False)
+    assert done.set is not None and produced == [(512, N_USERS), (256, 512)]  # shard 2, then shard 1 again (its digests were lost)
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=done.set.id), expected, rtol=1e-5, atol=1e-6)
+    assert reg.doctor().ok
+
+
+def test_bad_shards_are_refused(tmp_path):
+    reg = pr.Registry.init(tmp_path / "reg")
+    reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))
+    reg.add_task("rate", "rating")
+    reg.add_users(user_ids(10))
+    for shard, n in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(pr.InvalidArgumentError, match="shard"):
+            reg._s.writes.write_prompt_shard("a", "rate", user_ids(10), lambda a, b: prompts(b - a), prompt_len=1, key="ab" * 16,
+                                             shard=shard, n_shards=n)
+    with pytest.raises(pr.InvalidArgumentError, match="at most 1 shards"):
+        reg._s.writes.write_prompt_shard("a", "rate", user_ids(10), lambda a, b: prompts(b - a), prompt_len=1, key="ab" * 16,
+                                         shard=0, n_shards=2)
+    reg.close()
+
+
+CHILD = """
+import os, signal, sys
+from prompt_registry import Registry
+from prompt_registry.store import zarr_store
+location, store, adapter = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+real_put = zarr_store.ZarrStore.put_blob
+def killed(self, key, data):
+    if key.startswith("shard-"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the shard's rows are durable, its digests never stored
+    return real_put(self, key, data)
+zarr_store.ZarrStore.put_blob = killed
+with Registry.open(location, store=store) as reg:
+    reg.apply_adapter_shard(adapter, 1, 2, progress=False)
+"""
+
+
+@pytest.mark.registry
+def test_torchrun_ranks_share_an_apply_and_a_sigkilled_rank_leaves_no_set(mapped, tmp_path):
+    reg, adapter, expected, location, store = mapped
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, str(script), str(location), store or "", str(adapter)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == -9, child.stderr
+    assert _sets_on_b(reg) == []  # rank 1 died after its rows, before its digests: nothing is visible
+    base = ["--registry", str(location)] + (["--store", store] if store else [])
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                            "prompt_registry.cli", *base, "migrate", "apply", "--adapter", str(adapter), "--shard", "auto"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert ranks.returncode == 0, ranks.stdout + ranks.stderr
+    assert "is committed" in ranks.stdout, ranks.stdout
+    [made] = _sets_on_b(reg)
+    assert made.n_rows == N_USERS
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=made.id), expected, rtol=1e-5, atol=1e-6)
+    assert reg.doctor().ok
