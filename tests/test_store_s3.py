@@ -83,6 +83,11 @@ def test_open_store_resolves_s3_urls_and_a_missing_store_explains(s3_env, bucket
     assert isinstance(open_store(url), S3Store)
 
 
+def test_a_missing_bucket_is_named_with_what_to_do(s3):
+    with pytest.raises(MissingDataError, match="create the bucket 'no-such-bucket' first"):
+        S3Store("s3://no-such-bucket/x", create=True, settings=settings(s3))
+
+
 def test_an_unreachable_server_is_named_with_what_to_check(monkeypatch):
     for name, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}.items():
         monkeypatch.setenv(name, value)

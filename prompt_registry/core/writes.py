@@ -369,13 +369,14 @@ class SetWriter:
 
         if (done := committed()) is not None:
             return ShardWrite(shard, n_shards, (start, stop), True, done, ())
+        mine_users = user_ids[start:stop]  # this shard's users only: the commit checks every user again, once
         with read_session(self.ctx.engine) as session:
             model_row = lookups.model_row(session, model)
             lookups.task_row(session, task)
-            known = lookups.user_ids(session, user_ids, active_only=True)
+            known = lookups.user_ids(session, mine_users, active_only=True)
             width = model_row.hidden_size
-        if len(known) < len(user_ids):
-            missing_users = [u for u in user_ids if u not in known]
+        if len(known) < len(mine_users):
+            missing_users = [u for u in mine_users if u not in known]
             raise UnknownUserError(f"{len(missing_users)} user(s) are not registered: {preview(missing_users)}; add them first")
         store, store_key, shape = self.ctx.store, keys.new_key(self.ctx.catalog_id, "set", key), (len(user_ids), prompt_len, width)
         try:

@@ -179,7 +179,13 @@ class S3Store(TensorStore):
                 "exists and AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION"
             ) from None
         if create and not has_group:
-            self._put(_GROUP_META_KEY, _GROUP_META, create=True, exist_ok=True)
+            try:
+                self._put(_GROUP_META_KEY, _GROUP_META, create=True, exist_ok=True)
+            except Exception as exc:  # noqa: BLE001 - e.g. NoSuchBucket, AccessDenied
+                raise MissingDataError(
+                    f"cannot create a tensor store at {self.location} ({type(exc).__name__}: {exc}); create the bucket "
+                    f"{self.bucket!r} first (buckets are not made by prompt-registry) and check the credentials"
+                ) from None
         elif not create and not has_group:
             raise MissingDataError(
                 f"no tensor store at {self.location} (missing zarr.json); check --store / "
