@@ -4,6 +4,16 @@ What is trained differs (a per-user prompt table, or an adapter mapping frozen s
 everything else is shared: seeded data order, the task head, validation every epoch with the best
 epoch kept, the cost ledger (token-passes), and crash-safe checkpoints that make ``resume`` give
 the same result as an uninterrupted run.
+
+**Data parallel** (``LoopConfig.distributed``, under ``torchrun``: a ``torch.distributed`` process
+group, gloo on CPU, NCCL on GPU): the trainable modules (provider and head) are wrapped in one
+``DistributedDataParallel`` objective, which broadcasts rank 0's weights at the start; every rank
+walks the same seeded epoch order, takes its share ``positions[rank::world]`` of each global batch
+of ``batch_size`` rows, and DDP averages the gradients, so every rank steps the same weights as a
+single process on the same global batch would (up to float summation order; the loss logged is
+the global batch's). Validation runs on every rank over all validation rows (the same numbers, so
+every rank keeps the same best epoch and stops together); only rank 0 writes checkpoints. The
+ledger sums the ranks' training tokens; validation tokens are counted once.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ class LoopConfig:
     schedule: str = "constant"
     final_lr: float = 0.1
     valid_every: int = 0
+    distributed: bool = False  # data parallel over the initialised torch.distributed process group (module docstring)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -149,6 +160,30 @@ def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+class _Objective(nn.Module):
+    """Provider and head as one module, for ``DistributedDataParallel``; the frozen backbone is held
+    outside the module tree (it is not synchronised or broadcast)."""
+
+    def __init__(self, encoder: PromptEncoder, provider: nn.Module, head: TaskHead) -> None:
+        super().__init__()
+        self.provider, self.head = provider, head
+        self.__dict__["encoder"] = encoder  # not a submodule
+
+    def forward(self, index: torch.Tensor, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        loss, _ = self.head.loss(self.__dict__["encoder"].features(self.provider(index), batch), labels)
+        return loss
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; ``InvalidArgumentError`` without one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InvalidArgumentError("distributed training needs an initialised torch.distributed process group: start the "
+                                   "processes with torchrun (or call torch.distributed.init_process_group first)")
+    return dist.get_rank(), dist.get_world_size()
+
+
 class TrainingLoop:
     """Trains ``provider`` (index -> prompts) and ``head`` on ``train``; keeps the best epoch on ``valid``."""
 
@@ -164,6 +199,13 @@ class TrainingLoop:
         self.schedulers = schedulers
         self.checkpoint, self.desc = checkpoint, steps_hint
         self.state = LoopState()
+        self.rank, self.world = _process_group() if config.distributed else (0, 1)
+        self._objective: nn.Module | None = None
+        if config.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            objective = _Objective(encoder, provider, head)
+            self._objective = DistributedDataParallel(objective, find_unused_parameters=True)  # broadcasts rank 0's weights
         self.best_provider = cpu_state(provider)
         self.best_head = cpu_state(head)
 
@@ -181,7 +223,7 @@ class TrainingLoop:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or self.rank != 0:
             return
         tensors: dict[str, torch.Tensor] = {}
         for prefix, state in (("provider", self.provider.state_dict()), ("head", self.head.state_dict()),
@@ -218,11 +260,18 @@ class TrainingLoop:
         return torch.randperm(len(self.train), generator=generator).numpy()
 
     def step(self, positions: np.ndarray) -> float:
+        """One optimizer step on the global batch ``positions``; returns its mean loss."""
+        n_global = len(positions)
+        if self.world > 1 and n_global >= self.world:
+            positions = positions[self.rank :: self.world]  # this rank's share; DDP averages the gradients
         batch = self.encoder.collate([self.train.suffix_ids[p] for p in positions], self.train.prior_of(positions))
         device = self.encoder.backbone.device
         index = torch.as_tensor(self.train.user_index[positions], device=device)
         labels = torch.as_tensor(self.train.labels[positions], device=device)
-        loss, _ = self.head.loss(self.encoder.features(self.provider(index), batch), labels)
+        if self._objective is not None:
+            loss = self._objective(index, batch, labels)
+        else:
+            loss, _ = self.head.loss(self.encoder.features(self.provider(index), batch), labels)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,7 +284,14 @@ class TrainingLoop:
         self.state.forward_tokens += tokens
         if any(p.requires_grad for p in self.provider.parameters()):
             self.state.backward_tokens += tokens  # gradients flowed back through the backbone
-        return float(loss.detach())
+        value = loss.detach()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            total = (value * len(positions)).reshape(1)
+            dist.all_reduce(total)  # the global batch's mean loss, the same on every rank
+            return float(total.item()) / (n_global if n_global >= self.world else n_global * self.world)
+        return float(value)
 
     def validate(self) -> dict[str, float]:
         if not len(self.valid):
@@ -247,7 +303,8 @@ class TrainingLoop:
         finally:
             self.provider.train()
             self.head.train()
-        self.state.forward_tokens += tokens
+        if self.rank == 0:  # every rank validates the same rows: count them once
+            self.state.forward_tokens += tokens
         return metrics.summarize(self.valid.users, pred, self.valid.labels, self.task_kind)
 
     def fit(self, progress: bool = False, on_step: Callable[[int], None] | None = None) -> None:
@@ -309,9 +366,17 @@ class TrainingLoop:
         self.head.load_state_dict(self.best_head)
 
     def ledger(self, device: str, **extra: Any) -> CostLedger:
+        examples, forward, backward = self.state.examples_seen, self.state.forward_tokens, self.state.backward_tokens
+        if self.world > 1:  # every rank's share of the work (a collective: every rank calls ledger)
+            import torch.distributed as dist
+
+            counts = torch.tensor([examples, forward, backward], dtype=torch.int64)
+            dist.all_reduce(counts)
+            examples, forward, backward = (int(c) for c in counts.tolist())
+            extra = {"world_size": self.world, **extra}
         return CostLedger(
-            wall_seconds=round(self.state.wall_seconds, 3), device=device, examples_seen=self.state.examples_seen,
-            forward_tokens=self.state.forward_tokens, backward_tokens=self.state.backward_tokens,
+            wall_seconds=round(self.state.wall_seconds, 3), device=device, examples_seen=examples,
+            forward_tokens=forward, backward_tokens=backward,
             extra={"torch_threads": torch.get_num_threads(), "epochs_run": self.state.epoch,
                    "best_epoch": self.state.best_epoch, "steps": self.state.global_step,
                    "best_step": self.state.best_step, "validations": self.state.validations, **extra},
