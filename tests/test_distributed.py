@@ -77,26 +77,45 @@ if world > 1:
 """
 
 
+def _migrate_args(reg: str, data: str) -> list[str]:
+    return ["-m", "prompt_registry.cli", "--registry", reg, "migrate", "run", "--from", "bert16", "--to", "bert24", "--task", "rate",
+            "--data", data, "--min-steps", "60", "--warmup-steps", "0", "--head-lr", "1e-2", "--lr", "3e-3", "--budget", "20",
+            "--no-eval", "--json"]
+
+
 def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(tmp_path):
+    """The loop alone (every step's loss), and a whole migration run by `torchrun ... migrate run --distributed`."""
+    import shutil
+
     from prompt_registry import Registry
     from prompt_registry.data.synthetic import make_synthetic
     from prompt_registry.testing.models import build_tiny_bert
+    from prompt_registry.training.config import TrainConfig
 
     data = make_synthetic(tmp_path / "data", n_users=30, n_items=30, per_user=16, seed=5)
     with Registry.init(tmp_path / "reg") as reg:
         reg.register_model("bert16", build_tiny_bert(tmp_path / "bert16", hidden_size=16, seed=1))
+        reg.register_model("bert24", build_tiny_bert(tmp_path / "bert24", hidden_size=24, seed=2))
+        reg.train_prompts("bert16", "rate", data, config=TrainConfig(epochs=2, lr=5e-3), progress=False)
+    shutil.copytree(tmp_path / "reg", tmp_path / "reg-one")  # the single-process migration gets a registry of its own
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [str(tmp_path / "reg"), str(data)]
-    # both at once (their start-up, imports mostly, is most of the time); the results do not depend on timing
-    single = subprocess.Popen([sys.executable, str(script), *args, str(tmp_path / "one.json")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args,
-                              str(tmp_path / "two.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for proc in (single, ranks):
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out + err
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    # every job at once (their start-up, imports mostly, is most of the time); the results do not depend on timing
+    jobs = {
+        "loop-1": [sys.executable, str(script), *args, str(tmp_path / "one.json")],
+        "loop-2": [*torchrun, str(script), *args, str(tmp_path / "two.json")],
+        "migrate-1": [sys.executable, *_migrate_args(str(tmp_path / "reg-one"), str(data))],
+        "migrate-2": [*torchrun, *_migrate_args(str(tmp_path / "reg"), str(data)), "--distributed"],
+    }
+    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, cmd in jobs.items()}
+    outputs = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, f"{name}: {out}{err}"
+        outputs[name] = out
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["world"] == 2 and one["world"] == 1
     a, b = np.array(one["losses"]), np.array(two["losses"])
@@ -107,5 +126,24 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(t
     np.testing.assert_allclose(two["weight"], one["weight"], rtol=1e-3, atol=1e-5)
     assert [h["valid_rmse"] for h in two["history"]] == pytest.approx([h["valid_rmse"] for h in one["history"]], rel=1e-4)
     assert two["best_epoch"] == one["best_epoch"]
-    print(f"2 gloo ranks vs 1 process: {len(a)} steps, max relative loss gap {gap.max():.2e}, "
-          f"loss {a[:20].mean():.4f} -> {a[-20:].mean():.4f}")
+    # the migration: rank 0 stored one adapter, one set and one run, whose fit matches the single process's
+    single = json.loads(outputs["migrate-1"])
+    ranked = json.loads(outputs["migrate-2"])  # only rank 0 printed
+    with Registry.open(tmp_path / "reg") as reg:
+        assert len(reg.list_artifacts(kind="adapter")) == 1 and len(reg.list_sets(model="bert24")) == 1
+        run = reg.get_run(ranked["run"]["id"])
+        assert run.status == "succeeded" and run.cost["world_size"] == 2
+    hist_1, hist_2 = single["run"]["cost"]["results"]["history"], ranked["run"]["cost"]["results"]["history"]
+    assert len(hist_1) == len(hist_2) >= 1
+    for h1, h2 in zip(hist_1, hist_2):
+        assert h2["step"] == h1["step"] and h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
+        assert h2["valid_rmse"] == pytest.approx(h1["valid_rmse"], rel=1e-4)
+    with Registry.open(tmp_path / "reg") as reg, Registry.open(tmp_path / "reg-one") as ref:
+        _, fitted_2 = reg.load_artifact(ranked["adapter"]["id"])
+        _, fitted_1 = ref.load_artifact(single["adapter"]["id"])
+    assert fitted_1.keys() == fitted_2.keys()
+    for name in fitted_1:  # the stored adapter itself: the same weights, up to float summation order
+        np.testing.assert_allclose(fitted_2[name].numpy(), fitted_1[name].numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+    assert ranked["run"]["examples_seen"] == single["run"]["examples_seen"]  # every rank's rows counted, once
+    print(f"2 gloo ranks vs 1 process: {len(a)} loop steps, max relative loss gap {gap.max():.2e}, loss {a[:20].mean():.4f} -> "
+          f"{a[-20:].mean():.4f}; migration validations {[round(h['valid_rmse'], 5) for h in hist_2]}")

@@ -189,6 +189,8 @@ def migrate() -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
 @click.option("--resume", is_flag=True, help="Continue adapter training from its checkpoint after a crash; with --plan, continue a plan "
               "that was stopped, at its first unfinished step.")
+@click.option("--distributed", is_flag=True, help="Under torchrun: every rank fits the adapter data parallel (DDP: gloo on CPU, NCCL "
+              "on GPU), rank 0 stores it and the set and prints the result.")
 @json_option
 @pass_ctx
 def migrate_run(obj: Context, sources: str | None, target: str | None, task: str | None, plan_id: int | None, dry_run: bool, data_dir: str,
@@ -197,7 +199,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                 min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
                 validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, coverage: str,
                 cold_start: str, seed: int, device: str,
-                alias: str | None, gate: float | None, no_eval: bool, resume: bool, as_json: bool) -> None:
+                alias: str | None, gate: float | None, no_eval: bool, resume: bool, distributed: bool, as_json: bool) -> None:
     """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost; or run a --plan."""
     if plan_id is not None:
         if sources or target or task:
@@ -214,8 +216,15 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
         return
     if not (sources and target and task):
         raise click.UsageError("migrate run needs --from, --to and --task (or --plan ID)")
+    rank = 0
+    if distributed:
+        if resume:
+            raise click.UsageError("--distributed does not resume (a checkpoint is one process's): rerun the fit")
+        from prompt_registry.training.distributed import join_from_env
+
+        rank = join_from_env(device)[0]
     config = MigrationConfig(
-        method=method, method_config={"phi": phi} if phi else None,
+        distributed=distributed, method=method, method_config={"phi": phi} if phi else None,
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,
         min_steps=min_steps, warmup_steps=warmup_steps, validate_on=validate_on, head_refit=not no_head_refit,
         refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, coverage=coverage, cold_start=cold_start, seed=seed,
@@ -223,7 +232,9 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                                   allocation=allocation, seed=seed),
     )
     result = obj.registry.migrate([s.strip() for s in sources.split(",") if s.strip()], target, task, data_dir, config=config,
-                                  device=device, alias=alias, gate=gate, evaluate=not no_eval, resume=resume, progress=not as_json)
+                                  device=device, alias=alias, gate=gate, evaluate=not no_eval, resume=resume, progress=not as_json and rank == 0)
+    if rank != 0:
+        return  # rank 0 reports
     if as_json:
         print_json(result.to_dict())
         return

@@ -149,11 +149,13 @@ class FitContext:
     head_prefit: bool = True
     prefit: dict[str, Any] = dataclasses.field(default_factory=dict)  # what prefit_head did
     loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (their ledgers add up to the fit's cost)
+    distributed: bool = False  # every loop trains data parallel over the torch.distributed process group
 
     def loop_config(self, epochs: int, schedule: str = "constant") -> LoopConfig:
         return LoopConfig(epochs=epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size, seed=self.seed,
                           checkpoint_every=self.checkpoint_every, patience=self.patience, min_steps=self.min_steps,
-                          warmup_steps=self.warmup_steps, schedule=schedule, final_lr=self.final_lr, valid_every=self.valid_every)
+                          warmup_steps=self.warmup_steps, schedule=schedule, final_lr=self.final_lr, valid_every=self.valid_every,
+                          distributed=self.distributed)
 
     def prefit_head(self, provider: nn.Module) -> None:
         """Fit ``ctx.head`` on cached features of the selected users' training rows with the prompts

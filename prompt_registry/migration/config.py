@@ -74,6 +74,7 @@ class MigrationConfig:
     coverage: str = "impute"
     cold_start: str = "skip"
     apply_batch_users: int = 4096
+    distributed: bool = False  # data parallel fit under torchrun: every rank fits, rank 0 stores (``migration.migrate``)
     checkpoint_every: int = 200
     eval_batch_size: int = 128
     # shorthands for fields of the method's config, so that flat PUMA configs

@@ -174,7 +174,11 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
                          checkpoint_every=config.checkpoint_every, patience=config.patience, checkpoint=checkpoint,
                          resume=resume, progress=progress, min_steps=min_steps, warmup_steps=min(config.warmup_steps, min_steps // 5),
                          final_lr=config.final_lr, valid_every=config.valid_every, head_prefit=config.head_prefit,
-                         steps_hint=f"adapter -> {target}")
+                         steps_hint=f"adapter -> {target}", distributed=config.distributed)
+    rank = _rank(config)
+    if rank != 0:  # a follower rank: fit with the others (data parallel), store nothing, return what rank 0 stored
+        method.fit(context)
+        return _follower_result(services, selection.summary(), cover.summary())
     run = services.runs.start_run("migrate", model=target, task=task, seeds={"seed": config.seed, "selection": config.selection.seed}, config={
         **config.to_dict(), "sources": [{"set_id": s.id, "model": s.model, "sha256": s.sha256} for s in source_sets],
         "target_fingerprint": target_info.fingerprint, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
@@ -224,7 +228,11 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
         partial = loop or (context.loops[-1] if context.loops else None)
         services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
                                  error=f"{type(exc).__name__}: {exc}")
+        if config.distributed:
+            _tell_followers([-1, -1, -1, -1])  # the followers wait on rank 0's result: say there is none
         raise
+    if config.distributed:
+        _tell_followers([mapped.id, refinement.set.id if refinement else -1, adapter.id, finished.id])
     checkpoint.unlink(missing_ok=True)
     refined = refinement.set if refinement else None
     final = refined or mapped
@@ -234,6 +242,39 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     alias_outcome = move_alias(services, alias, final, report, gate) if alias else None
     return MigrationResult(mapped, refined, adapter, head_artifact.id, finished, selection.summary(), report, alias_outcome,
                            cover.summary())
+
+
+def _rank(config: MigrationConfig) -> int:
+    if not config.distributed:
+        return 0
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InvalidArgumentError("MigrationConfig(distributed=True) needs an initialised torch.distributed process group: run under "
+                                   "torchrun (`migrate run --distributed`), or call torch.distributed.init_process_group first")
+    return dist.get_rank()
+
+
+def _tell_followers(ids: list[int]) -> None:
+    """Rank 0 sends the ids it stored (mapped set, refined set, adapter, run; -1: none) to every rank."""
+    import torch.distributed as dist
+
+    dist.broadcast(torch.tensor(ids, dtype=torch.int64), src=0)
+
+
+def _follower_result(services: Services, selection: dict[str, Any], coverage: dict[str, Any]) -> MigrationResult:
+    """On a rank other than 0: wait for rank 0's stored ids and read them back (the quality report
+    and the alias are rank 0's)."""
+    import torch.distributed as dist
+
+    ids = torch.full((4,), -1, dtype=torch.int64)
+    dist.broadcast(ids, src=0)
+    mapped, refined, adapter, run = ids.tolist()
+    if mapped < 0:
+        raise ConflictError("rank 0 failed after the data-parallel fit; its run says why (`prompt-registry run list`)")
+    artifact = services.artifacts.get_artifact(adapter)
+    return MigrationResult(services.reads.get_set(mapped), services.reads.get_set(refined) if refined >= 0 else None, artifact,
+                           int(artifact.config["head_id"]), services.runs.get_run(run), selection, None, None, coverage)
 
 
 def _map_table(method: MigrationMethod[Any], tables: Sequence[torch.Tensor], device: str, batch: int) -> torch.Tensor:

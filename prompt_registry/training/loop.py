@@ -13,7 +13,7 @@ of ``batch_size`` rows, and DDP averages the gradients, so every rank steps the 
 single process on the same global batch would (up to float summation order; the loss logged is
 the global batch's). Validation runs on every rank over all validation rows (the same numbers, so
 every rank keeps the same best epoch and stops together); only rank 0 writes checkpoints. The
-ledger sums the ranks' training tokens; validation tokens are counted once.
+state sums the ranks' training tokens when the fit ends; validation tokens are counted once.
 """
 
 from __future__ import annotations
@@ -344,6 +344,8 @@ class TrainingLoop:
                     break
         finally:
             bar.close()
+        if self.world > 1:
+            self._sum_over_ranks()
         self.provider.eval()
         self.head.eval()
 
@@ -365,18 +367,20 @@ class TrainingLoop:
         self.provider.load_state_dict(self.best_provider)
         self.head.load_state_dict(self.best_head)
 
-    def ledger(self, device: str, **extra: Any) -> CostLedger:
-        examples, forward, backward = self.state.examples_seen, self.state.forward_tokens, self.state.backward_tokens
-        if self.world > 1:  # every rank's share of the work (a collective: every rank calls ledger)
-            import torch.distributed as dist
+    def _sum_over_ranks(self) -> None:
+        """After the fit (a collective: every rank calls it): the state counts every rank's work."""
+        import torch.distributed as dist
 
-            counts = torch.tensor([examples, forward, backward], dtype=torch.int64)
-            dist.all_reduce(counts)
-            examples, forward, backward = (int(c) for c in counts.tolist())
+        counts = torch.tensor([self.state.examples_seen, self.state.forward_tokens, self.state.backward_tokens], dtype=torch.int64)
+        dist.all_reduce(counts)
+        self.state.examples_seen, self.state.forward_tokens, self.state.backward_tokens = (int(c) for c in counts.tolist())
+
+    def ledger(self, device: str, **extra: Any) -> CostLedger:
+        if self.world > 1:
             extra = {"world_size": self.world, **extra}
         return CostLedger(
-            wall_seconds=round(self.state.wall_seconds, 3), device=device, examples_seen=examples,
-            forward_tokens=forward, backward_tokens=backward,
+            wall_seconds=round(self.state.wall_seconds, 3), device=device, examples_seen=self.state.examples_seen,
+            forward_tokens=self.state.forward_tokens, backward_tokens=self.state.backward_tokens,
             extra={"torch_threads": torch.get_num_threads(), "epochs_run": self.state.epoch,
                    "best_epoch": self.state.best_epoch, "steps": self.state.global_step,
                    "best_step": self.state.best_step, "validations": self.state.validations, **extra},
