@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # annotations only: importing them loads torch
     from .data.dataset import Dataset
     from .migration.config import MigrationConfig
     from .planning import Planner
+    from .serving import PromptReader, ReaderConfig
     from .training.config import TrainConfig
 
 __all__ = ["DEFAULT_GC_GRACE_SECONDS", "TASK_KINDS", "Registry"]
@@ -76,8 +77,7 @@ class Registry:
         """Apply the packaged Alembic migrations; returns (revision before, revision after)."""
         return opening.upgrade(location, store)
 
-    def close(self) -> None:
-        """Release the database connections and store handles."""
+    def close(self) -> None:  # release the database connections and store handles
         self._ctx.close()
 
     def __enter__(self) -> Registry:
@@ -90,13 +90,11 @@ class Registry:
         return f"Registry({self.where!r}, store={self.store.location!r})"
 
     @property
-    def store(self) -> TensorStore:
-        """The tensor store (bound to this catalogue)."""
+    def store(self) -> TensorStore:  # the tensor store (bound to this catalogue)
         return self._ctx.store
 
     @property
-    def schema_revision(self) -> str | None:
-        """The catalogue's Alembic revision."""
+    def schema_revision(self) -> str | None:  # the catalogue's Alembic revision
         return migrations.current_revision(self._ctx.engine)
 
     @property
@@ -105,8 +103,7 @@ class Registry:
         from .planning import Planner
         return Planner(self._s)
 
-    def scratch_dir(self) -> Path:
-        """A local directory for working files (training checkpoints): beside the store."""
+    def scratch_dir(self) -> Path:  # a local directory for working files (checkpoints): beside the store
         return self._ctx.scratch_dir()
 
     def train_prompts(self, model: str, task: str, data: str | os.PathLike[str] | Dataset, *, users: Sequence[str] | None = None,
@@ -206,6 +203,13 @@ class Registry:
         """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``."""
         return self._s.reads.get_prompts(users, model, task, alias=alias, version=version, set=set, fingerprint=fingerprint, verify=verify)
 
+    def reader(self, model: str, task: str, *, alias: str | None = "production", version: int | None = None, fingerprint: str | None = None,
+            device: str = "cpu", dtype: Any = None, config: ReaderConfig | None = None, default: Any = None) -> PromptReader:
+        """A read-only ``PromptReader`` for inference, pinned to the version ``alias`` (or ``version``) names now (``serving.reader``)."""
+        from .serving import PromptReader
+        return PromptReader(self._s, model, task, alias=alias, version=version, fingerprint=fingerprint, device=device, dtype=dtype, config=config,
+            default=default)
+
     def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
         """Every user with a prompt in this version (through its incremental bases), sorted."""
         return self._s.reads.list_set_users(ref)
@@ -302,13 +306,11 @@ class Registry:
         return self._s.runs.audit_events(object_kind=object_kind, object_id=object_id, limit=limit)
 
     def lineage(self, ref: int | str | PromptSet, *, down: bool = False, max_depth: int | None = None) -> Lineage:
-        """Every ancestor (or, with ``down``, descendant) of a set through incremental bases and migration sources, with the run
-        and adapter on each edge. A numeric id may name a deleted set. ``UnknownSetError`` if there is no such set."""
+        """Every ancestor (``down``: descendant) of a set through bases and sources, with each edge's run and adapter (``audit.queries``)."""
         return self._s.audit.lineage(ref, down=down, max_depth=max_depth)
 
     def user_history(self, user: str) -> UserHistory:
-        """All of a user's prompt versions across models and tasks (written or inherited through an incremental base), the run and
-        adapter that made each, every alias window that pointed at it. Deleted users: empty history. ``UnknownUserError``."""
+        """Every prompt version of a user (written or inherited), what made each, the alias windows on it (``audit.queries``)."""
         return self._s.audit.user_history(user)
 
     def alias_timeline(self, name: str, *, model: str | None = None, task: str | None = None) -> list[AliasMove]:
@@ -332,14 +334,12 @@ class Registry:
         return self._s.audit.diff_evaluations(set_a, set_b, split=split, dataset=dataset, metric=metric, limit=limit)
 
     def doctor(self, *, checksums: bool = True, repair: bool = False, dry_run: bool = False, stale_after_seconds: float = STALE_AFTER_SECONDS) -> DoctorReport:
-        """Check schema, catalogue vs store, every row checksum (``checksums``) and stale runs; with ``repair``, first
-        rebuild damaged files and restore rows from identical copies (``report.repair``; ``dry_run``: only say what)."""
+        """Check schema, catalogue vs store, row checksums and stale runs; ``repair`` first rebuilds files and restores rows (``core.admin``)."""
         return self._s.admin.doctor(checksums=checksums, repair=repair, dry_run=dry_run, stale_after_seconds=stale_after_seconds)
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, keep_last: int | None = None,
             older_than_days: float | None = None, stale_after_seconds: float = STALE_AFTER_SECONDS) -> GcReport:
-        """Remove the sets retention no longer needs (``keep_last``/``older_than_days``), then objects this catalogue wrote
-        that no row refers to (interrupted writes), and close stale runs as ``failed``."""
+        """Apply retention (``keep_last``/``older_than_days``), remove this catalogue's orphan objects, close stale runs (``core.admin``)."""
         return self._s.admin.gc(dry_run=dry_run, grace_seconds=grace_seconds, keep_last=keep_last, older_than_days=older_than_days,
             stale_after_seconds=stale_after_seconds)
 

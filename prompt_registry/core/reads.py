@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -83,6 +84,25 @@ class SetReader:
             self._check_fingerprint(session, row, fingerprint)
             _, data = resolution.read_users(self.ctx, session, row, users, verify)
         return torch.from_numpy(data)
+
+    def forget_cached(self) -> None:
+        """Drop what this process cached about versions (their manifests): another process purged
+        users, so the versions they were in hold fewer users now."""
+        self.ctx.caches.forget()
+
+    def read_members(self, set_id: int, users: Sequence[str], *, verify: bool = True) -> tuple[list[bool], np.ndarray]:
+        """For serving: which of ``users`` have a prompt in set ``set_id``, and the rows of those
+        that do, in order (verified unless ``verify`` is false)."""
+        users = list(map(str, users))
+        with read_session(self.ctx.engine) as session:
+            row = lookups.resolve_set(session, self.ctx.caches.pair_ids, set_id)
+            manifest = resolution.manifest_for(self.ctx, session, row, users)
+            present = [u in manifest.index for u in users]
+            found = [u for u, here in zip(users, present) if here]
+            if not found:
+                return present, np.zeros((0, row.prompt_len, row.width), dtype=row.dtype)
+            keys = dict(resolution.chain_of(self.ctx, session, row))
+            return present, manifest.read(self.ctx.store, keys, manifest.positions(found), (row.prompt_len, row.width), row.dtype, verify=verify)
 
     def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
         """Every user with a prompt in this version (through its incremental bases), sorted."""
