@@ -177,7 +177,7 @@ class Registry:
             base: int | str | PromptSet | None = None, prompt_len: int | None = None, dtype: str | None = None, create_users: bool = False,
             alias: str | None = None, tags: Mapping[str, str | None] | Iterable[str] | None = None, note: str | None = None, reason: str | None = None,
             run_id: int | None = None, head: int | None = None, adapter: int | None = None, sources: Sequence[int | str | PromptSet] = ()) -> PromptSet:
-        """Write a new immutable prompt set for ``model`` and ``task``."""
+        """Write a new immutable prompt set for ``model`` and ``task`` (``prompts`` may be a folder of PEFT folders)."""
         return self._s.writes.import_prompts(model, task, prompts, users, base=base, prompt_len=prompt_len, dtype=dtype, create_users=create_users,
             alias=alias, tags=tags, note=note, reason=reason, run_id=run_id, head=head, adapter=adapter, sources=sources)
 
@@ -214,9 +214,10 @@ class Registry:
         """Every user with a prompt in this version (through its incremental bases), sorted."""
         return self._s.reads.list_set_users(ref)
 
-    def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True) -> ExportResult:
-        """Write every user's prompt of a version to ``.safetensors`` or ``.npy`` (+ ``.users.csv``)."""
-        return self._s.reads.export_prompts(ref, path, verify=verify)
+    def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True, format: str | None = None,
+            users: Sequence[str] | None = None) -> ExportResult:
+        """Write a version's prompts to ``.safetensors``/``.npy`` (+ ``.users.csv``), or ``format="peft"``: a PEFT folder per user."""
+        return self._s.reads.export_prompts(ref, path, verify=verify, format=format, users=users)
 
     def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None,
             include_deleted: bool = False) -> list[PromptSet]:
@@ -309,8 +310,7 @@ class Registry:
         """Every ancestor (``down``: descendant) of a set through bases and sources, with each edge's run and adapter (``audit.queries``)."""
         return self._s.audit.lineage(ref, down=down, max_depth=max_depth)
 
-    def user_history(self, user: str) -> UserHistory:
-        """Every prompt version of a user (written or inherited), what made each, the alias windows on it (``audit.queries``)."""
+    def user_history(self, user: str) -> UserHistory:  # every prompt version of a user, what made each, alias windows (audit.queries)
         return self._s.audit.user_history(user)
 
     def alias_timeline(self, name: str, *, model: str | None = None, task: str | None = None) -> list[AliasMove]:

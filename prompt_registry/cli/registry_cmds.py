@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from prompt_registry.fileio import read_users_csv
@@ -128,7 +130,9 @@ def prompt() -> None:
 
 
 @prompt.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["auto", "peft"]), default="auto", show_default=True,
+              help="peft: FILE is a PEFT prompt-tuning folder, or a folder of them (users from their metadata or folder names).")
 @click.option("--model", required=True)
 @click.option("--task", required=True)
 @click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV with a user_id column, one row per prompt row.")
@@ -141,9 +145,11 @@ def prompt() -> None:
 @click.option("--note", help="Free-text note stored with the version.")
 @json_option
 @pass_ctx
-def prompt_import(obj: Context, file: str, model: str, task: str, users_file: str | None, base: str | None, prompt_len: int | None,
+def prompt_import(obj: Context, file: str, fmt: str, model: str, task: str, users_file: str | None, base: str | None, prompt_len: int | None,
                   dtype: str | None, create_users: bool, alias: str | None, tags: tuple[str, ...], note: str | None, as_json: bool) -> None:
-    """Import prompts from FILE (.safetensors or .npy) as a new version."""
+    """Import prompts from FILE (.safetensors or .npy; --format peft: PEFT prompt-tuning folders) as a new version."""
+    if (fmt == "peft") != Path(file).is_dir():
+        raise click.BadParameter("--format peft reads a folder; a .safetensors/.npy FILE is read without it", param_hint="FILE")
     result = obj.registry.import_prompts(
         model, task, file, users_file, base=base, prompt_len=prompt_len, dtype=dtype,
         create_users=create_users, alias=alias, tags=list(tags), note=note,
@@ -156,17 +162,21 @@ def prompt_import(obj: Context, file: str, model: str, task: str, users_file: st
 
 @prompt.command("export")
 @click.argument("set_ref", metavar="SET")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(["auto", "peft"]), default="auto", show_default=True,
+              help="peft: FILE is a folder; one PEFT prompt-tuning folder per user is written in it.")
+@click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV (user_id) of the users to export; default all.")
 @click.option("--no-verify", is_flag=True, help="Skip the per-row checksum check.")
 @json_option
 @pass_ctx
-def prompt_export(obj: Context, set_ref: str, file: str, no_verify: bool, as_json: bool) -> None:
-    """Export every user's prompt of SET to FILE (.safetensors or .npy, plus FILE.users.csv)."""
-    result = obj.registry.export_prompts(set_ref, file, verify=not no_verify)
+def prompt_export(obj: Context, set_ref: str, file: str, fmt: str, users_file: str | None, no_verify: bool, as_json: bool) -> None:
+    """Export the prompts of SET to FILE (.safetensors or .npy, plus FILE.users.csv), or as PEFT folders (--format peft)."""
+    result = obj.registry.export_prompts(set_ref, file, verify=not no_verify, format=None if fmt == "auto" else fmt,
+                                         users=read_users_csv(users_file) if users_file else None)
     if as_json:
         print_json(result.to_dict())
     else:
-        click.echo(f"exported set {result.set_id}: {result.n_users} users to {result.path} (users: {result.users_path})")
+        click.echo(f"exported set {result.set_id}: {result.n_users} users to {result.path}" + (f" (users: {result.users_path})" if result.users_path else ""))
 
 
 @prompt.command("show")

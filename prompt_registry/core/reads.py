@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,20 +110,55 @@ class SetReader:
         with read_session(self.ctx.engine) as session:
             return sorted(resolution.manifest_for(self.ctx, session, lookups.resolve_set(session, self.ctx.caches.pair_ids, ref), None).users)
 
-    def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True) -> ExportResult:
-        """Write every user's prompt of a version to ``.safetensors`` or ``.npy`` (+ ``.users.csv``)."""
+    def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True, format: str | None = None,
+                       users: Sequence[str] | None = None) -> ExportResult:
+        """Write every user's prompt (or ``users``') of a version to ``.safetensors`` or ``.npy``
+        (+ ``.users.csv``), or with ``format="peft"`` one PEFT prompt-tuning folder per user under
+        the folder ``path`` (``peftio``: ``path/<user id made filesystem-safe>/``, base model name and
+        revision in its config, our fingerprint and the set in its safetensors metadata)."""
         path = Path(path)
+        if format not in (None, "peft"):
+            raise InvalidArgumentError(f"unknown export format {format!r}: leave it out (.safetensors / .npy by the file name) or use 'peft'")
         with read_session(self.ctx.engine) as session:
             row = lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)
-            users, array = resolution.read_users(self.ctx, session, row, None, verify)
+            users, array = resolution.read_users(self.ctx, session, row, None if users is None else list(map(str, users)), verify)
             model_row = session.get_one(BaseModelRow, row.model_id)
             task_row = session.get_one(TaskRow, row.task_id)
+        if format == "peft":
+            return self._export_peft(path, row, model_row, task_row, users, array)
         meta = {
             "set_id": str(row.id), "model": model_row.name, "model_fingerprint": model_row.fingerprint,
             "task": task_row.name, "version": str(row.version), "sha256": row.sha256,
         }
         fmt, users_path = fileio.save_prompt_file(path, array, users, meta)
         return ExportResult(row.id, str(path), str(users_path) if users_path else None, fmt, len(users), int(array.nbytes))
+
+    @staticmethod
+    def _export_peft(path: Path, row: PromptSetRow, model_row: BaseModelRow, task_row: TaskRow, users: Sequence[str],
+                     array: np.ndarray) -> ExportResult:
+        from .. import peftio
+
+        decoder = model_row.architecture.endswith(("ForCausalLM", "LMHeadModel"))
+        layers = heads = None
+        try:  # the base model's depth and heads, as PEFT records them (the folder may be gone: then left out)
+            config = json.loads((Path(model_row.source) / "config.json").read_text())
+            layers, heads = config.get("num_hidden_layers"), config.get("num_attention_heads")
+        except (OSError, ValueError):
+            pass
+        cfg = peftio.peft_config(base_model=model_row.source, revision=model_row.revision, num_virtual_tokens=row.prompt_len,
+                                 token_dim=row.width, decoder=decoder, num_layers=layers, num_attention_heads=heads)
+        folders: dict[str, str] = {}
+        for user, prompt in zip(users, array):
+            name = peftio.safe_dirname(user)
+            if name in folders:
+                raise InvalidArgumentError(f"users {folders[name]!r} and {user!r} map to the same folder name {name!r}")
+            folders[name] = user
+        path.mkdir(parents=True, exist_ok=True)
+        for name, prompt in zip(folders, array):
+            peftio.write_folder(path / name, prompt.astype(np.float32), cfg, {
+                "fingerprint": model_row.fingerprint, "set": f"{row.id}", "ref": f"{model_row.name}/{task_row.name}@v{row.version}",
+                "user": folders[name], "model": model_row.name, "task": task_row.name})
+        return ExportResult(row.id, str(path), None, "peft", len(users), int(array.astype(np.float32).nbytes))
 
     def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None,
         include_deleted: bool = False) -> list[PromptSet]:

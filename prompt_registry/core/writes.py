@@ -26,7 +26,17 @@ from ..db.bulk import insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
 from ..db.schema import BaseModelRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow
 from ..entities import PromptSet, ShardWrite
-from ..errors import DTypeError, IntegrityError, InvalidArgumentError, InvalidFileError, InvalidPromptError, NonFiniteError, ShapeError, UnknownUserError
+from ..errors import (
+    DTypeError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidFileError,
+    InvalidPromptError,
+    ModelMismatchError,
+    NonFiniteError,
+    ShapeError,
+    UnknownUserError,
+)
 from ..ingest import BackgroundWrite, digest_batches, digests_in_batches
 from ..manifest import ContentHash, row_digests
 from ..store import keys
@@ -222,10 +232,14 @@ class SetWriter:
         validation.text(reason, "reason")
         started = time.perf_counter()
         started_at = self.ctx.now()
-        array, user_ids, source = self._normalize_prompt_input(prompts, users)
+        array, user_ids, source, fingerprints = self._normalize_prompt_input(prompts, users)
         user_ids = check_user_ids(user_ids, what="users in the prompt input")
         with read_session(self.ctx.engine) as session:
             model_row = lookups.model_row(session, model)
+            if fingerprints - {model_row.fingerprint}:
+                raise ModelMismatchError(f"the PEFT folders in {source} were exported for model fingerprint(s) "
+                                         f"{', '.join(sorted(f[:12] for f in fingerprints))}, not {model!r} ({model_row.fingerprint[:12]}): "
+                                         "these prompts are meaningless on other weights; migrate them instead")
             lookups.task_row(session, task)
             base_row = lookups.resolve_set(session, self.ctx.caches.pair_ids, base, model=model, task=task) if base is not None else None
         if base_row is not None and dtype is not None and dtype != base_row.dtype:
@@ -537,11 +551,24 @@ class SetWriter:
             "deleted users cannot receive prompts again"
         )
 
-    def _normalize_prompt_input(self, prompts: PromptInput, users: Sequence[str] | str | os.PathLike[str] | None) -> tuple[np.ndarray, list[str], str]:
+    def _normalize_prompt_input(self, prompts: PromptInput, users: Sequence[str] | str | os.PathLike[str] | None
+                                ) -> tuple[np.ndarray, list[str], str, set[str]]:
+        """(array, users, where from, model fingerprints the input was made for: PEFT folders say)."""
         if isinstance(users, (str, os.PathLike)):
             user_list: list[str] | None = fileio.read_users_csv(users)
         else:
             user_list = None if users is None else list(map(str, users))
+        if isinstance(prompts, (str, os.PathLike)) and Path(prompts).is_dir():
+            from .. import peftio
+
+            if user_list is not None:
+                raise InvalidArgumentError("PEFT folders name their users (metadata, else the folder name): leave out users=")
+            found = peftio.read_folders(Path(prompts))
+            shapes = {p.prompt.shape for p in found}
+            if len(shapes) != 1:
+                raise ShapeError(f"the PEFT folders in {prompts} hold prompts of different shapes {sorted(shapes)}")
+            return (np.stack([p.prompt for p in found]), [p.user for p in found], str(Path(prompts).absolute()),
+                    {p.fingerprint for p in found if p.fingerprint})
         if isinstance(prompts, (str, os.PathLike)):
             path = Path(prompts)
             array, file_users = fileio.load_prompt_file(path)
@@ -553,7 +580,7 @@ class SetWriter:
                 raise InvalidFileError(
                     f"{path} does not say which users its rows belong to; pass users= (`--users FILE.csv`)"
                 )
-            return array, user_list, str(path.absolute())
+            return array, user_list, str(path.absolute()), set()
         if isinstance(prompts, Mapping):
             if users is not None:
                 raise InvalidArgumentError("pass users= only with an array; a mapping already names its users")
@@ -564,8 +591,8 @@ class SetWriter:
             shapes = {r.shape for r in rows}
             if len(shapes) != 1:
                 raise ShapeError(f"prompts in the mapping have different shapes {sorted(shapes)}; all must share (prompt_len, width)")
-            return np.stack(rows), user_list, "mapping"
+            return np.stack(rows), user_list, "mapping", set()
         array = _to_numpy(prompts, "prompts")
         if user_list is None:
             raise UnknownUserError("an array of prompts needs users= (one id per row)")
-        return array, user_list, "array"
+        return array, user_list, "array", set()

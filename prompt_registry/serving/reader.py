@@ -129,7 +129,7 @@ class PromptReader:
             self._s.reads.forget_cached()  # a purge in another process changed who is in the set
         if target.width != self._s.models.get_model(self.model).hidden_size:
             raise ModelMismatchError(f"set {target.id} has width {target.width}, not model {self.model!r}'s")
-        users = self._s.reads.list_set_users(target.id) if (self.config.missing == "centroid" or self._fits(target)) else None
+        users = self._s.reads.list_set_users(target.id) if self.config.missing == "centroid" else None
         shape = (target.prompt_len, target.width)
         fallback: torch.Tensor | None = None
         rows: np.ndarray | None = None
@@ -145,14 +145,15 @@ class PromptReader:
             _, rows = self._s.reads.read_members(target.id, users, verify=self.config.verify)
             fallback = torch.from_numpy(rows.astype(np.float32).mean(axis=0)) if len(rows) else torch.zeros(shape)
         state = _State(target, None if fallback is None else fallback.to(self.device, self.dtype))
-        if users is not None and self._fits(target):
-            if rows is not None:
+        if self._fits(target):
+            if users is not None and rows is not None:
                 self._publish_table(state, users, rows)
-            else:
-                threading.Thread(target=self._load, args=(state, users), name="prompt-reader-load", daemon=True).start()
+            else:  # the first batches do not wait for the whole set
+                threading.Thread(target=self._load, args=(state,), name="prompt-reader-load", daemon=True).start()
         return state
 
-    def _load(self, state: _State, users: list[str]) -> None:
+    def _load(self, state: _State) -> None:
+        users = self._s.reads.list_set_users(state.set.id)
         _, rows = self._s.reads.read_members(state.set.id, users, verify=self.config.verify)
         self._publish_table(state, users, rows)
 

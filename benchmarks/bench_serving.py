@@ -1,0 +1,158 @@
+"""Serving benchmark: ``PromptReader`` on a set of ``--users`` x 1 x ``--width`` prompts (SQLite +
+local Zarr, this process).
+
+* ``open_to_first_batch_s``: from ``Registry.reader(...)`` to the first 32-user batch returned
+  (the resident table loads in the background meanwhile); then until the table is resident;
+* ``batch`` p50/p99 for 1, 32 and 256 random users, resident and LRU (budget 0; cold and warm:
+  the LRU holds ``--lru-users``), against a baseline in the same process: ``get_prompts`` of the
+  same users (a verified read through the catalogue per call);
+* ``refresh`` latency: after the alias moves to another version (until the swap returns, and
+  until the new table is resident), and a no-change refresh (the catalogue check alone).
+
+Targets (issue 18): a 256-user gather p99 < 1 ms from the resident table; open of a
+100,000 x 1 x 576 set to first batch < 0.5 s.
+
+Results: ``benchmarks/results/bench_serving.{json,md}``.
+
+    python benchmarks/bench_serving.py                 # 100,000 x 576
+    python benchmarks/bench_serving.py --users 20000   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import args_record, machine_info, make_model_dir, write_results  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    arr = np.array(times) * 1000
+    return {"n": len(times), "p50_ms": round(float(np.percentile(arr, 50)), 4), "p99_ms": round(float(np.percentile(arr, 99)), 4),
+            "mean_ms": round(float(arr.mean()), 4)}
+
+
+def timed(fn: Any, picks: list[list[str]]) -> dict[str, float]:
+    fn(picks[0])  # warm-up
+    times = []
+    for users in picks:
+        start = time.perf_counter()
+        fn(users)
+        times.append(time.perf_counter() - start)
+    return percentiles(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--width", type=int, default=576)
+    p.add_argument("--repeats", type=int, default=1000)
+    p.add_argument("--lru-users", type=int, default=10_000)
+    p.add_argument("--name", default="bench_serving")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = p.parse_args(argv)
+    import torch
+
+    from prompt_registry import Registry
+    from prompt_registry.serving import ReaderConfig
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    users = [f"user-{i:07d}" for i in range(args.users)]
+    report: dict[str, Any] = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                              "machine": machine_info(), "args": args_record(args)}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        reg = Registry.init(Path(tmp) / "reg", actor="bench")
+        reg.register_model("m", make_model_dir(Path(tmp) / "model", args.width))
+        reg.add_task("rate", "rating")
+        reg.add_users(users)
+        data = [rng.standard_normal((args.users, 1, args.width), dtype=np.float32) for _ in range(2)]
+        v1 = reg.import_prompts("m", "rate", data[0], users, alias="production")
+        v2 = reg.import_prompts("m", "rate", data[1], users)
+        reg.close()
+        reg = Registry.open(Path(tmp) / "reg")  # cold: nothing cached from the imports
+        first = users[:32]
+        start = time.perf_counter()
+        reader = reg.reader("m", "rate", config=ReaderConfig(check_every_seconds=None))
+        got = reader.batch(first)
+        open_first = time.perf_counter() - start
+        assert np.array_equal(got.numpy(), data[0][:32])
+        reader.wait_resident()
+        resident_after = time.perf_counter() - start
+        report["open"] = {"open_to_first_batch_s": round(open_first, 4), "open_to_resident_s": round(resident_after, 4),
+                          "nbytes": int(data[0].nbytes)}
+        print(f"open -> first batch {open_first * 1000:.1f} ms, -> resident {resident_after:.2f} s", flush=True)
+        lru = reg.reader("m", "rate", config=ReaderConfig(memory_budget_bytes=0, lru_users=args.lru_users, check_every_seconds=None))
+        batches: dict[str, Any] = {}
+        for n in (1, 32, 256):
+            picks = [[users[int(i)] for i in rng.integers(0, args.users, n)] for _ in range(args.repeats)]
+            hot = [users[: args.lru_users // 2][int(i)] for i in rng.integers(0, args.lru_users // 2, n)]
+            lru.batch(users[: args.lru_users // 2])  # the LRU holds the hot half
+            batches[str(n)] = {
+                "resident": timed(reader.batch, picks),
+                "lru_random": timed(lru.batch, picks[: max(50, args.repeats // 10)]),
+                "lru_hot": timed(lru.batch, [hot] * max(50, args.repeats // 10)),
+                "baseline_get_prompts": timed(lambda u: reg.get_prompts(u, "m", "rate", alias="production"), picks[: max(50, args.repeats // 10)]),
+            }
+            print(f"  {n} users: resident p99 {batches[str(n)]['resident']['p99_ms']:.3f} ms, LRU (random) p99 "
+                  f"{batches[str(n)]['lru_random']['p99_ms']:.2f} ms, get_prompts p99 {batches[str(n)]['baseline_get_prompts']['p99_ms']:.2f} ms",
+                  flush=True)
+        report["batch"] = batches
+        refresh: dict[str, Any] = {}
+        start = time.perf_counter()
+        assert not reader.refresh()
+        refresh["no_change_s"] = round(time.perf_counter() - start, 4)
+        reg.set_alias("production", v2.id)
+        start = time.perf_counter()
+        assert reader.refresh()
+        refresh["swap_s"] = round(time.perf_counter() - start, 4)
+        reader.wait_resident()
+        refresh["swap_to_resident_s"] = round(time.perf_counter() - start, 4)
+        assert reader.set.id == v2.id and np.array_equal(reader.batch(first).numpy(), data[1][:32])
+        report["refresh"] = refresh
+        reg.close()
+        del v1
+    gather = report["batch"]["256"]["resident"]["p99_ms"]
+    report["gather_256_p99_ms"] = gather
+    report["open_to_first_batch_s"] = report["open"]["open_to_first_batch_s"]
+    report["targets"] = [
+        {"name": "256-user gather p99 from the resident table", "value": gather, "goal": "< 1 ms", "met": gather < 1.0},
+        {"name": f"open of a {args.users:,} x 1 x {args.width} set to first batch", "value": report["open_to_first_batch_s"],
+         "goal": "< 0.5 s (100,000 x 1 x 576)", "met": report["open_to_first_batch_s"] < 0.5 and args.users >= 100_000},
+    ]
+    write_results(args.out, args.name, report, markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    a = r["args"]
+    lines = ["# bench_serving", "", f"Run {r['started']}; command: `{r['command']}`. {a['users']:,} users x 1 x {a['width']} float32 "
+             f"({r['open']['nbytes'] / 1e6:.0f} MB), SQLite + local Zarr, one torch thread.", "",
+             f"Open to first batch (32 users): **{r['open']['open_to_first_batch_s'] * 1000:.1f} ms**; to resident: "
+             f"{r['open']['open_to_resident_s']:.2f} s.", "",
+             "| users per batch | resident p50 / p99 ms | LRU, random users p50 / p99 ms | LRU, hot users p50 / p99 ms | "
+             "baseline get_prompts p50 / p99 ms |", "|---:|---:|---:|---:|---:|"]
+    for n, b in r["batch"].items():
+        cells = [f"{b[k]['p50_ms']:.3f} / {b[k]['p99_ms']:.3f}" for k in ("resident", "lru_random", "lru_hot", "baseline_get_prompts")]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    f = r["refresh"]
+    lines += ["", f"Refresh: no change {f['no_change_s'] * 1000:.1f} ms; alias moved: swap {f['swap_s'] * 1000:.1f} ms, new table resident "
+              f"after {f['swap_to_resident_s']:.2f} s.", "", "## Targets", "", "| target | value | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {t['name']} | {t['value']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |" for t in r["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
