@@ -53,9 +53,8 @@ Where = str | os.PathLike[str] | None
 
 
 class Registry:
-    """Versioned soft prompts bound to the exact base models that can read them: ``Registry.open(location)`` (or ``init``),
-    ``location`` a directory (SQLite + Zarr inside, default ``./.prompt-registry``) or a database URL with ``store=`` the Zarr
-    directory. Use it as a context manager or call ``close()``."""
+    """Versioned soft prompts bound to the base models that read them: ``Registry.open(location)`` (or ``init``), ``location`` a
+    directory (SQLite + Zarr, default ``./.prompt-registry``) or a database URL with ``store=``. A context manager, or ``close()``."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -77,7 +76,8 @@ class Registry:
         """Apply the packaged Alembic migrations; returns (revision before, revision after)."""
         return opening.upgrade(location, store)
 
-    def close(self) -> None:  # release the database connections and store handles
+    def close(self) -> None:
+        """Release the database connections and store handles."""
         self._ctx.close()
 
     def __enter__(self) -> Registry:
@@ -90,11 +90,13 @@ class Registry:
         return f"Registry({self.where!r}, store={self.store.location!r})"
 
     @property
-    def store(self) -> TensorStore:  # the tensor store (bound to this catalogue)
+    def store(self) -> TensorStore:
+        """The tensor store (bound to this catalogue)."""
         return self._ctx.store
 
     @property
-    def schema_revision(self) -> str | None:  # the catalogue's Alembic revision
+    def schema_revision(self) -> str | None:
+        """The catalogue's Alembic revision."""
         return migrations.current_revision(self._ctx.engine)
 
     @property
@@ -103,7 +105,8 @@ class Registry:
         from .planning import Planner
         return Planner(self._s)
 
-    def scratch_dir(self) -> Path:  # a local directory for working files (checkpoints): beside the store
+    def scratch_dir(self) -> Path:
+        """A local directory for working files (checkpoints): beside the store."""
         return self._ctx.scratch_dir()
 
     def train_prompts(self, model: str, task: str, data: str | os.PathLike[str] | Dataset, *, users: Sequence[str] | None = None,
@@ -123,8 +126,7 @@ class Registry:
     def migrate(self, sources: Sequence[str | int], target: str, task: str, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
             device: str = "auto", alias: str | None = None, gate: float | None = None, evaluate: bool = True, resume: bool = False,
             progress: bool = True) -> MigrationResult:
-        """Migrate the prompts of ``sources`` (models or set references) to ``target`` with ``config.method`` (PUMA by default);
-        ``gate``: the largest metric loss against the reference that still moves ``alias`` (see ``migration.migrate``)."""
+        """Migrate ``sources``' prompts (models or sets) to ``target`` with ``config.method``; ``gate`` guards ``alias`` (``migration.migrate``)."""
         from .migration.migrate import migrate
         return migrate(self._s, sources, target, task, data, config=config, device=device, alias=alias, gate=gate, evaluate=evaluate, resume=resume,
             progress=progress)
@@ -310,7 +312,8 @@ class Registry:
         """Every ancestor (``down``: descendant) of a set through bases and sources, with each edge's run and adapter (``audit.queries``)."""
         return self._s.audit.lineage(ref, down=down, max_depth=max_depth)
 
-    def user_history(self, user: str) -> UserHistory:  # every prompt version of a user, what made each, alias windows (audit.queries)
+    def user_history(self, user: str) -> UserHistory:
+        """Every prompt version of a user (written or inherited), what made each, the alias windows on it (``audit.queries``)."""
         return self._s.audit.user_history(user)
 
     def alias_timeline(self, name: str, *, model: str | None = None, task: str | None = None) -> list[AliasMove]:
@@ -323,14 +326,12 @@ class Registry:
         return self._s.audit.cost_summary(since=since, kind=kind, group_by=group_by)
 
     def blast_radius(self, adapter: int | None = None, *, set: int | str | PromptSet | None = None, user_limit: int | None = 1000) -> BlastRadius:
-        """Every set derived directly or transitively from an adapter (or a set), and the users with a prompt written by one of them:
-        their count and the first ``user_limit`` in registration order (``None``: all). ``UnknownArtifactError``/``UnknownSetError``."""
+        """Every set derived from an adapter (or a set), and the users with a prompt written by one: count, first ``user_limit``."""
         return self._s.audit.blast_radius(adapter, set=set, user_limit=user_limit)
 
     def diff_evaluations(self, set_a: int | str | PromptSet, set_b: int | str | PromptSet, *, split: str = "test", dataset: str | None = None,
             metric: str | None = None, limit: int | None = 100) -> EvaluationDiff:
-        """Per-user metric differences (B - A) between the newest evaluations of ``set_a`` and ``set_b`` on ``split`` (and ``dataset``):
-        per-metric summary and the ``limit`` largest per-user changes. ``NotFoundError`` if either has no such evaluation."""
+        """Per-user metric differences (B - A) of the newest evaluations of two sets on ``split``: summary, ``limit`` largest changes."""
         return self._s.audit.diff_evaluations(set_a, set_b, split=split, dataset=dataset, metric=metric, limit=limit)
 
     def doctor(self, *, checksums: bool = True, repair: bool = False, dry_run: bool = False, stale_after_seconds: float = STALE_AFTER_SECONDS) -> DoctorReport:
@@ -344,6 +345,5 @@ class Registry:
             stale_after_seconds=stale_after_seconds)
 
     def purge_user(self, user: str, *, reason: str | None = None, dry_run: bool = False) -> PurgeReport:
-        """Delete a user everywhere: rows, metrics, bytes (zeroed, verified; a versioned bucket's old object versions deleted); the
-        audit log records it, never the data (``audit.deletion``). ``dry_run`` changes nothing. ``IntegrityError``: bytes kept."""
+        """Delete a user everywhere: rows, metrics, bytes (zeroed and verified; old object versions too); audited (``audit.deletion``)."""
         return self._s.admin.purge_user(user, reason=reason, dry_run=dry_run)

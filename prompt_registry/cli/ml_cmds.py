@@ -11,6 +11,7 @@ import os
 
 import click
 
+from prompt_registry._util import echo
 from prompt_registry.fileio import read_users_csv
 from prompt_registry.migration.base import available_methods
 from prompt_registry.migration.config import MigrationConfig
@@ -275,7 +276,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
         return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
     rank, sep, world = text.partition("/")
     if not (sep and rank.isdigit() and world.isdigit()):
-        raise click.BadParameter(f"{text!r}: use R/N (shard R of N, from 0), or auto under torchrun", param_hint="--shard")
+        raise click.BadParameter(f"{echo(text)}: use R/N (shard R of N, from 0), or auto under torchrun", param_hint="--shard")
     return int(rank), int(world)
 
 
