@@ -68,23 +68,26 @@ def step(positions):
 loop.step = step
 loop.fit()
 ledger = loop.ledger("cpu")
+# then a whole migration in the same process group: every rank fits, rank 0 stores
+from prompt_registry.migration.config import MigrationConfig
+from prompt_registry.migration.selection import SelectionConfig
+config = MigrationConfig(distributed=world > 1, min_steps=60, warmup_steps=0, head_lr=1e-2, lr=3e-3, selection=SelectionConfig(budget=20))
+with Registry.open(reg_dir) as reg:
+    result = reg.migrate(["bert16"], "bert24", "rate", data_dir, config=config, evaluate=False, progress=False)
 if int(os.environ.get("RANK", "0")) == 0:
     with open(out, "w") as fh:
         json.dump({"losses": losses, "weight": provider.lin.weight.detach().flatten().tolist(), "history": loop.state.history,
-                   "examples": ledger.examples_seen, "best_epoch": loop.state.best_epoch, "world": ledger.extra.get("world_size", 1)}, fh)
+                   "examples": ledger.examples_seen, "best_epoch": loop.state.best_epoch, "world": ledger.extra.get("world_size", 1),
+                   "migration": {"adapter": result.adapter.id, "run": result.run.id, "set": result.set.id}}, fh)
+elif result.set.id is None:
+    raise SystemExit("a follower rank got no set back")
 if world > 1:
     dist.destroy_process_group()
 """
 
 
-def _migrate_args(reg: str, data: str) -> list[str]:
-    return ["-m", "prompt_registry.cli", "--registry", reg, "migrate", "run", "--from", "bert16", "--to", "bert24", "--task", "rate",
-            "--data", data, "--min-steps", "60", "--warmup-steps", "0", "--head-lr", "1e-2", "--lr", "3e-3", "--budget", "20",
-            "--no-eval", "--json"]
-
-
 def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(tmp_path):
-    """The loop alone (every step's loss), and a whole migration run by `torchrun ... migrate run --distributed`."""
+    """The loop alone (every step's loss), then a whole migration with ``MigrationConfig(distributed=True)``."""
     import shutil
 
     from prompt_registry import Registry
@@ -97,25 +100,18 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(t
         reg.register_model("bert16", build_tiny_bert(tmp_path / "bert16", hidden_size=16, seed=1))
         reg.register_model("bert24", build_tiny_bert(tmp_path / "bert24", hidden_size=24, seed=2))
         reg.train_prompts("bert16", "rate", data, config=TrainConfig(epochs=2, lr=5e-3), progress=False)
-    shutil.copytree(tmp_path / "reg", tmp_path / "reg-one")  # the single-process migration gets a registry of its own
+    shutil.copytree(tmp_path / "reg", tmp_path / "reg-one")  # the single process gets a registry of its own
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [str(tmp_path / "reg"), str(data)]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    # every job at once (their start-up, imports mostly, is most of the time); the results do not depend on timing
-    jobs = {
-        "loop-1": [sys.executable, str(script), *args, str(tmp_path / "one.json")],
-        "loop-2": [*torchrun, str(script), *args, str(tmp_path / "two.json")],
-        "migrate-1": [sys.executable, *_migrate_args(str(tmp_path / "reg-one"), str(data))],
-        "migrate-2": [*torchrun, *_migrate_args(str(tmp_path / "reg"), str(data)), "--distributed"],
-    }
+    # both at once (their start-up, imports mostly, is most of the time); the results do not depend on timing
+    jobs = {"one": [sys.executable, str(script), str(tmp_path / "reg-one"), str(data), str(tmp_path / "one.json")],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+                    str(tmp_path / "reg"), str(data), str(tmp_path / "two.json")]}
     procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, cmd in jobs.items()}
-    outputs = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, f"{name}: {out}{err}"
-        outputs[name] = out
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["world"] == 2 and one["world"] == 1
     a, b = np.array(one["losses"]), np.array(two["losses"])
@@ -127,23 +123,31 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(t
     assert [h["valid_rmse"] for h in two["history"]] == pytest.approx([h["valid_rmse"] for h in one["history"]], rel=1e-4)
     assert two["best_epoch"] == one["best_epoch"]
     # the migration: rank 0 stored one adapter, one set and one run, whose fit matches the single process's
-    single = json.loads(outputs["migrate-1"])
-    ranked = json.loads(outputs["migrate-2"])  # only rank 0 printed
-    with Registry.open(tmp_path / "reg") as reg:
+    with Registry.open(tmp_path / "reg") as reg, Registry.open(tmp_path / "reg-one") as ref:
         assert len(reg.list_artifacts(kind="adapter")) == 1 and len(reg.list_sets(model="bert24")) == 1
-        run = reg.get_run(ranked["run"]["id"])
-        assert run.status == "succeeded" and run.cost["world_size"] == 2
-    hist_1, hist_2 = single["run"]["cost"]["results"]["history"], ranked["run"]["cost"]["results"]["history"]
+        ranked, single = reg.get_run(two["migration"]["run"]), ref.get_run(one["migration"]["run"])
+        assert ranked.status == "succeeded" and ranked.cost["world_size"] == 2 and "world_size" not in single.cost
+        _, fitted_2 = reg.load_artifact(two["migration"]["adapter"])
+        _, fitted_1 = ref.load_artifact(one["migration"]["adapter"])
+    assert fitted_1.keys() == fitted_2.keys()
+    for name in fitted_1:  # the stored adapter itself: the same weights, up to float summation order
+        np.testing.assert_allclose(fitted_2[name].numpy(), fitted_1[name].numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+    hist_1, hist_2 = single.cost["results"]["history"], ranked.cost["results"]["history"]
     assert len(hist_1) == len(hist_2) >= 1
     for h1, h2 in zip(hist_1, hist_2):
         assert h2["step"] == h1["step"] and h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
         assert h2["valid_rmse"] == pytest.approx(h1["valid_rmse"], rel=1e-4)
-    with Registry.open(tmp_path / "reg") as reg, Registry.open(tmp_path / "reg-one") as ref:
-        _, fitted_2 = reg.load_artifact(ranked["adapter"]["id"])
-        _, fitted_1 = ref.load_artifact(single["adapter"]["id"])
-    assert fitted_1.keys() == fitted_2.keys()
-    for name in fitted_1:  # the stored adapter itself: the same weights, up to float summation order
-        np.testing.assert_allclose(fitted_2[name].numpy(), fitted_1[name].numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
-    assert ranked["run"]["examples_seen"] == single["run"]["examples_seen"]  # every rank's rows counted, once
+    assert ranked.examples_seen == single.examples_seen  # every rank's rows counted, once
     print(f"2 gloo ranks vs 1 process: {len(a)} loop steps, max relative loss gap {gap.max():.2e}, loss {a[:20].mean():.4f} -> "
           f"{a[-20:].mean():.4f}; migration validations {[round(h['valid_rmse'], 5) for h in hist_2]}")
+
+
+def test_distributed_outside_torchrun_says_how_to_start_it(tmp_path):
+    from click.testing import CliRunner
+
+    from prompt_registry.cli.main import main
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "MASTER_ADDR", "RANK")}
+    result = CliRunner(env=env).invoke(main, ["--registry", str(tmp_path / "reg"), "migrate", "run", "--from", "a", "--to", "b", "--task", "t",
+                                              "--data", str(tmp_path), "--distributed"])
+    assert result.exit_code != 0 and "torchrun" in result.output, result.output

@@ -1,6 +1,6 @@
 """Sharded apply: N processes map chunk-aligned user ranges through one adapter into one set; the
 set is visible only once every shard is written, a killed shard leaves nothing visible, and a
-rerun reuses the shards already written. Under torchrun too. On SQLite and Postgres."""
+rerun reuses the shards already written. On SQLite and Postgres; under torchrun (and SIGKILL) on Postgres."""
 
 from __future__ import annotations
 
@@ -22,7 +22,20 @@ N_USERS = 1000  # 4 chunks of 256: two shards of 2 chunks (512 + 488 rows)
 @pytest.fixture
 def mapped(backend, tmp_path):
     """A registry with source prompts on ``a`` (width 16) and a stored default-architecture adapter a -> b (24)."""
-    location, store = backend
+    reg, adapter, expected = _world(*backend, tmp_path)
+    yield reg, adapter, expected, *backend
+    reg.close()
+
+
+@pytest.fixture
+def mapped_pg(pg_url, tmp_path):
+    """``mapped`` on Postgres only: where ranks on many machines would share a catalogue."""
+    reg, adapter, expected = _world(pg_url, str(tmp_path / "store"), tmp_path)
+    yield reg, adapter, expected, pg_url, str(tmp_path / "store")
+    reg.close()
+
+
+def _world(location, store, tmp_path):
     reg = pr.Registry.init(location, store=store, actor="tester")
     reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))
     reg.register_model("b", make_fake_model(tmp_path / "b", 24, seed=2))
@@ -36,8 +49,7 @@ def mapped(backend, tmp_path):
     head = reg.put_artifact("head", "b/rate", {"w": torch.zeros(24)}, task="rate", target_model="b")
     adapter = reg.put_artifact("adapter", "a->b", phi.state_dict(), task="rate", target_model="b", source_models=["a"],
                                config={"adapter": phi.config.to_dict(), "head_id": head.id})
-    yield reg, adapter.id, expected, location, store
-    reg.close()
+    return reg, adapter.id, expected
 
 
 def _sets_on_b(reg):
@@ -134,9 +146,9 @@ with Registry.open(location, store=store) as reg:
 """
 
 
-@pytest.mark.registry
-def test_torchrun_ranks_share_an_apply_and_a_sigkilled_rank_leaves_no_set(mapped, tmp_path):
-    reg, adapter, expected, location, store = mapped
+@pytest.mark.postgres
+def test_torchrun_ranks_share_an_apply_and_a_sigkilled_rank_leaves_no_set(mapped_pg, tmp_path):
+    reg, adapter, expected, location, store = mapped_pg
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
