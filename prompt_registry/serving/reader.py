@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -186,10 +187,10 @@ class PromptReader:
         table, index = state.table, state.index
         if table is not None and index is not None:
             n = table.shape[0] - 1
-            rows = [index.get(u, n) for u in users]
-            if state.fallback is None and n in rows:
+            rows = np.fromiter(map(index.get, users, itertools.repeat(n)), dtype=np.int64, count=len(users))
+            if state.fallback is None and len(rows) and rows.max() == n:
                 self._refuse(state, [u for u in users if u not in index])
-            return table.index_select(0, torch.tensor(rows, dtype=torch.long, device=table.device))
+            return table.index_select(0, torch.from_numpy(rows).to(table.device))
         return self._batch_lru(state, users)
 
     def _batch_lru(self, state: _State, users: list[str]) -> torch.Tensor:
