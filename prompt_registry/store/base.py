@@ -119,6 +119,29 @@ def normalize_rows(rows: np.ndarray | slice | range, n_rows: int, where: str) ->
     return idx.astype(np.int64, copy=False)
 
 
+def binding_record(catalog_id: str) -> dict[str, str]:
+    """What a store's binding object holds (``TensorStore.bind``)."""
+    from .keys import check_catalog_id
+
+    return {"catalog_id": check_catalog_id(catalog_id), "bound_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "note": "this store belongs to one prompt-registry catalogue; do not point another registry at it"}
+
+
+def parse_binding(raw: bytes | str, where: str) -> str:
+    """The catalogue id a binding object names; ``MissingDataError`` (restore it) when it cannot be read."""
+    import json
+
+    try:
+        record = json.loads(raw)
+    except ValueError as exc:
+        raise MissingDataError(f"the store binding {where} is unreadable ({exc}); restore it from backup "
+                               "(it names the catalogue this store belongs to)") from None
+    catalog = record.get("catalog_id") if isinstance(record, dict) else None
+    if not isinstance(catalog, str):
+        raise MissingDataError(f"the store binding {where} names no catalogue; restore it from backup")
+    return catalog
+
+
 class TensorStore(abc.ABC):
     """Abstract byte store for prompt arrays and artifact blobs.
 

@@ -54,8 +54,19 @@ import numpy as np
 
 from .._util import echo
 from ..errors import ConflictError, IntegrityError, InvalidArgumentError, MissingDataError
-from .base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, ArrayInfo, FileDamage, StoredObject, TensorStore, check_chunk_aligned, check_key, normalize_rows
-from .keys import check_catalog_id
+from .base import (
+    DEFAULT_CHUNK_ROWS,
+    SUPPORTED_DTYPES,
+    ArrayInfo,
+    FileDamage,
+    StoredObject,
+    TensorStore,
+    binding_record,
+    check_chunk_aligned,
+    check_key,
+    normalize_rows,
+    parse_binding,
+)
 
 try:  # the optional ``s3`` extra
     import obstore
@@ -477,20 +488,10 @@ class S3Store(TensorStore):
             raw = bytes(obstore.get(self._os, BINDING_OBJECT).bytes())
         except (NotFoundError, FileNotFoundError):
             return None
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            raise MissingDataError(
-                f"the store binding {self.location}/{BINDING_OBJECT} is unreadable ({exc}); restore it from backup"
-            ) from None
-        catalog = record.get("catalog_id") if isinstance(record, dict) else None
-        if not isinstance(catalog, str):
-            raise MissingDataError(f"the store binding {self.location}/{BINDING_OBJECT} names no catalogue; restore it from backup")
-        return catalog
+        return parse_binding(raw, f"{self.location}/{BINDING_OBJECT}")
 
     def bind(self, catalog_id):
-        record = {"catalog_id": check_catalog_id(catalog_id), "bound_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                  "note": "this store belongs to one prompt-registry catalogue; do not point another registry at it"}
+        record = binding_record(catalog_id)
         self._put(BINDING_OBJECT, json.dumps(record).encode(), create=True, exist_ok=True)  # of two binders one wins
         bound = self.bound_catalog()
         assert bound is not None

@@ -66,13 +66,14 @@ from .base import (
     FileDamage,
     StoredObject,
     TensorStore,
+    binding_record,
     check_chunk_aligned,
     check_key,
     digest_matrix,
     normalize_rows,
+    parse_binding,
     row_digests,
 )
-from .keys import check_catalog_id
 
 _ARRAYS = "arrays"
 _BLOBS = "blobs"
@@ -683,22 +684,15 @@ class ZarrStore(TensorStore):
     # -- ownership ----------------------------------------------------------------------------
     def bound_catalog(self):
         try:
-            record = json.loads((self.root / BINDING_FILE).read_text())
+            raw = (self.root / BINDING_FILE).read_text()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise MissingDataError(
-                f"the store binding {self.root / BINDING_FILE} is unreadable ({exc}); restore it from "
-                "backup (it names the catalogue this store belongs to)"
-            ) from None
-        catalog = record.get("catalog_id") if isinstance(record, dict) else None
-        if not isinstance(catalog, str):
-            raise MissingDataError(f"the store binding {self.root / BINDING_FILE} names no catalogue; restore it from backup")
-        return catalog
+        except OSError as exc:
+            raise MissingDataError(f"the store binding {self.root / BINDING_FILE} is unreadable ({exc}); restore it from backup") from None
+        return parse_binding(raw, str(self.root / BINDING_FILE))
 
     def bind(self, catalog_id):
-        record = {"catalog_id": check_catalog_id(catalog_id), "bound_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                  "note": "this store belongs to one prompt-registry catalogue; do not point another registry at it"}
+        record = binding_record(catalog_id)
         path = self.root / BINDING_FILE
         tmp = path.with_name(f".{BINDING_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "w") as fh:
