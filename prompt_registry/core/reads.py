@@ -97,13 +97,9 @@ class SetReader:
         users = list(map(str, users))
         with read_session(self.ctx.engine) as session:
             row = lookups.resolve_set(session, self.ctx.caches.pair_ids, set_id)
-            manifest = resolution.manifest_for(self.ctx, session, row, users)
-            present = [u in manifest.index for u in users]
-            found = [u for u, here in zip(users, present) if here]
-            if not found:
-                return present, np.zeros((0, row.prompt_len, row.width), dtype=row.dtype)
-            keys = dict(resolution.chain_of(self.ctx, session, row))
-            return present, manifest.read(self.ctx.store, keys, manifest.positions(found), (row.prompt_len, row.width), row.dtype, verify=verify)
+            found, data = resolution.read_users(self.ctx, session, row, users, verify, only_present=True)
+        held = set(found)
+        return [u in held for u in users], data
 
     def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
         """Every user with a prompt in this version (through its incremental bases), sorted."""

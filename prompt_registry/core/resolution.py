@@ -71,9 +71,16 @@ def manifest_for(ctx: Context, session: Session, row: PromptSetRow, users: Seque
     return manifest
 
 
-def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None, verify: bool) -> tuple[list[str], np.ndarray]:
+def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None, verify: bool,
+               only_present: bool = False) -> tuple[list[str], np.ndarray]:
+    """The users read and their rows, in order (``None``: everyone, sorted); ``only_present`` skips
+    the users without a prompt in the version instead of refusing them."""
     manifest = manifest_for(ctx, session, row, users)
     users = sorted(manifest.users) if users is None else list(users)
+    if only_present:
+        users = [u for u in users if u in manifest.index]
+        if not users:
+            return users, np.zeros((0, row.prompt_len, row.width), dtype=row.dtype)
     positions = manifest.positions(users)
     keys = dict(chain_of(ctx, session, row))
     return users, manifest.read(ctx.store, keys, positions, (row.prompt_len, row.width), row.dtype, verify=verify)
