@@ -437,14 +437,14 @@ class SetWriter:
                 bar.close()
             from safetensors.numpy import save as save_tensors
 
-            payload = save_tensors({"digests": digest_matrix(digests) if digests else np.zeros((0, 32), np.uint8),
-                                    "meta": np.array([start, stop, n_shards], dtype=np.int64),
+            mine = digest_matrix(digests) if digests else np.zeros((0, 32), np.uint8)
+            payload = save_tensors({"digests": mine, "meta": np.array([start, stop, n_shards], dtype=np.int64),
                                     "users": np.frombuffer(users_sha.encode(), dtype=np.uint8)})
             try:
                 store.put_blob(manifest_key(shard), payload)  # after the rows are durable: the shard is done
             except FileExistsError:
-                pass  # a concurrent rerun of this shard wrote the same rows first
-        manifests = [load_manifest(i) for i in range(n_shards)]
+                mine = load_manifest(shard)  # a concurrent rerun of this shard wrote the same rows first
+        manifests = [mine if i == shard else load_manifest(i) for i in range(n_shards)]
         missing = tuple(i for i, m in enumerate(manifests) if m is None)
         if missing:
             done = committed()  # a shard that finished meanwhile may have committed (and removed the digests)
