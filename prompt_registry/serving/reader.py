@@ -92,7 +92,7 @@ class PromptReader:
         if fingerprint is not None and fingerprint != info.fingerprint:
             raise ModelMismatchError(f"model {model!r} has fingerprint {info.fingerprint[:12]}, not {fingerprint[:12]}: its prompts are "
                                      "meaningless on other weights")
-        self.fingerprint = info.fingerprint
+        self.fingerprint, self._width = info.fingerprint, info.hidden_size
         self._default = None if default is None else torch.as_tensor(np.asarray(default, dtype=np.float32))
         if self.config.missing == "default" and self._default is None:
             raise InvalidArgumentError("missing='default' needs the default prompt: pass default=")
@@ -128,7 +128,7 @@ class PromptReader:
         """The state serving ``target``: its fallback now, its resident table from a background thread."""
         if fresh:
             self._s.reads.forget_cached()  # a purge in another process changed who is in the set
-        if target.width != self._s.models.get_model(self.model).hidden_size:
+        if target.width != self._width:
             raise ModelMismatchError(f"set {target.id} has width {target.width}, not model {self.model!r}'s")
         users = self._s.reads.list_set_users(target.id) if self.config.missing == "centroid" else None
         shape = (target.prompt_len, target.width)
