@@ -225,6 +225,19 @@ class ExportResult(_Entity):
 
 
 @dataclasses.dataclass(frozen=True)
+class PredictionResult(_Entity):
+    """What ``PromptReader.predict_file`` wrote: one prediction per (user, item) row, from one version."""
+
+    set_id: int
+    version: int
+    path: str
+    rows: int
+    users: int
+    mean_prediction: float | None
+    wall_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Problem(_Entity):
     """One finding of ``doctor``: what is wrong, with which object, and how to fix it."""
 

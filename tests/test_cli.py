@@ -219,7 +219,7 @@ def test_command_modules_import_alone_without_main():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "6"
+    assert done.stdout.strip() == "7"
     package = Path(prompt_registry.cli.__file__).parent
     for module in package.glob("*.py"):
         if module.name in ("main.py", "__main__.py"):

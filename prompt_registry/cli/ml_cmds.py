@@ -18,6 +18,7 @@ from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.puma.adapter import KINDS
 from prompt_registry.migration.puma.config import PumaConfig
 from prompt_registry.migration.puma.selection import ALLOCATIONS, METHODS, SelectionConfig
+from prompt_registry.serving import MISSING, ReaderConfig
 from prompt_registry.training.config import TrainConfig
 
 from ._common import Context, device_option, emit, json_option, pass_ctx, print_json, print_table
@@ -26,6 +27,7 @@ _TRAIN = TrainConfig()
 _MIGRATION = MigrationConfig()  # what every method shares (head lr, batch, refine, seed)
 _PUMA = PumaConfig()  # the adapter's own options (epochs, lr)
 _SELECTION = _MIGRATION.selection
+_READER = ReaderConfig()
 
 
 def _result_rows(metrics: dict) -> list[dict]:
@@ -101,6 +103,35 @@ def eval_cmd(obj: Context, set_ref: str, data_dir: str, split: str, device: str,
     click.echo(f"evaluation {evaluation.id} of set {evaluation.set_id} on {split} ({int(evaluation.metrics['n'])} examples)")
     rows = _result_rows(evaluation.metrics)
     print_table(rows, list(rows[0]))
+
+
+@click.command("predict")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--model", required=True)
+@click.option("--task", required=True)
+@click.option("--alias", help="Alias to serve (default: production, unless --version is given).")
+@click.option("--version", type=int, help="Serve this version instead of an alias.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False),
+              help="Data set with the items' texts (and the training rows, for a head with the item prior or a history template).")
+@click.option("--missing", type=click.Choice(MISSING), default=_READER.missing, show_default=True, help="What a user without a prompt gets.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@device_option
+@json_option
+@pass_ctx
+def predict(obj: Context, pairs: str, out: str, model: str, task: str, alias: str | None, version: int | None, data_dir: str | None,
+            missing: str, batch_size: int, device: str, as_json: bool) -> None:
+    """Predict a rating or click probability for every (user_id, item_id) row of PAIRS into the CSV OUT."""
+    if alias is not None and version is not None:
+        raise click.UsageError("give --alias or --version, not both")
+    reader = obj.registry.reader(model, task, alias=None if version is not None else (alias or "production"), version=version, device=device,
+                                 config=ReaderConfig(missing=missing, check_every_seconds=None))
+    result = reader.predict_file(pairs, out, data=data_dir, batch_size=batch_size)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(f"wrote {result.rows} predictions for {result.users} users to {result.path} "
+                   f"(set {result.set_id}, v{result.version}, {result.wall_seconds:.1f} s)")
 
 
 @click.group("data")
@@ -389,5 +420,5 @@ def demo(workdir: str | None, real: bool, n_users: int | None, per_user: int | N
         print_table(result["rows"], ["prompts", "model", "test_rmse", "seconds", "token_passes", "cost_vs_retrain"])
 
 
-COMMANDS = (eval_cmd, data, migrate, adapter, assets, demo)
+COMMANDS = (eval_cmd, predict, data, migrate, adapter, assets, demo)
 PROMPT_COMMANDS = (prompt_train,)  # verbs of the registry's `prompt` group

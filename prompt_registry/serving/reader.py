@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -42,9 +43,12 @@ import numpy as np
 import torch
 
 from .._util import preview
+from ..backbones.loader import Backbone, load_backbone, resolve_device
 from ..core.services import Services
-from ..entities import PromptSet
+from ..data.dataset import Dataset
+from ..entities import PredictionResult, PromptSet
 from ..errors import InvalidArgumentError, ModelMismatchError, UnknownUserError
+from .predict import SetModel, as_dataset, check_pairs, prediction_result, read_pairs_csv, write_predictions_csv
 
 MISSING = ("error", "zeros", "default", "centroid")
 
@@ -87,7 +91,7 @@ class PromptReader:
         if (alias is None) == (version is None):
             raise InvalidArgumentError("open a reader on either an alias or a version")
         self.config = config or ReaderConfig()
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         info = services.models.get_model(model)
         if fingerprint is not None and fingerprint != info.fingerprint:
             raise ModelMismatchError(f"model {model!r} has fingerprint {info.fingerprint[:12]}, not {fingerprint[:12]}: its prompts are "
@@ -97,8 +101,11 @@ class PromptReader:
         if self.config.missing == "default" and self._default is None:
             raise InvalidArgumentError("missing='default' needs the default prompt: pass default=")
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
         self._lru: collections.OrderedDict[str, torch.Tensor | None] = collections.OrderedDict()
         self._lru_set: int | None = None
+        self._backbone: Backbone | None = None
+        self._models: dict[tuple[int, str | None, int | None], SetModel] = {}
         self._checked = time.monotonic()
         first = self._resolve()
         self.dtype = dtype or getattr(torch, first.dtype)
@@ -179,11 +186,16 @@ class PromptReader:
         """The prompts of ``users`` in request order: ``Tensor[n, prompt_len, width]`` on the reader's device."""
         if fingerprint is not None and fingerprint != self.fingerprint:
             raise ModelMismatchError(f"this reader serves model {self.model!r} (fingerprint {self.fingerprint[:12]}), not {fingerprint[:12]}")
+        return self._gather(self._current(), list(map(str, users)))
+
+    def _current(self) -> _State:
+        """The state to serve now (after the purge and alias check, when one is due)."""
         every = self.config.check_every_seconds
         if every is not None and time.monotonic() - self._checked >= every:
             self.refresh()
-        state = self._state  # one snapshot for the whole batch
-        users = list(map(str, users))
+        return self._state
+
+    def _gather(self, state: _State, users: list[str]) -> torch.Tensor:
         table, index = state.table, state.index
         if table is not None and index is not None:
             n = table.shape[0] - 1
@@ -220,6 +232,46 @@ class PromptReader:
         fallback = state.fallback.cpu() if state.fallback is not None else torch.zeros(shape, dtype=self.dtype)
         out = torch.stack([p if (p := found[u]) is not None else fallback for u in users]) if users else torch.zeros((0, *shape), dtype=self.dtype)
         return out.to(self.device, self.dtype)
+
+    # -- predictions ----------------------------------------------------------------------------
+    def predict(self, users: Sequence[str], items: Sequence[str], *, data: str | os.PathLike[str] | Dataset | None = None,
+                backbone: Backbone | None = None, batch_size: int = 64) -> np.ndarray:
+        """The task head's prediction (rating, or click probability) for each (user, item) pair, in
+        order: the pinned version's prompts injected into the frozen model (``serving.predict``).
+        ``data`` gives item texts (else the item string is its text), and the training rows a head
+        with the item prior or a history template reads; the backbone is loaded once per reader."""
+        return self._predict(self._current(), *check_pairs(users, items), data, backbone, batch_size)
+
+    def _predict(self, state: _State, users: list[str], items: list[str], data: str | os.PathLike[str] | Dataset | None,
+                 backbone: Backbone | None, batch_size: int) -> np.ndarray:
+        model = self._set_model(state.set, as_dataset(data), backbone)
+        unique = list(dict.fromkeys(users))
+        position = {u: i for i, u in enumerate(unique)}
+        user_index = np.fromiter(map(position.__getitem__, users), dtype=np.int64, count=len(users))
+        return model.predict(self._gather(state, unique), users, items, user_index, batch_size)
+
+    def predict_file(self, pairs: str | os.PathLike[str], out: str | os.PathLike[str], *, data: str | os.PathLike[str] | Dataset | None = None,
+                     backbone: Backbone | None = None, batch_size: int = 64) -> PredictionResult:
+        """``predict`` for a CSV of ``user_id,item_id`` pairs, written to ``out`` as ``user_id,item_id,prediction``."""
+        started = time.perf_counter()
+        users, items = read_pairs_csv(pairs)
+        state = self._current()  # one version for the whole file
+        predictions = self._predict(state, users, items, data, backbone, batch_size)
+        return prediction_result(state.set, write_predictions_csv(out, users, items, predictions), users, predictions, started)
+
+    def _set_model(self, prompt_set: PromptSet, data: Dataset | None, backbone: Backbone | None) -> SetModel:
+        if backbone is not None and backbone.fingerprint != self.fingerprint:
+            raise ModelMismatchError(f"backbone {backbone.name} is not model {self.model!r} (fingerprint {self.fingerprint[:12]})")
+        key = (prompt_set.id, None if data is None else data.fingerprint, None if backbone is None else id(backbone))
+        with self._model_lock:  # not the batch lock: loading a backbone takes seconds
+            model = self._models.get(key)
+            if model is None:
+                if backbone is None:
+                    self._backbone = backbone = self._backbone or load_backbone(self._s.models.get_model(self.model), device=str(self.device))
+                model = SetModel.load(self._s, prompt_set, backbone, data)
+                self._models = {k: v for k, v in self._models.items() if k[0] == prompt_set.id}  # older versions' heads go
+                self._models[key] = model
+        return model
 
     @staticmethod
     def _refuse(state: _State, missing: list[str]) -> None:

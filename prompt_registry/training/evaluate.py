@@ -22,7 +22,7 @@ from .examples import build_examples, item_priors, user_histories
 from .loop import run_batches
 
 
-def _split_fractions(services: Services, set_run_id: int | None, config: TrainConfig | None) -> tuple[float, float]:
+def split_fractions(services: Services, set_run_id: int | None, config: TrainConfig | None) -> tuple[float, float]:
     """Use the split the prompts were trained with (recorded in their run), else the config's."""
     if config is not None:
         return config.test_fraction, config.valid_fraction
@@ -34,6 +34,30 @@ def _split_fractions(services: Services, set_run_id: int | None, config: TrainCo
     return defaults.test_fraction, defaults.valid_fraction
 
 
+def require_head(prompt_set: PromptSet, purpose: str) -> int:
+    """The set's head artifact id, or a ``ConflictError`` saying the set cannot be ``purpose`` without one."""
+    if prompt_set.head_id is None:
+        raise ConflictError(f"prompt set {prompt_set.id} has no task head, so it cannot be {purpose}; sets made by "
+                            "`prompt train` or `migrate run` carry one")
+    return prompt_set.head_id
+
+
+def set_head(services: Services, prompt_set: PromptSet, backbone: Backbone, *, purpose: str = "used") -> tuple[TaskHead, Template, PromptEncoder]:
+    """The task head a set was trained or migrated with (on ``backbone``'s device, in eval mode), its
+    template, and the encoder that injects the set's prompts into ``backbone``."""
+    info = services.models.get_model(prompt_set.model)
+    if backbone.fingerprint != info.fingerprint:
+        raise ConflictError(f"backbone {backbone.name} is not the model of set {prompt_set.id} ({info.name})")
+    head_id = require_head(prompt_set, purpose)
+    _, tensors = services.artifacts.load_artifact(head_id, fingerprint=info.fingerprint)
+    meta = services.artifacts.get_artifact(head_id).config
+    head = TaskHead.from_artifact(meta, tensors).to(backbone.device).eval()
+    template = Template(meta["template"], meta["history_len"])
+    encoder = PromptEncoder(backbone, template, prompt_set.prompt_len, head.task_kind, meta["max_length"], item_prior=head.prior,
+                            scoring=head.scoring_width > 0)
+    return head, template, encoder
+
+
 def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.PathLike[str] | Dataset, *, split: str = "test",
                  config: TrainConfig | None = None, device: str = "auto", backbone: Backbone | None = None,
                  batch_size: int = 128) -> Evaluation:
@@ -41,25 +65,14 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
     the baselines (global and per-user mean, or popularity), recorded as an ``eval`` run."""
     started = time.perf_counter()
     prompt_set = services.reads.get_set(ref)
-    if prompt_set.head_id is None:
-        raise ConflictError(
-            f"prompt set {prompt_set.id} has no task head, so it cannot be evaluated; sets made by "
-            "`prompt train` or `migrate run` carry one"
-        )
-    info = services.models.get_model(prompt_set.model)
-    _, tensors = services.artifacts.load_artifact(prompt_set.head_id, fingerprint=info.fingerprint)
-    head_meta = services.artifacts.get_artifact(prompt_set.head_id).config
+    require_head(prompt_set, "evaluated")
     dataset = data if isinstance(data, Dataset) else Dataset.load(data)
-    test_fraction, valid_fraction = _split_fractions(services, prompt_set.run_id, config)
+    test_fraction, valid_fraction = split_fractions(services, prompt_set.run_id, config)
     parts = dataset.split(test_fraction=test_fraction, valid_fraction=valid_fraction)
     rows = parts.part(split)
-    backbone = backbone or load_backbone(info, device=device)
-    if backbone.fingerprint != info.fingerprint:
-        raise ConflictError(f"backbone {backbone.name} is not the model of set {prompt_set.id} ({info.name})")
-    head = TaskHead.from_artifact(head_meta, tensors).to(backbone.device).eval()
-    template = Template(head_meta["template"], head_meta["history_len"])
-    encoder = PromptEncoder(backbone, template, prompt_set.prompt_len, head.task_kind, head_meta["max_length"], item_prior=head.prior,
-                            scoring=head.scoring_width > 0)
+    head, template, encoder = set_head(services, prompt_set, backbone or load_backbone(services.models.get_model(prompt_set.model), device=device),
+                                       purpose="evaluated")
+    backbone = encoder.backbone
 
     wanted = list(dict.fromkeys(dataset.users[rows].tolist()))
     have = set(services.reads.list_set_users(prompt_set.id))

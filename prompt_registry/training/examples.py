@@ -77,16 +77,21 @@ def item_priors(data: Dataset, train_rows: np.ndarray, kind: str) -> ItemPrior:
     return ItemPrior({i: v - overall for i, v in smoothed.items()}, 0.0)
 
 
+def suffix_text(template: Template, user: str, item: str, text: str, histories: dict[str, list[tuple[str, float]]],
+                item_text: dict[str, str]) -> str:
+    """The text after the prompt for ``user`` and ``item`` (shown as ``text``): the template's suffix,
+    with the user's most recent other training items when it has ``{history}``."""
+    history = ""
+    if template.history_len:
+        recent = [h for h in histories.get(user, []) if h[0] != item][-template.history_len :]
+        history = ", ".join(f"{item_text[i]} ({label:g})" for i, label in recent) or "none"
+    return template.suffix(text, history)
+
+
 def build_examples(data: Dataset, rows: np.ndarray, user_index: dict[str, int], encoder: PromptEncoder,
                    template: Template, histories: dict[str, list[tuple[str, float]]], priors: ItemPrior | None = None) -> Examples:
-    suffixes = []
-    for r in rows.tolist():
-        user, item = str(data.users[r]), str(data.items[r])
-        history = ""
-        if template.history_len:
-            recent = [h for h in histories.get(user, []) if h[0] != item][-template.history_len :]
-            history = ", ".join(f"{data.item_text[i]} ({label:g})" for i, label in recent) or "none"
-        suffixes.append(template.suffix(data.item_text[item], history))
+    suffixes = [suffix_text(template, str(data.users[r]), str(data.items[r]), data.item_text[str(data.items[r])], histories, data.item_text)
+                for r in rows.tolist()]
     return Examples(
         rows=rows, user_index=np.array([user_index[str(data.users[r])] for r in rows.tolist()], dtype=np.int64),
         suffix_ids=encoder.tokenize(suffixes), labels=data.labels[rows].astype(np.float32),
