@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._util import echo, preview
+from .dtypes import BFLOAT16, from_torch
 from .errors import DTypeError, InvalidFileError
 
 PICKLE_MAGIC = b"\x80"
@@ -129,7 +130,9 @@ def _load_npy(path: Path) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise InvalidFileError(f"{path} holds an archive, not one array; use one .npy per set")
     if array.dtype.kind not in "fiubc":  # strings, bytes, dates, structured records: never prompts
-        raise DTypeError(f"{path} holds {array.dtype} values, not numbers; save prompts with `np.save(path, array.astype(np.float32))`")
+        raise DTypeError(f"{path} holds {array.dtype} values, not numbers; save prompts with `np.save(path, array.astype(np.float32))`"
+                         + (" (npy has no bfloat16: pass bfloat16 prompts as a .safetensors file, or as float32, which holds every "
+                            "bfloat16 value exactly, with --dtype bfloat16)" if array.dtype.kind == "V" and array.dtype.itemsize == 2 else ""))
     return array
 
 
@@ -150,10 +153,10 @@ def _load_safetensors(path: Path) -> tuple[np.ndarray, list[str] | None]:
         raise InvalidFileError(f"{path} holds no tensors")
 
     def to_numpy(t: torch.Tensor) -> np.ndarray:
-        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
-            t = t.to(torch.float32)  # bfloat16 and float8: numpy has neither; the cast is exact
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+            t = t.to(torch.float32)  # float8: numpy has none; the cast is exact
         try:
-            return t.numpy()
+            return from_torch(t)  # bfloat16 stays bfloat16
         except TypeError as exc:  # e.g. complex or unsigned types numpy cannot take from torch
             raise DTypeError(f"{path} holds a {t.dtype} tensor ({exc}); store prompts as float32 or float16") from None
         except ValueError as exc:  # an empty tensor whose other dimensions multiply past what numpy can index (found by Hypothesis)
@@ -187,6 +190,9 @@ def save_prompt_file(path: Path, array: np.ndarray, users: list[str], metadata: 
     users_path = users_csv_path(path)
     if suffix not in (".safetensors", ".npy"):
         raise InvalidFileError(f"cannot export to {path}: use a .safetensors or .npy file name")
+    if suffix == ".npy" and array.dtype == BFLOAT16:
+        raise InvalidFileError(f"cannot export bfloat16 prompts to {path}: npy has no bfloat16; export to a .safetensors file (BF16), "
+                               "or read them with get_prompts(...).float()")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if suffix == ".safetensors":

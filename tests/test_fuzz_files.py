@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prompt_registry as pr
+from prompt_registry.dtypes import BFLOAT16
 from prompt_registry.fileio import load_prompt_file
 from prompt_registry.testing.hostile import npy_header, pickle_payloads, safetensors_bytes
 
@@ -24,7 +25,8 @@ def _load(path: Path) -> None:
         array, users = load_prompt_file(path)
     except (pr.InvalidFileError, pr.DTypeError):
         return
-    assert isinstance(array, np.ndarray) and array.dtype.kind in "fiubc"  # import refuses non-float dtypes (DTypeError)
+    # numbers only (numpy's, or bfloat16 from ml_dtypes); import refuses non-float dtypes (DTypeError)
+    assert isinstance(array, np.ndarray) and (array.dtype.kind in "fiubc" or array.dtype == BFLOAT16)
     assert users is None or all(isinstance(u, str) for u in users)
 
 

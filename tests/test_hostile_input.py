@@ -147,19 +147,20 @@ def test_safetensors_metadata_users_must_be_a_list_of_ids(tmp_path, users_meta):
         load_prompt_file(path)
 
 
-def test_float8_and_bfloat16_prompts_load_exactly_as_float32(tmp_path):
+def test_float8_prompts_load_exactly_as_float32_and_bfloat16_as_bfloat16(tmp_path):
     import torch
     from safetensors.torch import save_file
 
+    from prompt_registry.dtypes import BFLOAT16
     from prompt_registry.fileio import load_prompt_file
 
     data = torch.tensor(prompts(3, width=4))
-    for dtype in (torch.float8_e4m3fn, torch.bfloat16):
+    for dtype, loaded in ((torch.float8_e4m3fn, np.float32), (torch.bfloat16, BFLOAT16)):
         path = tmp_path / f"p-{dtype}.safetensors"
         save_file({"prompts": data.to(dtype)}, str(path), metadata={"users": '["a", "b", "c"]'})
         array, users = load_prompt_file(path)
-        assert users == ["a", "b", "c"] and array.dtype == np.float32
-        np.testing.assert_array_equal(array, data.to(dtype).to(torch.float32).numpy())
+        assert users == ["a", "b", "c"] and array.dtype == loaded
+        np.testing.assert_array_equal(array.astype(np.float32), data.to(dtype).to(torch.float32).numpy())
 
 
 def test_an_npy_of_strings_or_dates_is_refused_as_a_dtype_error(tmp_path):

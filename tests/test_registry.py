@@ -105,7 +105,7 @@ def test_import_forms_mapping_2d_and_torch(populated):
     assert s2.prompt_len == 1
     np.testing.assert_array_equal(populated.get_prompt("u001", set=s2.id).numpy()[0], flat[1])
     s3 = populated.import_prompts("a", "rate", torch.from_numpy(data).to(torch.bfloat16), user_ids(3))
-    assert s3.dtype == "float32"
+    assert s3.dtype == "bfloat16" and populated.get_prompt("u000", set=s3.id).dtype == torch.bfloat16  # bf16 stays bf16
     s4 = populated.import_prompts("a", "rate", data.astype(np.float64), user_ids(3), dtype="float16")
     assert populated.get_prompt("u000", set=s4.id).dtype == torch.float16
 

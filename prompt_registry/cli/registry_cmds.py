@@ -138,7 +138,7 @@ def prompt() -> None:
 @click.option("--users", "users_file", type=click.Path(exists=True, dir_okay=False), help="CSV with a user_id column, one row per prompt row.")
 @click.option("--base", help="Make an incremental version on top of this set (id or MODEL/TASK@ALIAS).")
 @click.option("--prompt-len", type=int, help="Expected prompt length (checked).")
-@click.option("--dtype", type=click.Choice(SUPPORTED_DTYPES), help="Storage dtype (default float32, or the base's).")
+@click.option("--dtype", type=click.Choice(SUPPORTED_DTYPES), help="Storage dtype (default: the base's, else bfloat16 for bfloat16 input, else float32).")
 @click.option("--create-users", is_flag=True, help="Register unknown users instead of failing.")
 @click.option("--alias", help="Point this alias at the new version.")
 @click.option("--tag", "tags", multiple=True, help="Tag the new version (repeatable).")

@@ -17,6 +17,7 @@ from .._context import Context
 from ..db import lookups, mappers
 from ..db.engine import read_session
 from ..db.schema import AliasRow, BaseModelRow, PromptSetRow, TagRow, TaskRow
+from ..dtypes import to_torch
 from ..entities import ExportResult, PromptSet
 from ..errors import InvalidArgumentError, ModelMismatchError, UnknownSetError
 from ..names import LATEST
@@ -77,14 +78,12 @@ class SetReader:
         verify: bool = True,
     ) -> Any:
         """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``."""
-        import torch
-
         users = list(map(str, users))
         with read_session(self.ctx.engine) as session:
             row = self._read_target(session, model, task, alias, version, set)
             self._check_fingerprint(session, row, fingerprint)
             _, data = resolution.read_users(self.ctx, session, row, users, verify)
-        return torch.from_numpy(data)
+        return to_torch(data)
 
     def forget_cached(self) -> None:
         """Drop what this process cached about versions (their manifests): another process purged
@@ -151,10 +150,10 @@ class SetReader:
             folders[name] = user
         path.mkdir(parents=True, exist_ok=True)
         for name, prompt in zip(folders, array):
-            peftio.write_folder(path / name, prompt.astype(np.float32), cfg, {
+            peftio.write_folder(path / name, prompt, cfg, {  # in the stored dtype (bfloat16 as BF16); PEFT casts on load
                 "fingerprint": model_row.fingerprint, "set": f"{row.id}", "ref": f"{model_row.name}/{task_row.name}@v{row.version}",
                 "user": folders[name], "model": model_row.name, "task": task_row.name})
-        return ExportResult(row.id, str(path), None, "peft", len(users), int(array.astype(np.float32).nbytes))
+        return ExportResult(row.id, str(path), None, "peft", len(users), int(array.nbytes))
 
     def list_sets(self, *, model: str | None = None, task: str | None = None, tag: str | None = None, alias: str | None = None,
         include_deleted: bool = False) -> list[PromptSet]:

@@ -25,6 +25,7 @@ from ..db import lookups, mappers
 from ..db.bulk import insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
 from ..db.schema import BaseModelRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow
+from ..dtypes import BFLOAT16, from_torch, is_float
 from ..entities import PromptSet, ShardWrite
 from ..errors import (
     DTypeError,
@@ -132,10 +133,16 @@ def check_bytes_present(store: TensorStore, store_key: str) -> None:
         raise IntegrityError(f"bytes {store_key!r} vanished before commit (a concurrent `gc --grace 0`?); retry")
 
 
+def default_dtype(array: np.ndarray) -> str:
+    """What an import stores when no dtype (and no base) is given: bfloat16 prompts stay bfloat16
+    (float32 would double their bytes and add nothing); everything else is stored as float32."""
+    return "bfloat16" if array.dtype == BFLOAT16 else "float32"
+
+
 def _check_prompt_array(array: np.ndarray, users: Sequence[str], model: BaseModelRow, prompt_len: int | None, store_dtype: str) -> np.ndarray:
     if store_dtype not in SUPPORTED_DTYPES:
         raise DTypeError(f"cannot store prompts as {store_dtype}; use one of {', '.join(SUPPORTED_DTYPES)}")
-    if array.dtype.kind != "f":
+    if not is_float(array.dtype):
         raise DTypeError(
             f"prompts have dtype {array.dtype}; soft prompts are floating point: convert with "
             ".astype(np.float32) / .float()"
@@ -167,10 +174,7 @@ def _check_prompt_array(array: np.ndarray, users: Sequence[str], model: BaseMode
 def _to_numpy(value: Any, what: str) -> np.ndarray:
     torch = sys.modules.get("torch")  # a tensor implies torch is imported; don't pay its import
     if torch is not None and isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu()
-        if tensor.dtype == torch.bfloat16:
-            tensor = tensor.to(torch.float32)  # numpy has no bfloat16; the cast is exact
-        return tensor.numpy()
+        return from_torch(value)  # bfloat16 stays bfloat16 (numpy's, from ml_dtypes)
     if isinstance(value, np.ndarray):
         return value
     raise DTypeError(f"{what} is a {type(value).__name__}; pass a torch.Tensor or numpy.ndarray")
@@ -247,7 +251,7 @@ class SetWriter:
         array = _check_prompt_array(
             array, user_ids, model_row,
             prompt_len if prompt_len is not None else (base_row.prompt_len if base_row else None),
-            dtype or (base_row.dtype if base_row else "float32"),
+            dtype or (base_row.dtype if base_row else default_dtype(array)),
         )
         # Bytes, digests and catalogue rows overlap (see ingest.py); the transaction commits only
         # once the writer has fsynced every byte. Unknown or deleted users fail the first batch

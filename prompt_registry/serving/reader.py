@@ -46,6 +46,7 @@ from .._util import preview
 from ..backbones.loader import Backbone, load_backbone, resolve_device
 from ..core.services import Services
 from ..data.dataset import Dataset
+from ..dtypes import to_torch
 from ..entities import PredictionResult, PromptSet
 from ..errors import InvalidArgumentError, ModelMismatchError, UnknownUserError
 from .predict import SetModel, as_dataset, check_pairs, prediction_result, read_pairs_csv, write_predictions_csv
@@ -166,7 +167,7 @@ class PromptReader:
         self._publish_table(state, users, rows)
 
     def _publish_table(self, state: _State, users: list[str], rows: np.ndarray) -> None:
-        table = torch.from_numpy(np.ascontiguousarray(rows)).to(self.dtype)
+        table = to_torch(np.ascontiguousarray(rows)).to(self.dtype)
         extra = state.fallback.cpu()[None] if state.fallback is not None else torch.zeros((1, *table.shape[1:]), dtype=self.dtype)
         index = {u: i for i, u in enumerate(users)}
         with self._lock:
@@ -217,7 +218,7 @@ class PromptReader:
         cold = [u for u in wanted if u not in found]
         if cold:
             present, rows = self._s.reads.read_members(state.set.id, cold, verify=self.config.verify)
-            got = iter(torch.from_numpy(np.ascontiguousarray(rows)).to(self.dtype))
+            got = iter(to_torch(np.ascontiguousarray(rows)).to(self.dtype))
             fetched = {u: (next(got) if here else None) for u, here in zip(cold, present)}
             found.update(fetched)
             with self._lock:

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from .._util import echo
+from ..dtypes import SUPPORTED_DTYPES as SUPPORTED_DTYPES  # re-exported: the stores check a dtype against it
 from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 
 DEFAULT_CHUNK_ROWS = 256
 DIGEST_BYTES = 32
-SUPPORTED_DTYPES = ("float32", "float16")
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

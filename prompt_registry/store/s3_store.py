@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .._util import echo
+from ..dtypes import dtype_of_metadata, zarr_attributes, zarr_dtype
 from ..errors import ConflictError, IntegrityError, InvalidArgumentError, MissingDataError
 from .base import (
     DEFAULT_CHUNK_ROWS,
@@ -133,7 +134,8 @@ def _zarr_metadata(shape: tuple[int, ...], dtype: str, chunk_rows: int) -> bytes
     from zarr.storage import MemoryStore
 
     mem = MemoryStore()
-    zarr.create_array(store=mem, name="a", shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=dtype, compressors=None,
+    zarr.create_array(store=mem, name="a", shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=zarr_dtype(dtype), attributes=zarr_attributes(dtype),
+                      compressors=None,
                       filters=None, fill_value=0.0, chunk_key_encoding={"name": "default", "separator": "."},
                       config={"write_empty_chunks": True}, zarr_format=3)
     return bytes(mem._store_dict["a/zarr.json"].to_bytes())
@@ -146,7 +148,7 @@ def _parse_metadata(raw: bytes, where: str) -> ArrayInfo:
         grid = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
         codecs = meta.get("codecs", [])
         encoding = meta.get("chunk_key_encoding", {})
-        dtype = str(meta["data_type"])
+        dtype = dtype_of_metadata(meta)
     except (ValueError, KeyError, TypeError) as exc:
         raise MissingDataError(f"array metadata {where} is corrupt ({exc})") from None
     plain = (len(codecs) == 1 and codecs[0].get("name") == "bytes"

@@ -57,6 +57,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from .._forksafe import fresh_lock
+from ..dtypes import as_words, dtype_of_metadata, zarr_attributes, zarr_dtype
 from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 from .base import (
     DEFAULT_CHUNK_ROWS,
@@ -222,9 +223,9 @@ def _parse_layout(meta: dict) -> _Layout:
             and conf.get("index_location", "end") == "end" and len(inner) == len(shape)
             and inner[1:] == shape[1:] and grid[1:] == shape[1:] and grid[0] % inner[0] == 0
         )
-        info = ArrayInfo(shape=shape, dtype=str(meta["data_type"]), chunk_rows=inner[0] if inner else grid[0])
+        info = ArrayInfo(shape=shape, dtype=dtype_of_metadata(meta), chunk_rows=inner[0] if inner else grid[0])
         return _Layout(info, direct, grid[0], sharded=True)
-    info = ArrayInfo(shape=shape, dtype=str(meta["data_type"]), chunk_rows=grid[0])
+    info = ArrayInfo(shape=shape, dtype=dtype_of_metadata(meta), chunk_rows=grid[0])
     return _Layout(info, keys_ok and plain_bytes(codecs) and grid[1:] == shape[1:], grid[0], sharded=False)
 
 
@@ -312,7 +313,8 @@ class ZarrStore(TensorStore):
             shape=shape,
             shards=(chunk_rows * self.shard_chunks, *shape[1:]),
             chunks=(chunk_rows, *shape[1:]),
-            dtype=dtype,
+            dtype=zarr_dtype(dtype),
+            attributes=zarr_attributes(dtype),
             compressors=None,
             filters=None,
             fill_value=0.0,
@@ -342,7 +344,7 @@ class ZarrStore(TensorStore):
         if layout.direct and layout.sharded:
             self._write_shards_direct(key, layout, start, data, files)
         else:  # arrays written before sharding, or by another tool: zarr writes, we fsync
-            self._open_zarr(key, mode="r+")[start : start + len(data)] = data
+            self._open_zarr(key, mode="r+")[start : start + len(data)] = as_words(data)
             list(_io_pool().map(fsync_path, [self._chunk_path(key, f, len(info.shape)) for f in files]))
         fsync_path(self._array_dir(key))
 
@@ -377,7 +379,7 @@ class ZarrStore(TensorStore):
         info = layout.info
         idx = normalize_rows(rows, info.shape[0], f"array {key!r} in {self.location}")
         if not layout.direct:
-            return np.asarray(self._open_zarr(key).get_orthogonal_selection((idx,)))
+            return np.asarray(self._open_zarr(key).get_orthogonal_selection((idx,))).view(info.dtype)
         out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
         for f, places, local in self._by_file(layout, idx):
             out[places] = self._file_view(key, layout, f)[1][local]

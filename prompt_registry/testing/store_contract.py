@@ -17,6 +17,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from ..dtypes import BFLOAT16
 from ..errors import ChecksumError, MissingDataError, RowChecksumError
 from ..store.base import TensorStore, digest_matrix, row_digests
 
@@ -62,6 +63,20 @@ class TensorStoreContract:
         out = store.read_rows("a", [1, 2])
         assert out.dtype == np.float16
         np.testing.assert_array_equal(out, data[[1, 2]])
+
+    def test_bfloat16_is_kept_bit_for_bit_verified_and_overwritten(self, store):
+        data = self._filled(store, dtype="bfloat16")  # numpy's bfloat16, from ml_dtypes
+        again = self.reopen(store)
+        assert again.array_info("a").dtype == "bfloat16" and again.array_info("a").row_nbytes == 2 * 6 * 2
+        out = again.read_rows("a", [3, 1, 3])
+        assert out.dtype == BFLOAT16
+        np.testing.assert_array_equal(out.view(np.uint16), data[[3, 1, 3]].view(np.uint16))
+        digests = digest_matrix(row_digests(data))
+        np.testing.assert_array_equal(again.read_verified("a", [2, 9], digests[[2, 9]]).view(np.uint16), data[[2, 9]].view(np.uint16))
+        again.overwrite_rows("a", np.array([2]), np.zeros((1, 2, 6), BFLOAT16))
+        assert not again.read_rows("a", [2]).astype(np.float32).any()
+        with pytest.raises(RowChecksumError):
+            again.read_verified("a", [2], digests[[2]])
 
     def test_chunked_writes_assemble(self, store):
         data = _rows(10)
