@@ -68,15 +68,15 @@ class TensorStoreContract:
         data = self._filled(store, dtype="bfloat16")  # numpy's bfloat16, from ml_dtypes
         again = self.reopen(store)
         assert again.array_info("a").dtype == "bfloat16" and again.array_info("a").row_nbytes == 2 * 6 * 2
-        out = again.read_rows("a", [3, 1, 3])
+        out = again.read_rows("a", np.array([3, 1, 3]))
         assert out.dtype == BFLOAT16
         np.testing.assert_array_equal(out.view(np.uint16), data[[3, 1, 3]].view(np.uint16))
         digests = digest_matrix(row_digests(data))
-        np.testing.assert_array_equal(again.read_verified("a", [2, 9], digests[[2, 9]]).view(np.uint16), data[[2, 9]].view(np.uint16))
+        np.testing.assert_array_equal(again.read_verified("a", np.array([2, 9]), digests[[2, 9]]).view(np.uint16), data[[2, 9]].view(np.uint16))
         again.overwrite_rows("a", np.array([2]), np.zeros((1, 2, 6), BFLOAT16))
-        assert not again.read_rows("a", [2]).astype(np.float32).any()
+        assert not again.read_rows("a", np.array([2])).astype(np.float32).any()
         with pytest.raises(RowChecksumError):
-            again.read_verified("a", [2], digests[[2]])
+            again.read_verified("a", np.array([2]), digests[[2]])
 
     def test_chunked_writes_assemble(self, store):
         data = _rows(10)
