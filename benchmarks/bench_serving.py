@@ -6,6 +6,8 @@ local Zarr, this process).
 * ``batch`` p50/p99 for 1, 32 and 256 random users, resident and LRU (budget 0; cold and warm:
   the LRU holds ``--lru-users``), against a baseline in the same process: ``get_prompts`` of the
   same users (a verified read through the catalogue per call);
+* predictions per second of ``PromptReader.predict`` with the tiny Llama (batch 64, and one pair
+  at a time), against ``evaluate`` of the same set in this process;
 * ``refresh`` latency: after the alias moves to another version (until the swap returns, and
   until the new table is resident), and a no-change refresh (the catalogue check alone).
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=576)
     p.add_argument("--repeats", type=int, default=1000)
     p.add_argument("--lru-users", type=int, default=10_000)
+    p.add_argument("--predict-pairs", type=int, default=2000, help="About how many test pairs the predictions section scores.")
     p.add_argument("--name", default="bench_serving")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         report["refresh"] = refresh
         reg.close()
         del v1
+        report["predict"] = bench_predict(Path(tmp) / "predict", args.predict_pairs)
     gather = report["batch"]["256"]["resident"]["p99_ms"]
     report["gather_256_p99_ms"] = gather
     report["open_to_first_batch_s"] = report["open"]["open_to_first_batch_s"]
@@ -134,6 +138,41 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.out, args.name, report, markdown(report))
     print(markdown(report))
     return 0
+
+
+def bench_predict(root: Path, n_pairs: int) -> dict[str, Any]:
+    """Predictions per second of ``PromptReader.predict`` with the tiny Llama (2 layers, width 32),
+    against ``evaluate`` of the same set (the training code's batched pass) in this process."""
+    from prompt_registry import Registry
+    from prompt_registry.data.dataset import Dataset
+    from prompt_registry.data.synthetic import make_synthetic
+    from prompt_registry.serving import ReaderConfig
+    from prompt_registry.testing.models import build_tiny_llama
+    from prompt_registry.training.config import TrainConfig
+
+    data_dir = make_synthetic(root / "data", n_users=200, n_items=100, per_user=max(5, n_pairs // 40), seed=0)
+    reg = Registry.init(root / "reg", actor="bench")
+    reg.register_model("tiny", build_tiny_llama(root / "tiny-llama", hidden_size=32))
+    trained = reg.train_prompts("tiny", "rate", data_dir, config=TrainConfig(epochs=1), progress=False, alias="production")
+    data = Dataset.load(data_dir)
+    run = trained.run.config
+    test = data.split(test_fraction=run["test_fraction"], valid_fraction=run["valid_fraction"]).test
+    users, items = data.users[test].tolist(), data.items[test].tolist()
+    reader = reg.reader("tiny", "rate", config=ReaderConfig(check_every_seconds=None))
+    reader.predict(users[:64], items[:64], data=data)  # the backbone and head load once
+    out: dict[str, Any] = {"pairs": len(users), "model": "tiny Llama, 2 layers, width 32, one torch thread"}
+    for batch in (1, 64):
+        count = len(users) if batch > 1 else min(len(users), 300)
+        start = time.perf_counter()
+        reader.predict(users[:count], items[:count], data=data, batch_size=batch)
+        out[f"predictions_per_s_batch_{batch}"] = round(count / (time.perf_counter() - start), 1)
+    start = time.perf_counter()
+    reg.evaluate(trained.set.id, data, split="test", batch_size=64)
+    out["baseline_evaluate_examples_per_s"] = round(len(users) / (time.perf_counter() - start), 1)
+    out["predict_over_evaluate"] = round(out["predictions_per_s_batch_64"] / out["baseline_evaluate_examples_per_s"], 3)
+    reg.close()
+    print(f"predict: {out['predictions_per_s_batch_64']:.0f}/s at batch 64 ({out['predict_over_evaluate']:.2f}x evaluate)", flush=True)
+    return out
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -149,7 +188,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     f = r["refresh"]
     lines += ["", f"Refresh: no change {f['no_change_s'] * 1000:.1f} ms; alias moved: swap {f['swap_s'] * 1000:.1f} ms, new table resident "
-              f"after {f['swap_to_resident_s']:.2f} s.", "", "## Targets", "", "| target | value | goal | met |", "|---|---:|---|---|"]
+              f"after {f['swap_to_resident_s']:.2f} s.", ""]
+    if "predict" in r:
+        q = r["predict"]
+        lines += [f"Predictions ({q['model']}, {q['pairs']:,} test pairs): **{q['predictions_per_s_batch_64']:,.0f}/s** at batch 64, "
+                  f"{q['predictions_per_s_batch_1']:,.0f}/s one pair at a time; `evaluate` of the same set (baseline, same process): "
+                  f"{q['baseline_evaluate_examples_per_s']:,.0f} examples/s ({q['predict_over_evaluate']:.2f}x).", ""]
+    lines += ["## Targets", "", "| target | value | goal | met |", "|---|---:|---|---|"]
     lines += [f"| {t['name']} | {t['value']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |" for t in r["targets"]]
     return "\n".join(lines) + "\n"
 
