@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from . import admin_cmds, audit_cmds, bench_cmds, ml_cmds, plan_cmds, registry_cmds
+from . import admin_cmds, audit_cmds, bench_cmds, ml_cmds, plan_cmds, registry_cmds, ui_cmds
 from ._common import Context, Group
 
 
@@ -33,7 +33,8 @@ def main(ctx: click.Context, registry: str | None, store: str | None, actor: str
     ctx.call_on_close(obj.close)
 
 
-for _command in (*admin_cmds.COMMANDS, *registry_cmds.COMMANDS, *ml_cmds.COMMANDS, *audit_cmds.COMMANDS, *plan_cmds.COMMANDS, *bench_cmds.COMMANDS):
+for _command in (*admin_cmds.COMMANDS, *registry_cmds.COMMANDS, *ml_cmds.COMMANDS, *audit_cmds.COMMANDS, *plan_cmds.COMMANDS, *bench_cmds.COMMANDS,
+                 *ui_cmds.COMMANDS):
     main.add_command(_command)
 for _command in ml_cmds.PROMPT_COMMANDS:
     registry_cmds.prompt.add_command(_command)
