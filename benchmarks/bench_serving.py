@@ -14,7 +14,7 @@ local Zarr, this process).
 Targets (issue 18): a 256-user gather p99 < 1 ms from the resident table; open of a
 100,000 x 1 x 576 set to first batch < 0.5 s.
 
-Results: ``benchmarks/results/bench_serving.{json,md}``.
+Results: ``benchmarks/results/bench_serving.{json,md,png}``.
 
     python benchmarks/bench_serving.py                 # 100,000 x 576
     python benchmarks/bench_serving.py --users 20000   # a quick look
@@ -136,8 +136,34 @@ def main(argv: list[str] | None = None) -> int:
          "goal": "< 0.5 s (100,000 x 1 x 576)", "met": report["open_to_first_batch_s"] < 0.5 and args.users >= 100_000},
     ]
     write_results(args.out, args.name, report, markdown(report))
+    plot(report, args.out / f"{args.name}.png")
     print(markdown(report))
     return 0
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    """Batch latency p50 / p99 by batch size: resident, LRU and the get_prompts baseline (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(r["batch"])
+    modes = [("resident", "resident"), ("lru_random", "LRU, random users"), ("lru_hot", "LRU, hot users"), ("baseline_get_prompts", "get_prompts")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, q in zip(axes, ("p50_ms", "p99_ms")):
+        for key, label in modes:
+            ax.plot([int(n) for n in sizes], [r["batch"][n][key][q] for n in sizes], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("users per batch")
+        ax.set_title(q.replace("_ms", ""))
+    axes[0].set_ylabel("ms")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"PromptReader.batch, {r['args']['users']:,} x 1 x {r['args']['width']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def bench_predict(root: Path, n_pairs: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ routing, the views over the public API, rendering; no network), after one warm-u
 p99 per page in milliseconds. The baseline, in the same process: the public API calls a page makes,
 without rendering, for the set page (``get_set`` + both lineage walks + ``list_evaluations``).
 
-Results: ``benchmarks/results/bench_ui.{json,md}``.
+Results: ``benchmarks/results/bench_ui.{json,md,png}``.
 
     python benchmarks/bench_ui.py                 # 100,000 users, 50 sets
     python benchmarks/bench_ui.py --users 5000    # a quick look
@@ -149,8 +149,32 @@ def main(argv: list[str] | None = None) -> int:
         report["registry"] = {"users": len(users), "sets": len(built["sets"]), "plan": built["plan"] is not None}
         reg.close()
     write_results(args.out, args.name, report, markdown(report))
+    plot(report, args.out / f"{args.name}.png")
     print(markdown(report))
     return 0
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    """p50 and p99 per page (HTML), as horizontal bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pages = r["timings"]["pages"]
+    names = list(pages)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))
+    ax.barh(y + 0.2, [pages[n]["p50_ms"] for n in names], 0.4, label="p50")
+    ax.barh(y - 0.2, [pages[n]["p99_ms"] for n in names], 0.4, label="p99")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per page (HTML)")
+    ax.set_title(f"UI pages, {r['args']['users']:,} users x {r['args']['sets']} sets")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -88,6 +88,28 @@ def test_the_api_mirrors_the_library(demo, client):
     assert client.get("/api/users?limit=5&offset=5").json()["items"][0]["external_id"] == reg.list_users(limit=5, offset=5, include_deleted=True)[0].external_id
 
 
+@pytest.mark.registry
+def test_the_api_on_each_catalogue_backend(populated):
+    """The same routes over a registry on SQLite and on Postgres: sets, lineage, an alias's moves,
+    a user's audit after a purge."""
+    from conftest import prompts, user_ids
+
+    reg = populated
+    v1 = reg.import_prompts("a", "rate", prompts(50), user_ids(50), alias="production")
+    v2 = reg.import_prompts("a", "rate", prompts(5, seed=1), user_ids(5), base=v1.id)
+    reg.set_alias("production", v2.id, reason="incremental")
+    reg.purge_user("u003", reason="erasure")
+    client = TestClient(create_app(reg))
+    assert [s["id"] for s in client.get("/api/sets?model=a").json()["items"]] == [v2.id, v1.id]
+    detail = client.get("/api/sets/a/rate@production").json()
+    assert detail["set"]["id"] == v2.id and {n["set_id"] for n in detail["lineage_up"]["nodes"]} == {v1.id, v2.id}
+    moves = client.get("/api/aliases/production/history?model=a&task=rate").json()["moves"]
+    assert [m["new_set_id"] for m in moves] == [v1.id, v2.id] and moves[1]["reason"] == "incremental"
+    assert client.get("/api/users/u003/audit").json()["purged"] is True
+    for path in ("/", "/sets?model=a", f"/sets/{v2.id}", "/aliases/production?model=a&task=rate", "/users/u003", "/runs"):
+        assert client.get(path).status_code == 200, path
+
+
 def test_errors_are_json_with_the_librarys_message_and_nothing_writes(demo, client):
     from prompt_registry.errors import UnknownSetError
 
@@ -246,3 +268,5 @@ def test_every_page_in_a_real_browser(demo, browser, tmp_path):
     assert len(driver.find_elements(By.CSS_SELECTOR, "tr.set-row")) == min(100, len(reg.list_sets()))
     open_page("/runs?kind=migrate")
     _shot(driver, tmp_path, "runs")
+    open_page(f"/runs/{migration_run.id}")
+    assert "Configuration" in driver.find_element(By.TAG_NAME, "main").text and str(migration_run.forward_tokens) in driver.page_source.replace(",", "")
