@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_store import args_record, machine_info, make_model_dir, write_results  # noqa: E402
+from bench_store import args_record, machine_info, make_model_dir, publish, pyplot  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -135,19 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         {"name": f"open of a {args.users:,} x 1 x {args.width} set to first batch", "value": report["open_to_first_batch_s"],
          "goal": "< 0.5 s (100,000 x 1 x 576)", "met": report["open_to_first_batch_s"] < 0.5 and args.users >= 100_000},
     ]
-    write_results(args.out, args.name, report, markdown(report))
-    plot(report, args.out / f"{args.name}.png")
-    print(markdown(report))
+    publish(args.out, args.name, report, markdown(report), plot)
     return 0
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
     """Batch latency p50 / p99 by batch size: resident, LRU and the get_prompts baseline (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sizes = list(r["batch"])
     modes = [("resident", "resident"), ("lru_random", "LRU, random users"), ("lru_hot", "LRU, hot users"), ("baseline_get_prompts", "get_prompts")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)

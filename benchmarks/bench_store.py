@@ -187,6 +187,24 @@ def write_results(out: Path, name: str, report: dict[str, Any], markdown: str) -
     (out / f"{name}.md").write_text(markdown)
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def publish(out: Path, name: str, report: dict[str, Any], markdown: str, plot: Any = None) -> None:
+    """``write_results``, then ``plot(report, out/name.png)`` when given, then the Markdown printed."""
+    write_results(out, name, report, markdown)
+    if plot is not None:
+        plot(report, out / f"{name}.png")
+    print(markdown)
+
+
 # ---------------------------------------------------------------------------------------- inputs
 def make_model_dir(folder: Path, width: int) -> Path:
     """A tiny local model folder: enough for ``register_model`` to fingerprint it."""

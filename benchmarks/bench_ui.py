@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_store import args_record, machine_info, make_model_dir, write_results  # noqa: E402
+from bench_store import args_record, machine_info, make_model_dir, publish, pyplot  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -148,19 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         report["timings"] = timings
         report["registry"] = {"users": len(users), "sets": len(built["sets"]), "plan": built["plan"] is not None}
         reg.close()
-    write_results(args.out, args.name, report, markdown(report))
-    plot(report, args.out / f"{args.name}.png")
-    print(markdown(report))
+    publish(args.out, args.name, report, markdown(report), plot)
     return 0
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
     """p50 and p99 per page (HTML), as horizontal bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pages = r["timings"]["pages"]
     names = list(pages)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
