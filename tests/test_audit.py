@@ -196,6 +196,63 @@ def test_cost_summary_by_month_uses_utc_months(populated):
 # ------------------------------------------------------------------------------ blast radius
 
 
+def test_user_index_runs_union_and_first_ids_agree_with_python_sets():
+    from prompt_registry.audit import user_index
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sets = []
+        for _ in range(int(rng.integers(0, 5))):
+            ids = np.unique(rng.integers(0, 60, int(rng.integers(0, 40))))
+            # ids -> runs, as the SQL pass makes them
+            cut = np.flatnonzero(np.diff(ids) != 1) + 1 if len(ids) else np.zeros(0, dtype=int)
+            runs = np.array([[g[0], g[-1] + 1] for g in np.split(ids, cut) if len(g)], dtype=np.int64).reshape(-1, 2)
+            assert user_index.size(runs) == len(ids)
+            np.testing.assert_array_equal(user_index.decode(user_index.encode(runs)), runs)
+            sets.append((set(ids.tolist()), runs))
+        expected = sorted(set().union(*[a for a, _ in sets]))
+        merged = user_index.union([r for _, r in sets])
+        assert user_index.size(merged) == len(expected) and (np.diff(merged[:, 0]) > 0).all()
+        limit = int(rng.integers(0, 30))
+        assert user_index.first_ids(merged, limit).tolist() == expected[:limit]
+        assert user_index.first_ids(merged, None).tolist() == expected
+
+
+def test_blast_radius_users_come_from_the_set_index_and_a_purge_makes_it_stale(populated):
+    reg = populated
+    reg.add_users(user_ids(40, start=50))  # 90 users
+    everyone = user_ids(90)
+    written: dict[int, set[str]] = {}
+    root = reg.import_prompts("a", "rate", prompts(60), everyone[:60])
+    written[root.id] = set(everyone[:60])
+    gappy = [everyone[i] for i in (*range(10, 20), *range(30, 35), 70, 72, 89)]
+    child = reg.import_prompts("a", "rate", prompts(len(gappy), seed=2), gappy, base=root.id)  # incremental: its own rows only
+    written[child.id] = set(gappy)
+    first = reg.blast_radius(set=root.id)
+    expected = sorted(written[root.id] | written[child.id], key=everyone.index)
+    assert [s.set_id for s in first.sets] == [root.id, child.id]
+    assert (first.n_users, first.users) == (len(expected), tuple(expected[:1000]))
+    assert reg.blast_radius(set=child.id).users == tuple(sorted(gappy, key=everyone.index))
+    with reg._ctx.engine.connect() as conn:  # one entry per set, a few runs each: the full set one run, the gappy one five
+        stored = dict(conn.execute(sa.text("SELECT set_id, runs FROM set_user_index")).all())
+    assert sorted(stored) == [root.id, child.id] and [len(stored[root.id]) // 16, len(stored[child.id]) // 16] == [1, 5]
+    # the stored entry is what answers: swap the child's for another range of the same size, and it is believed
+    start = int(np.frombuffer(stored[root.id], dtype="<i8")[0])
+    fake = np.array([[start + 60, start + 60 + len(gappy)]], dtype="<i8").tobytes()
+    with reg._ctx.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE set_user_index SET runs = :r WHERE set_id = :s"), {"r": fake, "s": child.id})
+    assert reg.blast_radius(set=child.id).users == tuple(everyone[60 : 60 + len(gappy)])
+    with reg._ctx.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM set_user_index WHERE set_id = :s"), {"s": child.id})  # dropped: built again on the next query
+    again = reg.blast_radius(set=root.id, user_limit=5)  # from the stored index now
+    assert (again.n_users, again.users) == (len(expected), tuple(expected[:5]))
+    reg.purge_user(everyone[12], reason="erasure")  # in both sets: the stored entries no longer add up
+    after = reg.blast_radius(set=root.id, user_limit=None)
+    assert everyone[12] not in after.users and after.n_users == len(expected) - 1
+    assert after.users == tuple(u for u in expected if u != everyone[12])
+
+
+
 def test_blast_radius_of_an_adapter_reaches_every_derived_set_and_user(scenario):
     sc = scenario
     radius = sc.reg.blast_radius(sc.ab.id)

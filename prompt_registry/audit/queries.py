@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Integer, String, and_, case, exists, func, literal_column, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
@@ -32,6 +33,7 @@ from ..db.schema import (
     UserRow,
 )
 from ..errors import InvalidArgumentError, NotFoundError
+from . import user_index
 from .entities import (
     AffectedSet,
     AliasMove,
@@ -286,9 +288,11 @@ def cost_summary(session: Session, *, since: dt.datetime | None = None, kind: st
 # ------------------------------------------------------------------------------------ blast radius
 
 
-def blast_radius(session: Session, *, adapter_id: int | None = None, set_id: int | None = None, user_limit: int | None = 1000) -> BlastRadius:
+def blast_radius(session: Session, *, adapter_id: int | None = None, set_id: int | None = None,
+                 user_limit: int | None = 1000) -> tuple[BlastRadius, dict[int, np.ndarray]]:
     """Every set derived from the adapter (or set), through any chain of base and source edges,
-    and the users with a prompt row written by one of those sets."""
+    and the users with a prompt row written by one of those sets; with the per-set user index
+    entries built on the way (``user_index``), for the caller to save."""
     if (adapter_id is None) == (set_id is None):
         raise InvalidArgumentError("give either an adapter or a set for the blast radius, not both or neither")
     start = PromptSetRow.adapter_id == adapter_id if adapter_id is not None else PromptSetRow.id == set_id
@@ -306,17 +310,16 @@ def blast_radius(session: Session, *, adapter_id: int | None = None, set_id: int
             .group_by(PromptSetRow.id).order_by(depth, PromptSetRow.id)
         )
     )
-    ids = [s.set_id for s in sets]
-    n_users, users = 0, tuple[str, ...]()
-    if ids:
-        # users with a row in an affected set: a semi-join from users (index probes on
-        # (user_id, set_id), parallel on Postgres) beat COUNT(DISTINCT) over the rows at 1M users
-        touched = exists().where(_rows.c.user_id == UserRow.id, _rows.c.set_id.in_(ids))
-        n_users = session.scalar(select(func.count()).select_from(UserRow).where(touched)) or 0
-        if user_limit is None or user_limit > 0:
-            stmt = select(UserRow.external_id).where(touched).order_by(UserRow.id)
-            users = tuple(session.scalars(stmt if user_limit is None else stmt.limit(user_limit)))
-    return BlastRadius(adapter_id, set_id, sets, int(n_users), users)
+    # the users: the union of the affected sets' user-id runs (a semi-join probing every user
+    # took 8.9 s at 10M users on Postgres), then the first ``user_limit`` of them by id
+    runs, built = user_index.runs_for(session, [s.set_id for s in sets])
+    merged = user_index.union(list(runs.values()))
+    users = tuple[str, ...]()
+    if user_limit is None or user_limit > 0:
+        first = user_index.first_ids(merged, user_limit).tolist()
+        names = dict(session.execute(select(UserRow.id, UserRow.external_id).where(UserRow.id.in_(first))).all()) if first else {}
+        users = tuple(names[i] for i in first)
+    return BlastRadius(adapter_id, set_id, sets, user_index.size(merged), users), built
 
 
 # ------------------------------------------------------------------------------------ evaluation diff

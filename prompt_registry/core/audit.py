@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy.exc import DBAPIError
+
 from .. import validation
 from .._context import Context
-from ..audit import queries
+from ..audit import queries, user_index
 from ..audit.entities import AliasMove, BlastRadius, EvaluationDiff, Lineage, RunCost, UserHistory
 from ..db import lookups
-from ..db.engine import read_session
+from ..db.engine import read_session, write_session
 from ..db.schema import ArtifactRow
 from ..entities import PromptSet
-from ..errors import UnknownAliasError, UnknownArtifactError
+from ..errors import BusyError, UnknownAliasError, UnknownArtifactError
 
 
 class AuditService:
@@ -78,7 +80,14 @@ class AuditService:
                 if art is None or art.kind != "adapter":
                     raise UnknownArtifactError(f"no adapter with id {adapter}; see `prompt-registry adapter list`")
             limit = validation.count(user_limit, "user_limit")
-            return queries.blast_radius(session, adapter_id=adapter if set is None else None, set_id=set_id, user_limit=limit)
+            radius, built = queries.blast_radius(session, adapter_id=adapter if set is None else None, set_id=set_id, user_limit=limit)
+        if built:  # the index entries just built: kept for the next query (a derived cache, see audit.user_index)
+            try:
+                with write_session(self.ctx.engine) as session:
+                    user_index.save(session, built)
+            except (DBAPIError, BusyError, OSError):
+                pass  # a catalogue that may not (or cannot now) be written only loses the cache: the next query builds again
+        return radius
 
     def diff_evaluations(self, set_a: int | str | PromptSet, set_b: int | str | PromptSet, *, split: str = "test",
                          dataset: str | None = None, metric: str | None = None, limit: int | None = 100) -> EvaluationDiff:

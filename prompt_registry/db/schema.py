@@ -200,6 +200,20 @@ class PurgedRowRow(Base):
     erased_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class SetUserIndexRow(Base):
+    """The users a set wrote catalogue rows for, as runs of consecutive user ids: a derived index
+    (``audit.user_index``) that the blast radius unions instead of probing every user. Built on
+    first use; stale (and rebuilt) once its count no longer equals the set's rows minus its purged
+    rows. Dropping every row loses nothing but time."""
+
+    __tablename__ = "set_user_index"
+
+    set_id: Mapped[int] = mapped_column(ForeignKey("prompt_sets.id"), primary_key=True)
+    n_users: Mapped[int] = mapped_column(BigInteger)
+    runs: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian int64 pairs [first id, last id + 1), sorted
+    built_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AliasRow(Base):
     __tablename__ = "aliases"
     __table_args__ = (UniqueConstraint("name", "model_id", "task_id"),)
