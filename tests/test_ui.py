@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
     plan), plus more moves of one alias and a purged user."""
     previous = torch.get_num_threads()
     root = tmp_path_factory.mktemp("ui-demo")
-    run_demo(root, echo=None, n_users=40, per_user=10, train_epochs=2, adapter_epochs=2, threads=1)
+    story = run_demo(root, echo=None, n_users=40, per_user=10, train_epochs=2, adapter_epochs=2, threads=1)
     torch.set_num_threads(previous)
     reg = Registry.open(root / "registry", actor="ui-test")
     tour = [s for s in reg.list_sets(task="tour")]
@@ -50,7 +50,7 @@ def demo(tmp_path_factory):
     reg.set_alias("staging", min(tour, key=lambda s: s.version).id, reason="roll back")
     purged = reg.list_users(limit=1)[0].external_id
     reg.purge_user(purged, reason="erasure request")
-    yield {"reg": reg, "root": root, "model": model, "purged": purged}
+    yield {"reg": reg, "root": root, "model": model, "purged": purged, "story": story}
     reg.close()
 
 
@@ -83,6 +83,9 @@ def test_the_api_mirrors_the_library(demo, client):
     migration = client.get(f"/api/migrations/{runs['items'][-1]['id']}").json()
     methods = {p["method"] for p in migration["points"]}
     assert {"retrain", "random-init"} <= methods and any(p["this_migration"] for p in migration["points"])
+    # the report rebuilt from stored evaluations says what `migrate` said when it ran
+    assert migration["report"]["recovered"] == pytest.approx(demo["story"]["recovered"], abs=1e-9)
+    assert 0 <= migration["report"]["share_worse_than_retrain"] <= 1 and migration["report"]["seen"] is not None
     plans = client.get("/api/plans").json()
     assert plans and client.get(f"/api/plans/{plans[0]['id']}").json()["steps"] == plans[0]["steps"]
     assert client.get("/api/users?limit=5&offset=5").json()["items"][0]["external_id"] == reg.list_users(limit=5, offset=5, include_deleted=True)[0].external_id
@@ -249,6 +252,7 @@ def test_every_page_in_a_real_browser(demo, browser, tmp_path):
     listed = [r.find_elements(By.TAG_NAME, "td")[1].text for r in driver.find_elements(By.CSS_SELECTOR, "tr.point-row")]
     assert sorted(methods) == sorted(listed) and {"retrain", "random-init", "puma"} <= set(methods)
     assert len(methods) == len(set(methods))  # one point per method: each method made one set of the target here
+    assert "retrain's gain recovered" in driver.find_element(By.CSS_SELECTOR, "table.report").text
     _shot(driver, tmp_path, "migration")
     # the plan page: every step with its status
     plan = reg.planner.list()[0]

@@ -194,9 +194,15 @@ def migration_page(v: dict[str, Any]) -> str:
     points = table(["set", "method", "metric", "value", "token passes", "wall s", "this migration"],
                    [(Raw(set_link(p["set_id"], p["ref"])), p["method"], p["metric"], p["value"], p["token_passes"], p["wall_seconds"],
                      p["this_migration"]) for p in v["points"]], cls="points", row_cls="point-row")
+    rep = v.get("report")
+    summary = "" if rep is None else "<h2>Report</h2>" + table(
+        ["set", "metric", "all users", "seen (fitted on)", "unseen", "retrain", "random-init", "retrain's gain recovered", "users worse than retrain"],
+        [(Raw(set_link(rep["set_id"])), rep["metric"], rep["value"], rep["seen"], rep["unseen"], rep["retrain"], rep["random_init"],
+          None if rep["recovered"] is None else f"{rep['recovered']:.0%}",
+          None if rep["share_worse_than_retrain"] is None else f"{rep['share_worse_than_retrain']:.0%}")], cls="report")
     return layout(f"Migration run {r['id']}: {sources} → {r['model']} ({r['task']})",
-                  _ledger(r) + f"<p>sets made: {made}; {v['selected_users']:,} users selected to fit the adapter</p>"
-                  "<h2>Quality against cost</h2><p class='muted'>every set of the target model and task with a test evaluation; "
+                  _ledger(r) + f"<p>sets made: {made}; {v['selected_users']:,} users selected to fit the adapter</p>" + summary
+                  + "<h2>Quality against cost</h2><p class='muted'>every set of the target model and task with a test evaluation; "
                   "ringed: this migration's</p>" + svg.quality_cost(v["points"]) + points)
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 from ..entities import Evaluation, PromptSet, Run
 from ..errors import InvalidArgumentError
+from ..migration.report import group_metric, recovered_share
 from ..registry import Registry
+from ..training.metrics import share_worse
 
 MAX_PAGE = 500
 ALL_RUNS = 1_000_000  # runs are few (one per training, migration, evaluation): listed whole, then paged
@@ -126,4 +128,35 @@ def migration(reg: Registry, run_id: int) -> dict[str, Any]:
                        "this_migration": s.id in made, "evaluation_id": e.id, "dataset": e.dataset})
     config = {k: v for k, v in r.config.items() if k != "selected_users"}
     return {"run": {**r.to_dict(), "config": config}, "selected_users": len(r.config.get("selected_users") or ()), "sets": made,
-            "sources": r.config.get("sources", []), "points": points}
+            "sources": r.config.get("sources", []), "points": points, "report": report(reg, points, set(r.config.get("selected_users") or ()))}
+
+
+def report(reg: Registry, points: list[dict[str, Any]], selected: set[str]) -> dict[str, Any] | None:
+    """The migration's quality report, rebuilt from the stored evaluations (what ``migrate``
+    printed): the migrated set against the newest retrain and random-init of the target, over all
+    users and over the users the map was fitted on ("seen") and the rest; the share of retrain's
+    gain over random-init recovered; the share of users worse than under the retrain."""
+    ours = [p for p in points if p["this_migration"] and p["value"] is not None]
+    if not ours:
+        return None
+    final = ours[0]  # newest first: the refined set when there is one
+    metric = final["metric"]
+    lower, kind, key = metric == "rmse", "rating" if metric == "rmse" else "click", "rmse" if metric == "rmse" else "auc"
+    newest = {name: next((p for p in points if p["method"] == name and p["value"] is not None), None) for name in ("retrain", "random-init")}
+    per_user = reg.get_evaluation(final["evaluation_id"]).per_user or {}
+    everyone = set(per_user)
+    out: dict[str, Any] = {"set_id": final["set_id"], "metric": metric, "lower_is_better": lower, "value": final["value"],
+                           "seen": group_metric(per_user, everyone & selected, kind) if selected else None,
+                           "unseen": group_metric(per_user, everyone - selected, kind) if selected else None,
+                           "retrain": None, "random_init": None, "recovered": None, "share_worse_than_retrain": None}
+    retrain, random_init = newest["retrain"], newest["random-init"]
+    if retrain is not None:
+        out["retrain"] = retrain["value"]
+        theirs = reg.get_evaluation(retrain["evaluation_id"]).per_user or {}
+        worse = share_worse(per_user, theirs, key, lower)
+        out["share_worse_than_retrain"] = None if worse != worse else worse  # NaN: no user in both
+    if random_init is not None:
+        out["random_init"] = random_init["value"]
+    if retrain is not None and random_init is not None:
+        out["recovered"] = recovered_share(final["value"], random_init["value"], retrain["value"], lower)
+    return out
