@@ -16,13 +16,16 @@ from ..registry import Registry
 from ..training.metrics import share_worse
 
 MAX_PAGE = 500
-ALL_RUNS = 1_000_000  # runs are few (one per training, migration, evaluation): listed whole, then paged
+
+
+def check_page(limit: int, offset: int) -> None:
+    if limit < 1 or limit > MAX_PAGE or offset < 0:
+        raise InvalidArgumentError(f"limit must be 1..{MAX_PAGE} and offset >= 0 (got limit={limit}, offset={offset})")
 
 
 def page(items: list[Any], limit: int, offset: int, total: int | None = None) -> dict[str, Any]:
     """One page of ``items`` (already cut when ``total`` is given)."""
-    if limit < 1 or limit > MAX_PAGE or offset < 0:
-        raise InvalidArgumentError(f"limit must be 1..{MAX_PAGE} and offset >= 0 (got limit={limit}, offset={offset})")
+    check_page(limit, offset)
     cut = items if total is not None else items[offset : offset + limit]
     return {"items": [i.to_dict() if hasattr(i, "to_dict") else i for i in cut], "total": len(items) if total is None else total,
             "limit": limit, "offset": offset}
@@ -35,7 +38,13 @@ def overview(reg: Registry) -> dict[str, Any]:
         per_pair[f"{s.model}/{s.task}"] = per_pair.get(f"{s.model}/{s.task}", 0) + 1
     return {"models": [m.to_dict() for m in reg.list_models()], "tasks": [t.to_dict() for t in reg.list_tasks()],
             "aliases": [a.to_dict() for a in reg.list_aliases()], "plans": [p.to_dict() for p in reg.planner.list(limit=20)],
-            "counts": {"users": reg.count_users(), "sets": len(sets), "runs": len(reg.list_runs(limit=ALL_RUNS)), "sets_by_model_task": per_pair}}
+            "counts": {"users": reg.count_users(), "sets": len(sets), "runs": run_count(reg), "sets_by_model_task": per_pair}}
+
+
+def run_count(reg: Registry, kind: str | None = None) -> int:
+    """How many runs (of ``kind``) there are: the cost summary's total, one aggregate query."""
+    total = reg.cost_summary(kind=kind)
+    return total[0].runs if total else 0
 
 
 def sets(reg: Registry, *, model: str | None = None, task: str | None = None, alias: str | None = None, tag: str | None = None,
@@ -75,7 +84,9 @@ def users(reg: Registry, *, limit: int = 100, offset: int = 0) -> dict[str, Any]
 
 def runs(reg: Registry, *, kind: str | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
     """Runs newest first, each with its cost ledger (wall time, device, examples, token passes)."""
-    return page(reg.list_runs(kind=kind, limit=ALL_RUNS), limit, offset)
+    check_page(limit, offset)  # before the query its bounds size
+    newest = reg.list_runs(kind=kind, limit=offset + limit)  # newest first: the page is the tail of these
+    return page(newest[offset:], limit, offset, total=run_count(reg, kind))
 
 
 def run(reg: Registry, run_id: int) -> dict[str, Any]:
