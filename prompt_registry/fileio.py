@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,28 +29,37 @@ def users_csv_path(path: Path) -> Path:
     return path.with_name(path.stem + ".users.csv")
 
 
-def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
-    """Read a CSV with a ``user_id`` column (other columns are ignored)."""
+def read_csv_columns(path: str | os.PathLike[str], columns: Sequence[str], what: str) -> list[list[str]]:
+    """The values of ``columns`` (each non-empty, stripped), one list per column, from a CSV whose
+    header names them (other columns are ignored); ``what`` names the file in errors."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: the byte-order mark Excel writes
             reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "user_id" not in reader.fieldnames:
+            absent = [c for c in columns if c not in (reader.fieldnames or [])]
+            if absent:
+                naming = "it" if len(columns) == 1 else " and ".join(columns)
                 raise InvalidFileError(
-                    f"{path} has no `user_id` column (found {preview(reader.fieldnames or [])}); "
-                    "the first line must be a header naming it"
+                    f"{path} has no {' or '.join(f'`{c}`' for c in absent)} column (found {preview(reader.fieldnames or [])}); "
+                    f"the first line must be a header naming {naming}"
                 )
-            users = []
+            out: list[list[str]] = [[] for _ in columns]
             for row in reader:
-                value = (row.get("user_id") or "").strip()
-                if not value:  # line_num counts physical lines (DictReader skips blank ones)
-                    raise InvalidFileError(f"{path}:{reader.line_num}: empty user_id")
-                users.append(value)
-            return users
+                for name, values in zip(columns, out):
+                    value = (row.get(name) or "").strip()
+                    if not value:  # line_num counts physical lines (DictReader skips blank ones)
+                        raise InvalidFileError(f"{path}:{reader.line_num}: empty {name}")
+                    values.append(value)
+            return out
     except FileNotFoundError:
-        raise InvalidFileError(f"users file {path} does not exist") from None
+        raise InvalidFileError(f"{what} {path} does not exist") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InvalidFileError(f"{path} is not a readable UTF-8 CSV ({echo(str(exc))})") from None
+
+
+def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
+    """Read a CSV with a ``user_id`` column (other columns are ignored)."""
+    return read_csv_columns(path, ["user_id"], "users file")[0]
 
 
 def write_users_csv(path: Path, users: list[str]) -> None:

@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._util import echo, preview
+from .._util import preview
 from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone
 from ..backbones.prompting import PromptEncoder, Template
 from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import PredictionResult, PromptSet
-from ..errors import InvalidArgumentError, InvalidFileError
+from ..errors import InvalidArgumentError
+from ..fileio import read_csv_columns
 from ..training.evaluate import set_head, split_fractions
 from ..training.examples import Examples, ItemPrior, item_priors, suffix_text, user_histories
 from ..training.loop import run_batches
@@ -95,26 +96,7 @@ def as_dataset(data: str | os.PathLike[str] | Dataset | None) -> Dataset | None:
 
 def read_pairs_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """(users, items) from a CSV with ``user_id`` and ``item_id`` columns (others are ignored)."""
-    path = Path(path)
-    users: list[str] = []
-    items: list[str] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            absent = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
-            if absent:
-                raise InvalidFileError(f"{path} has no {' or '.join(f'`{c}`' for c in absent)} column (found {preview(reader.fieldnames or [])}); "
-                                       "the first line must be a header naming user_id and item_id")
-            for row in reader:
-                user, item = (row.get("user_id") or "").strip(), (row.get("item_id") or "").strip()
-                if not user or not item:
-                    raise InvalidFileError(f"{path}:{reader.line_num}: empty {'user_id' if not user else 'item_id'}")
-                users.append(user)
-                items.append(item)
-    except FileNotFoundError:
-        raise InvalidFileError(f"pairs file {path} does not exist") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidFileError(f"{path} is not a readable UTF-8 CSV ({echo(str(exc))})") from None
+    users, items = read_csv_columns(path, PAIR_COLUMNS, "pairs file")
     return users, items
 
 
