@@ -91,6 +91,11 @@ class Dataset:
     fingerprint: str
 
     @classmethod
+    def coerce(cls, data: str | os.PathLike[str] | Dataset) -> Dataset:
+        """``data`` itself when it is a loaded data set, else the data set in the folder it names."""
+        return data if isinstance(data, Dataset) else cls.load(data)
+
+    @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Dataset:
         folder = Path(folder)
         digest = hashlib.sha256()

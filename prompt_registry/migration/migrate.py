@@ -122,7 +122,7 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     ``config.method`` (PUMA by default)."""
     config = config or MigrationConfig()
     method_class = get_method(config.method)
-    dataset = data if isinstance(data, Dataset) else Dataset.load(data)
+    dataset = Dataset.coerce(data)
     source_sets = resolve_sources(services, sources, task)
     target_info = services.models.get_model(target)
     if any(s.model == target for s in source_sets):

@@ -41,7 +41,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
     plan = services.plans.get_plan(plan_id)
     if resume and plan.status == "done":
         return plan  # resuming a finished plan (e.g. killed as it finished) has nothing left to do
-    dataset = data if isinstance(data, Dataset) else Dataset.load(data)
+    dataset = Dataset.coerce(data)
     run = services.runs.start_run("plan", model=plan.target, task=plan.task, config={"plan_id": plan.id, "steps": len(plan.steps),
                                                                                      "data": dataset.root, "alias": alias})
     current: dict[str, int | None] = dict(plan.inputs.get("graph", {}).get("sets", {}))

@@ -106,7 +106,7 @@ def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id:
     settings = worker or WorkerConfig()
     if plan_id is not None:
         services.plans.get_plan(plan_id)  # UnknownPlanError before any waiting
-    dataset = data if isinstance(data, Dataset) else Dataset.load(data)
+    dataset = Dataset.coerce(data)
     me = worker_token()
     started = time.monotonic()
     last_claim = started

@@ -91,7 +91,7 @@ class SetModel:
 
 
 def as_dataset(data: str | os.PathLike[str] | Dataset | None) -> Dataset | None:
-    return data if data is None or isinstance(data, Dataset) else Dataset.load(data)
+    return None if data is None else Dataset.coerce(data)
 
 
 def read_pairs_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:

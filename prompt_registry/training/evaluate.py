@@ -66,7 +66,7 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
     started = time.perf_counter()
     prompt_set = services.reads.get_set(ref)
     require_head(prompt_set, "evaluated")
-    dataset = data if isinstance(data, Dataset) else Dataset.load(data)
+    dataset = Dataset.coerce(data)
     test_fraction, valid_fraction = split_fractions(services, prompt_set.run_id, config)
     parts = dataset.split(test_fraction=test_fraction, valid_fraction=valid_fraction)
     rows = parts.part(split)

@@ -87,7 +87,7 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
                   evaluate_split: str | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train prompts for ``users`` (default: everyone in the data) of ``model`` on ``task``."""
     config = config or TrainConfig()
-    dataset = data if isinstance(data, Dataset) else Dataset.load(data)
+    dataset = Dataset.coerce(data)
     task_info = next((t for t in services.models.list_tasks() if t.name == task), None)
     if task_info is None:
         services.models.add_task(task, dataset.kind)  # raises UnknownTask-style errors for bad names
