@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .._util import echo
-from ..dtypes import SUPPORTED_DTYPES as SUPPORTED_DTYPES  # re-exported: the stores check a dtype against it
+from ..dtypes import SUPPORTED_DTYPES as SUPPORTED_DTYPES  # also re-exported for the stores and the CLI
 from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 
 DEFAULT_CHUNK_ROWS = 256
@@ -92,6 +92,13 @@ def check_key(key: str) -> str:
     if not _KEY_RE.match(key):
         raise InvalidArgumentError(f"invalid store key {echo(key)}: use letters, digits, '.', '_' or '-' (max 128)")
     return key
+
+
+def check_dtype(dtype: str) -> str:
+    """A dtype a store can create an array of (``SUPPORTED_DTYPES``)."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise InvalidArgumentError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+    return dtype
 
 
 def check_chunk_aligned(info: ArrayInfo, start: int, n: int, where: str) -> None:

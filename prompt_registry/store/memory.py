@@ -8,7 +8,7 @@ import numpy as np
 
 from .._forksafe import fresh_lock
 from ..errors import InvalidArgumentError, MissingDataError
-from .base import DEFAULT_CHUNK_ROWS, SUPPORTED_DTYPES, ArrayInfo, StoredObject, TensorStore, check_chunk_aligned, check_key, normalize_rows
+from .base import DEFAULT_CHUNK_ROWS, ArrayInfo, StoredObject, TensorStore, check_chunk_aligned, check_dtype, check_key, normalize_rows
 from .keys import check_catalog_id
 
 
@@ -37,8 +37,7 @@ class MemoryStore(TensorStore):
 
     def create_array(self, key, shape, dtype, chunk_rows=DEFAULT_CHUNK_ROWS):
         check_key(key)
-        if dtype not in SUPPORTED_DTYPES:
-            raise InvalidArgumentError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+        check_dtype(dtype)
         with self._lock:
             if key in self._arrays or key in self._blobs:
                 raise FileExistsError(f"{key!r} already exists in the {self.location} store")

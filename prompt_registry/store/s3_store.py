@@ -64,6 +64,7 @@ from .base import (
     TensorStore,
     binding_record,
     check_chunk_aligned,
+    check_dtype,
     check_key,
     normalize_rows,
     parse_binding,
@@ -249,8 +250,7 @@ class S3Store(TensorStore):
 
     def create_array(self, key, shape, dtype, chunk_rows=DEFAULT_CHUNK_ROWS):
         check_key(key)
-        if dtype not in SUPPORTED_DTYPES:
-            raise InvalidArgumentError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+        check_dtype(dtype)
         if self.exists(key):
             raise FileExistsError(f"{key!r} already exists in the store {self.location}")
         shape = tuple(int(s) for s in shape)

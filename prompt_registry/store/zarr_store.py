@@ -62,13 +62,13 @@ from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 from .base import (
     DEFAULT_CHUNK_ROWS,
     DIGEST_BYTES,
-    SUPPORTED_DTYPES,
     ArrayInfo,
     FileDamage,
     StoredObject,
     TensorStore,
     binding_record,
     check_chunk_aligned,
+    check_dtype,
     check_key,
     digest_matrix,
     normalize_rows,
@@ -302,8 +302,7 @@ class ZarrStore(TensorStore):
     # -- arrays -------------------------------------------------------------------------------
     def create_array(self, key, shape, dtype, chunk_rows=DEFAULT_CHUNK_ROWS):
         check_key(key)
-        if dtype not in SUPPORTED_DTYPES:
-            raise InvalidArgumentError(f"unsupported dtype {dtype!r}; use one of {SUPPORTED_DTYPES}")
+        check_dtype(dtype)
         if self.exists(key):
             raise FileExistsError(f"{key!r} already exists in the store {self.location}")
         shape = tuple(int(s) for s in shape)
