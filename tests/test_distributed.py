@@ -74,12 +74,17 @@ from prompt_registry.migration.selection import SelectionConfig
 config = MigrationConfig(distributed=world > 1, min_steps=60, warmup_steps=0, head_lr=1e-2, lr=3e-3, selection=SelectionConfig(budget=20))
 with Registry.open(reg_dir) as reg:
     result = reg.migrate(["bert16"], "bert24", "rate", data_dir, config=config, evaluate=False, progress=False)
+# then prompt training from scratch: the per-user table's sparse rows, synchronised by the loop
+with Registry.open(reg_dir) as reg:
+    trained = reg.train_prompts("bert24", "rate", data_dir, config=TrainConfig(epochs=6, lr=1e-2, head_lr=1e-2, batch_size=16,
+                                                                             distributed=world > 1), progress=False, alias="trained")
 if int(os.environ.get("RANK", "0")) == 0:
     with open(out, "w") as fh:
         json.dump({"losses": losses, "weight": provider.lin.weight.detach().flatten().tolist(), "history": loop.state.history,
                    "examples": ledger.examples_seen, "best_epoch": loop.state.best_epoch, "world": ledger.extra.get("world_size", 1),
-                   "migration": {"adapter": result.adapter.id, "run": result.run.id, "set": result.set.id}}, fh)
-elif result.set.id is None:
+                   "migration": {"adapter": result.adapter.id, "run": result.run.id, "set": result.set.id},
+                   "trained": {"set": trained.set.id, "run": trained.run.id, "head": trained.head_id}}, fh)
+elif result.set.id is None or trained.set.id is None or trained.run.status != "succeeded":
     raise SystemExit("a follower rank got no set back")
 if world > 1:
     dist.destroy_process_group()
@@ -124,7 +129,8 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(t
     assert two["best_epoch"] == one["best_epoch"]
     # the migration: rank 0 stored one adapter, one set and one run, whose fit matches the single process's
     with Registry.open(tmp_path / "reg") as reg, Registry.open(tmp_path / "reg-one") as ref:
-        assert len(reg.list_artifacts(kind="adapter")) == 1 and len(reg.list_sets(model="bert24")) == 1
+        assert len(reg.list_artifacts(kind="adapter")) == 1
+        assert [s.id for s in reg.list_sets(model="bert24") if s.run_id == two["migration"]["run"]] == [two["migration"]["set"]]
         ranked, single = reg.get_run(two["migration"]["run"]), ref.get_run(one["migration"]["run"])
         assert ranked.status == "succeeded" and ranked.cost["world_size"] == 2 and "world_size" not in single.cost
         _, fitted_2 = reg.load_artifact(two["migration"]["adapter"])
@@ -138,6 +144,24 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(t
         assert h2["step"] == h1["step"] and h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
         assert h2["valid_rmse"] == pytest.approx(h1["valid_rmse"], rel=1e-4)
     assert ranked.examples_seen == single.examples_seen  # every rank's rows counted, once
+    # prompt training: every user's prompt row and the head as one process trains them
+    with Registry.open(tmp_path / "reg") as reg, Registry.open(tmp_path / "reg-one") as ref:
+        assert len(reg.list_sets(model="bert24")) == 2 and reg.get_set("bert24/rate@trained").id == two["trained"]["set"]
+        t2, t1 = reg.get_run(two["trained"]["run"]), ref.get_run(one["trained"]["run"])
+        assert t2.cost["world_size"] == 2 and t2.examples_seen == t1.examples_seen and t2.forward_tokens == t1.forward_tokens
+        users = reg.get_set(two["trained"]["set"]).n_users
+        names = reg.list_set_users(two["trained"]["set"])
+        assert names == ref.list_set_users(one["trained"]["set"])
+        p2 = reg.get_prompts(names, set=two["trained"]["set"]).numpy()
+        p1 = ref.get_prompts(names, set=one["trained"]["set"]).numpy()
+        _, head_2 = reg.load_artifact(two["trained"]["head"])
+        _, head_1 = ref.load_artifact(one["trained"]["head"])
+    assert users == 30 and p1.shape == p2.shape == (30, 1, 24)
+    np.testing.assert_allclose(p2, p1, rtol=1e-3, atol=1e-5)
+    for name in head_1:
+        np.testing.assert_allclose(head_2[name].numpy(), head_1[name].numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+    v1, v2 = ([h["valid_rmse"] for h in t.cost["results"]["history"]] for t in (t1, t2))
+    assert v2 == pytest.approx(v1, rel=1e-4) and v1[-1] < v1[0]  # the same validation curve, and it learned
     print(f"2 gloo ranks vs 1 process: {len(a)} loop steps, max relative loss gap {gap.max():.2e}, loss {a[:20].mean():.4f} -> "
           f"{a[-20:].mean():.4f}; migration validations {[round(h['valid_rmse'], 5) for h in hist_2]}")
 
@@ -151,3 +175,27 @@ def test_distributed_outside_torchrun_says_how_to_start_it(tmp_path):
     result = CliRunner(env=env).invoke(main, ["--registry", str(tmp_path / "reg"), "migrate", "run", "--from", "a", "--to", "b", "--task", "t",
                                               "--data", str(tmp_path), "--distributed"])
     assert result.exit_code != 0 and "torchrun" in result.output, result.output
+    result = CliRunner(env=env).invoke(main, ["--registry", str(tmp_path / "reg"), "prompt", "train", "--model", "a", "--task", "t",
+                                              "--data", str(tmp_path), "--distributed"])
+    assert result.exit_code != 0 and "torchrun" in result.output, result.output
+    result = CliRunner(env=env).invoke(main, ["--registry", str(tmp_path / "reg"), "prompt", "train", "--model", "a", "--task", "t",
+                                              "--data", str(tmp_path), "--distributed", "--resume"])
+    assert result.exit_code != 0 and "does not resume" in result.output, result.output
+
+
+def test_train_config_distributed_needs_a_process_group(tmp_path):
+    from prompt_registry import Registry
+    from prompt_registry.data.synthetic import make_synthetic
+    from prompt_registry.errors import InvalidArgumentError
+    from prompt_registry.testing.models import build_tiny_bert
+    from prompt_registry.training.config import TrainConfig
+
+    data = make_synthetic(tmp_path / "data", n_users=4, n_items=5, per_user=4, seed=1)
+    with Registry.init(tmp_path / "reg") as reg:
+        reg.register_model("m", build_tiny_bert(tmp_path / "m", hidden_size=16, seed=1))
+        for config, resume, says in ((TrainConfig(distributed=True), False, "process group"),
+                                     (TrainConfig(distributed=True), True, "does not resume"),
+                                     (TrainConfig(distributed=True, freeze_prompts=True), False, "one process")):
+            with pytest.raises(InvalidArgumentError, match=says):
+                reg.train_prompts("m", "rate", data, config=config, resume=resume, progress=False)
+        assert reg.list_runs() == [] and reg.list_sets() == []  # refused before anything was recorded

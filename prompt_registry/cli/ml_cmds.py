@@ -58,19 +58,31 @@ def _result_rows(metrics: dict) -> list[dict]:
 @click.option("--resume", is_flag=True, help="Continue from this configuration's checkpoint after a crash.")
 @click.option("--alias", help="Point this alias at the new set.")
 @click.option("--eval/--no-eval", "evaluate", default=True, show_default=True, help="Evaluate on the test split afterwards.")
+@click.option("--distributed", is_flag=True, help="Under torchrun: every rank trains on its share of each batch (gloo on CPU, NCCL "
+              "on GPU), rank 0 stores the set and prints the result.")
 @json_option
 @pass_ctx
 def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file: str | None, epochs: int, lr: float,
                  head_lr: float, batch_size: int, prompt_len: int, history_len: int, item_prior: bool | None,
                  candidate_scoring: bool | None, seed: int, device: str, resume: bool, alias: str | None, evaluate: bool,
-                 as_json: bool) -> None:
+                 distributed: bool, as_json: bool) -> None:
     """Train every user's prompt (and the task head) from scratch on a frozen model."""
+    rank = 0
+    if distributed:
+        if resume:
+            raise click.UsageError("--distributed does not resume (a checkpoint is one process's): rerun the training")
+        from prompt_registry.training.distributed import join_from_env
+
+        rank = join_from_env(device)[0]
     config = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, prompt_len=prompt_len,
-                         history_len=history_len, item_prior=item_prior, candidate_scoring=candidate_scoring, seed=seed)
+                         history_len=history_len, item_prior=item_prior, candidate_scoring=candidate_scoring, seed=seed,
+                         distributed=distributed)
     result = obj.registry.train_prompts(
         model, task, data_dir, users=read_users_csv(users_file) if users_file else None, config=config,
-        device=device, resume=resume, alias=alias, progress=not as_json, evaluate_split="test" if evaluate else None,
+        device=device, resume=resume, alias=alias, progress=not as_json and rank == 0, evaluate_split="test" if evaluate else None,
     )
+    if rank != 0:
+        return  # rank 0 reports
     run = result.run
     summary = {
         "set": result.set.to_dict(), "head_id": result.head_id, "best_epoch": result.best_epoch,

@@ -53,6 +53,9 @@ class TrainConfig:
     # candidate scoring: the head also scores the match of the user (the hidden state at the prompt
     # slot) and the candidate (the text after it) in a learned low-rank space. None: as item_prior
     candidate_scoring: bool | None = None
+    # data parallel under torchrun (``train_prompts``): every rank trains on its share of each
+    # global batch, rank 0 stores the set and the run
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         checks = [

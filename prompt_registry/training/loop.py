@@ -14,6 +14,12 @@ single process on the same global batch would (up to float summation order; the 
 the global batch's). Validation runs on every rank over all validation rows (the same numbers, so
 every rank keeps the same best epoch and stops together); only rank 0 writes checkpoints. The
 state sums the ranks' training tokens when the fit ends; validation tokens are counted once.
+
+A per-user prompt table (sparse embedding rows, ``PromptTable``) stays out of DDP: a dense
+all-reduce would move the whole table every step. Every rank holds the table (rank 0's, broadcast
+once) and knows the global batch, so after the backward pass the loop all-reduces only the rows of
+the global batch's users (at most ``batch_size`` rows) and averages them as DDP averages the head's
+gradients: every rank's table takes the same sparse step a single process would take.
 """
 
 from __future__ import annotations
@@ -164,14 +170,23 @@ class _Objective(nn.Module):
     """Provider and head as one module, for ``DistributedDataParallel``; the frozen backbone is held
     outside the module tree (it is not synchronised or broadcast)."""
 
-    def __init__(self, encoder: PromptEncoder, provider: nn.Module, head: TaskHead) -> None:
+    def __init__(self, encoder: PromptEncoder, provider: nn.Module, head: TaskHead, *, provider_outside: bool = False) -> None:
         super().__init__()
-        self.provider, self.head = provider, head
+        self.head = head
         self.__dict__["encoder"] = encoder  # not a submodule
+        if provider_outside:  # sparse prompt rows: the loop synchronises their gradients itself
+            self.__dict__["provider"] = provider
+        else:
+            self.provider = provider
 
     def forward(self, index: torch.Tensor, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         loss, _ = self.head.loss(self.__dict__["encoder"].features(self.provider(index), batch), labels)
         return loss
+
+
+def sparse_rows(module: nn.Module) -> list[nn.Parameter]:
+    """The trainable weights of ``module``'s sparse embeddings (per-user prompt rows)."""
+    return [m.weight for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse and m.weight.requires_grad]  # type: ignore[misc]
 
 
 def _process_group() -> tuple[int, int]:
@@ -201,10 +216,20 @@ class TrainingLoop:
         self.state = LoopState()
         self.rank, self.world = _process_group() if config.distributed else (0, 1)
         self._objective: nn.Module | None = None
+        self._rows: list[nn.Parameter] = []
         if config.distributed:
+            import torch.distributed as dist
             from torch.nn.parallel import DistributedDataParallel
 
-            objective = _Objective(encoder, provider, head)
+            self._rows = sparse_rows(provider)
+            dense = [p for p in provider.parameters() if p.requires_grad and all(p is not r for r in self._rows)]
+            if self._rows and dense:
+                raise InvalidArgumentError("a provider with both sparse prompt rows and dense weights cannot train data parallel: "
+                                           "keep the dense part in the head, or train in one process")
+            for weight in self._rows:
+                with torch.no_grad():
+                    dist.broadcast(weight.data, src=0)  # every rank starts from rank 0's table
+            objective = _Objective(encoder, provider, head, provider_outside=bool(self._rows))
             self._objective = DistributedDataParallel(objective, find_unused_parameters=True)  # broadcasts rank 0's weights
         self.best_provider = cpu_state(provider)
         self.best_head = cpu_state(head)
@@ -261,7 +286,7 @@ class TrainingLoop:
 
     def step(self, positions: np.ndarray) -> float:
         """One optimizer step on the global batch ``positions``; returns its mean loss."""
-        n_global = len(positions)
+        n_global, everyone = len(positions), positions
         if self.world > 1 and n_global >= self.world:
             positions = positions[self.rank :: self.world]  # this rank's share; DDP averages the gradients
         batch = self.encoder.collate([self.train.suffix_ids[p] for p in positions], self.train.prior_of(positions))
@@ -275,6 +300,8 @@ class TrainingLoop:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self._rows:
+            self._average_rows(everyone)
         for opt in self.optimizers.values():
             opt.step()
         for sched in self.schedulers.values():
@@ -292,6 +319,22 @@ class TrainingLoop:
             dist.all_reduce(total)  # the global batch's mean loss, the same on every rank
             return float(total.item()) / (n_global if n_global >= self.world else n_global * self.world)
         return float(value)
+
+    def _average_rows(self, positions: np.ndarray) -> None:
+        """The sparse rows' gradients averaged over the ranks, as DDP averages dense ones: only the
+        rows of the global batch's users move (every rank knows them: it walks the same order)."""
+        import torch.distributed as dist
+
+        device = self._rows[0].device
+        users = torch.as_tensor(np.unique(self.train.user_index[positions]), device=device)
+        for weight in self._rows:
+            block = torch.zeros(len(users), weight.shape[1], dtype=weight.dtype, device=device)
+            if weight.grad is not None:
+                grad = weight.grad.coalesce()
+                block.index_add_(0, torch.searchsorted(users, grad.indices()[0]), grad.values())
+            dist.all_reduce(block)
+            block /= self.world
+            weight.grad = torch.sparse_coo_tensor(users.unsqueeze(0), block, weight.shape).coalesce()
 
     def validate(self) -> dict[str, float]:
         if not len(self.valid):

@@ -28,7 +28,7 @@ from ..backbones.prompting import PromptEncoder
 from ..core.services import Services
 from ..data.dataset import Dataset, Split
 from ..entities import Artifact, TrainResult
-from ..errors import ConflictError
+from ..errors import ConflictError, InvalidArgumentError
 from .config import TrainConfig
 from .examples import Examples, build_examples, item_priors, user_histories
 from .headfit import HeadFitConfig, cached_features, fit_head
@@ -78,15 +78,21 @@ def loop_config(config: TrainConfig) -> LoopConfig:
     return LoopConfig(epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                       seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience,
                       min_steps=config.min_steps, warmup_steps=config.warmup_steps, schedule=config.schedule,
-                      final_lr=config.final_lr, valid_every=config.valid_every)
+                      final_lr=config.final_lr, valid_every=config.valid_every, distributed=config.distributed)
 
 
 def train_prompts(services: Services, model: str, task: str, data: str | os.PathLike[str] | Dataset, *, users: Sequence[str] | None = None,
                   config: TrainConfig | None = None, device: str = "auto", checkpoint_dir: str | os.PathLike[str] | None = None,
                   resume: bool = False, progress: bool = True, alias: str | None = None,
                   evaluate_split: str | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
-    """Train prompts for ``users`` (default: everyone in the data) of ``model`` on ``task``."""
+    """Train prompts for ``users`` (default: everyone in the data) of ``model`` on ``task``.
+
+    With ``config.distributed`` (under torchrun), every rank prepares the same examples and table
+    and trains data parallel (``training.loop``); rank 0 alone records the run, stores the head and
+    the set, moves the alias and evaluates, then tells the other ranks what it stored, which they
+    read back (their result has no evaluation)."""
     config = config or TrainConfig()
+    rank = _rank(config, resume)
     dataset = Dataset.coerce(data)
     task_info = next((t for t in services.models.list_tasks() if t.name == task), None)
     if task_info is None:
@@ -100,8 +106,8 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
     backbone = load_backbone(info, device=device)
     key = checkpoint_key(info.fingerprint, task, dataset.fingerprint, train_users, config.to_dict())
     checkpoint = Path(checkpoint_dir or services.ctx.scratch_dir() / "checkpoints") / f"train-{key}.safetensors"
-    if not resume and checkpoint.exists():
-        checkpoint.unlink()  # a fresh run must not silently continue an old one
+    if not resume:
+        checkpoint.unlink(missing_ok=True)  # a fresh run must not silently continue an old one (every rank may try)
     template = config.template_obj()
     encoder = PromptEncoder(backbone, template, config.prompt_len, task_info.kind, config.max_length,
                             item_prior=config.uses_item_prior(task_info.kind), scoring=config.uses_scoring(task_info.kind))
@@ -117,6 +123,9 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
         schedulers={}, task_kind=task_info.kind, checkpoint=checkpoint, steps_hint=f"train {model}/{task}",
     )
     resumed = loop.restore() if resume else False
+    if rank != 0:  # a follower rank: train with the others, store nothing, return what rank 0 stored
+        loop.fit(False, on_step)
+        return _follower_result(services)
     run_config = {**config.to_dict(), "data": dataset.root, "data_fingerprint": dataset.fingerprint,
                   "model_fingerprint": info.fingerprint, "n_users": len(train_users),
                   "n_train": len(train), "n_valid": len(valid), "device": backbone.device,
@@ -136,7 +145,11 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
                                        results={"best_epoch": loop.state.best_epoch, "history": loop.state.history})
     except BaseException as exc:
         services.runs.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device), error=f"{type(exc).__name__}: {exc}")
+        if config.distributed:
+            _tell_followers([-1, -1, -1])  # the followers wait on rank 0's ids: say there are none
         raise
+    if config.distributed:
+        _tell_followers([prompt_set.id, head_artifact.id, finished.id])
     checkpoint.unlink(missing_ok=True)
     evaluation = None
     if evaluate_split is not None:
@@ -144,6 +157,43 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
 
         evaluation = evaluate_set(services, prompt_set.id, dataset, split=evaluate_split, config=config, device=device, backbone=backbone)
     return TrainResult(prompt_set, head_artifact.id, finished, loop.state.best_epoch, loop.state.history, evaluation)
+
+
+def _rank(config: TrainConfig, resume: bool) -> int:
+    if not config.distributed:
+        return 0
+    if resume:
+        raise InvalidArgumentError("distributed training does not resume (a checkpoint is one process's): rerun it")
+    if config.freeze_prompts:
+        raise InvalidArgumentError("freeze_prompts fits the head on cached features in one pass: run it in one process, "
+                                   "without distributed")
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InvalidArgumentError("TrainConfig(distributed=True) needs an initialised torch.distributed process group: run under "
+                                   "torchrun (`prompt train --distributed`), or call torch.distributed.init_process_group first")
+    return dist.get_rank()
+
+
+def _tell_followers(ids: list[int]) -> None:
+    """Rank 0 sends the ids it stored (set, head, run; -1: none) to every rank."""
+    import torch.distributed as dist
+
+    dist.broadcast(torch.tensor(ids, dtype=torch.int64), src=0)
+
+
+def _follower_result(services: Services) -> TrainResult:
+    """On a rank other than 0: wait for rank 0's ids and read back what it stored."""
+    import torch.distributed as dist
+
+    ids = torch.full((3,), -1, dtype=torch.int64)
+    dist.broadcast(ids, src=0)
+    set_id, head_id, run_id = ids.tolist()
+    if set_id < 0:
+        raise ConflictError("rank 0 failed after the data-parallel training; its run says why (`prompt-registry run list`)")
+    run = services.runs.get_run(run_id)
+    return TrainResult(services.reads.get_set(set_id), head_id, run, int(run.cost.get("results", {}).get("best_epoch", -1)),
+                       list(run.cost.get("results", {}).get("history", [])), None)
 
 
 def _fit_head_only(loop: TrainingLoop, encoder: PromptEncoder, table: PromptTable, config: TrainConfig) -> None:
