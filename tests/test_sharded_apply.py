@@ -130,6 +130,33 @@ def test_bad_shards_are_refused(tmp_path):
     reg.close()
 
 
+@pytest.mark.registry
+def test_a_shard_refuses_unknown_and_deleted_users_before_writing_bytes(backend, tmp_path):
+    """The shard's user check counts in the database (no row per user); what it refuses it names."""
+    reg = pr.Registry.init(backend[0], store=backend[1])
+    reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))
+    reg.add_task("rate", "rating")
+    users = user_ids(600)
+    reg.add_users(users[:-1])  # the last user is unknown
+    arrays_before = {o.key for o in reg.store.list_objects()}
+
+    def write(shard):
+        return reg._s.writes.write_prompt_shard("a", "rate", users, lambda a, b: prompts(b - a, 16), prompt_len=1, key="cd" * 16,
+                                                shard=shard, n_shards=2)
+
+    with pytest.raises(pr.UnknownUserError, match=f"not registered: .*{users[-1]}"):
+        write(1)  # the range holding the unknown user
+    assert {o.key for o in reg.store.list_objects()} == arrays_before  # refused before any byte was written
+    assert write(0).missing == (1,)  # the other range is fine
+    reg.add_users(users[-1:])
+    reg.purge_user(users[-2], reason="test")
+    with pytest.raises(pr.UnknownUserError, match=f"{users[-2]}.* deleted"):
+        write(1)
+    shard_1 = {o.key for o in reg.store.list_objects() if o.key.startswith("shard-")}
+    assert len(shard_1) == 1 and reg.list_sets(model="a") == []  # only shard 0's digests; no set
+    reg.close()
+
+
 CHILD = """
 import os, signal, sys
 from prompt_registry import Registry

@@ -22,7 +22,7 @@ from .. import fileio, validation
 from .._context import Context
 from .._util import preview
 from ..db import lookups, mappers
-from ..db.bulk import insert_prompt_rows, users_json
+from ..db.bulk import count_active_users, insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
 from ..db.schema import BaseModelRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow
 from ..dtypes import BFLOAT16, from_torch, is_float
@@ -391,11 +391,9 @@ class SetWriter:
         with read_session(self.ctx.engine) as session:
             model_row = lookups.model_row(session, model)
             lookups.task_row(session, task)
-            known = lookups.user_ids(session, mine_users, active_only=True)
             width = model_row.hidden_size
-        if len(known) < len(mine_users):
-            missing_users = [u for u in mine_users if u not in known]
-            raise UnknownUserError(f"{len(missing_users)} user(s) are not registered: {preview(missing_users)}; add them first")
+            if count_active_users(session.connection(), mine_users) < len(mine_users):  # users are distinct (checked above)
+                self._raise_unusable_users(session, mine_users)
         store, store_key, shape = self.ctx.store, keys.new_key(self.ctx.catalog_id, "set", key), (len(user_ids), prompt_len, width)
         try:
             store.create_array(store_key, shape, dtype, DEFAULT_CHUNK_ROWS)
