@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(previous.read_text())
         for section in args.skip:
             if section in old:
-                report[section] = {**old[section], "from_run": old.get("started")}
+                report[section] = {**old[section], "from_run": old[section].get("from_run", old.get("started"))}  # the run that measured it
     c = report.get("catalogue", {})
     report["apply_speedup_2proc"] = report.get("apply", {}).get("speedup_2proc")
     report["audit_user_p99_ms_10m"] = c.get("user_history", {}).get("p99_ms") if c.get("users") == 10_000_000 else None
