@@ -16,7 +16,7 @@ from prompt_registry.fileio import read_users_csv
 from prompt_registry.migration.base import available_methods
 from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.puma.adapter import KINDS
-from prompt_registry.migration.puma.config import PumaConfig
+from prompt_registry.migration.puma.config import INITS, PumaConfig
 from prompt_registry.migration.puma.selection import ALLOCATIONS, METHODS, SelectionConfig
 from prompt_registry.serving import MISSING, ReaderConfig
 from prompt_registry.training.config import TrainConfig
@@ -209,6 +209,8 @@ def migrate() -> None:
 @click.option("--epochs", type=int, help=f"Adapter epochs (PUMA default {_PUMA.epochs}; --min-steps may add more).")
 @click.option("--lr", type=float, help=f"Adapter learning rate (PUMA default {_PUMA.lr:g}).")
 @click.option("--phi", type=click.Choice(KINDS), help=f"PUMA's adapter: {', '.join(KINDS)} (default {_PUMA.phi}).")
+@click.option("--phi-init", type=click.Choice(INITS), help=f"How PUMA's adapter starts: random, or tokens (the ridge map between the "
+              f"models' embeddings of their shared tokens; linear-family --phi only). Default {_PUMA.init}.")
 @click.option("--min-steps", type=int, default=_MIGRATION.min_steps, show_default=True, help="Optimizer steps at least, whatever the epochs.")
 @click.option("--warmup-steps", type=int, default=_MIGRATION.warmup_steps, show_default=True)
 @click.option("--head-lr", type=float, default=_MIGRATION.head_lr, show_default=True)
@@ -240,6 +242,7 @@ def migrate() -> None:
 def migrate_run(obj: Context, sources: str | None, target: str | None, task: str | None, plan_id: int | None, dry_run: bool, data_dir: str,
                 method: str, budget: float | None, selection: str,
                 clusters: int | None, min_per_cluster: int, allocation: str, epochs: int | None, lr: float | None, phi: str | None,
+                phi_init: str | None,
                 min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
                 validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, coverage: str,
                 cold_start: str, seed: int, device: str,
@@ -268,7 +271,8 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
 
         rank = join_from_env(device)[0]
     config = MigrationConfig(
-        distributed=distributed, method=method, method_config={"phi": phi} if phi else None,
+        distributed=distributed, method=method,
+        method_config={k: v for k, v in (("phi", phi), ("init", phi_init)) if v is not None} or None,
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,
         min_steps=min_steps, warmup_steps=warmup_steps, validate_on=validate_on, head_refit=not no_head_refit,
         refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, coverage=coverage, cold_start=cold_start, seed=seed,

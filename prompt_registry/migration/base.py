@@ -52,6 +52,9 @@ The contract, step by step:
    fit is the sum of the ledgers of every loop it built plus ``ctx.extra_forward_tokens`` (forward
    passes outside a loop, e.g. choosing a regulariser). After ``fit`` the orchestration refits the
    head on every candidate's training rows from cached features of the mapped prompts.
+   ``ctx.token_tables()`` (when not None) gives the source models' and the target's vocabularies
+   and input embeddings, loaded on first call (``alignment``: a start for a map, no forward pass);
+   what the method did with them goes in ``ctx.init`` (recorded in the run's ledger).
 4. ``map(*sources)`` must be deterministic (eval mode, no gradients): mapping is resumable and
    idempotent only if the same inputs give the same bytes.
 5. ``tensors()`` and ``restore(config, spec, tensors)`` are symmetric: ``restore`` of what
@@ -66,7 +69,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
     from ..backbones.loader import Backbone
     from ..backbones.prompting import PromptEncoder
     from ..training.examples import Examples
+    from .alignment import TokenTable
 
 LEGACY_METHOD = "puma"  # what an adapter artifact without a recorded method was trained with
 
@@ -150,6 +154,10 @@ class FitContext:
     prefit: dict[str, Any] = dataclasses.field(default_factory=dict)  # what prefit_head did
     loops: list[TrainingLoop] = dataclasses.field(default_factory=list)  # built so far (their ledgers add up to the fit's cost)
     distributed: bool = False  # every loop trains data parallel over the torch.distributed process group
+    # the source models' and the target's vocabularies and input embeddings (``alignment``), loaded
+    # when a method first asks for them; None where the caller offers none
+    token_tables: Callable[[], tuple[list[TokenTable], TokenTable]] | None = None
+    init: dict[str, Any] = dataclasses.field(default_factory=dict)  # how the method started its map, for the ledger
 
     def loop_config(self, epochs: int, schedule: str = "constant") -> LoopConfig:
         return LoopConfig(epochs=epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size, seed=self.seed,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..backbones.heads import TaskHead
-from ..backbones.loader import load_backbone, resolve_device
+from ..backbones.loader import Backbone, load_backbone, resolve_device
 from ..backbones.prompting import PromptEncoder
 from ..core.services import Services
 from ..data.dataset import Dataset
@@ -34,6 +34,7 @@ from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run, Sh
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
 from ..training.loop import TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
+from .alignment import TokenTable
 from .base import FitContext, MappingSpec, MigrationMethod, artifact_config, get_method, load_method
 from .config import MigrationConfig
 from .coverage import MEAN_KEY, candidate_tables, gather, plan_coverage, stored_means
@@ -174,7 +175,8 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
                          checkpoint_every=config.checkpoint_every, patience=config.patience, checkpoint=checkpoint,
                          resume=resume, progress=progress, min_steps=min_steps, warmup_steps=min(config.warmup_steps, min_steps // 5),
                          final_lr=config.final_lr, valid_every=config.valid_every, head_prefit=config.head_prefit,
-                         steps_hint=f"adapter -> {target}", distributed=config.distributed)
+                         steps_hint=f"adapter -> {target}", distributed=config.distributed,
+                         token_tables=lambda: _token_tables(services, source_sets, backbone))
     rank = _rank(config)
     if rank != 0:  # a follower rank: fit with the others (data parallel), store nothing, return what rank 0 stored
         method.fit(context)
@@ -244,6 +246,17 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
                            cover.summary())
 
 
+def _token_tables(services: Services, source_sets: Sequence[PromptSet], target: Backbone) -> tuple[list[TokenTable], TokenTable]:
+    """The sources' and the target's vocabularies and input embeddings (each source model loaded
+    on the CPU for its embedding rows, then let go)."""
+    tables = []
+    for s in source_sets:
+        model = load_backbone(services.models.get_model(s.model), device="cpu")
+        tables.append(TokenTable.of(model.tokenizer, model.model.get_input_embeddings().weight))
+        del model
+    return tables, TokenTable.of(target.tokenizer, target.model.get_input_embeddings().weight)
+
+
 def _rank(config: MigrationConfig) -> int:
     if not config.distributed:
         return 0
@@ -300,6 +313,8 @@ def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRef
     parts: dict[str, Any] = {"fit": {"token_passes": sum(s.forward_tokens + s.backward_tokens for s in states) + ctx.extra_forward_tokens,
                                      "steps": sum(s.global_step for s in states), "loops": len(states)},
                              "head_prefit": ctx.prefit, "head_refit": {"token_passes": refit.forward_tokens, **refit.summary}}
+    if ctx.init:
+        parts["phi_init"] = ctx.init  # how the map started (no token-passes: no forward pass)
     if refinement is not None:
         r = refinement.state
         forward, backward = forward + r.forward_tokens, backward + r.backward_tokens

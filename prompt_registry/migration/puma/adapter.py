@@ -140,6 +140,29 @@ class Phi(nn.Module):
             out = out * self.log_scale.exp()
         return out
 
+    def init_from_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start the map at the affine map ``x @ weight.T + bias`` (``alignment.token_map``):
+        ``linear`` and ``linear+mlp`` take it as is (the residual stays zero), ``lowrank`` its best
+        rank-``rank`` approximation (truncated SVD, the singular values split between the factors)."""
+        kind = self.config.kind
+        if kind == "mlp":
+            raise InvalidArgumentError("the mlp adapter has no affine map to start from: init='tokens' needs phi linear, lowrank "
+                                       "or linear+mlp")
+        expected = (self.config.target_width, self.config.input_width)
+        if tuple(weight.shape) != expected or tuple(bias.shape) != (expected[0],):
+            raise InvalidArgumentError(f"an affine map of shape {tuple(weight.shape)} cannot start an adapter {expected[1]} -> {expected[0]}")
+        with torch.no_grad():
+            if kind == "lowrank":
+                u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+                r = self.down.weight.shape[0]
+                root = s[:r].sqrt()
+                self.up.weight.copy_((u[:, :r] * root).to(self.up.weight.dtype))
+                self.down.weight.copy_((root[:, None] * vh[:r]).to(self.down.weight.dtype))
+                self.up.bias.copy_(bias)
+            else:
+                self.linear.weight.copy_(weight)
+                self.linear.bias.copy_(bias)
+
     def init_output_scale(self, *sources: torch.Tensor) -> None:
         """Set the learned output scale so that mapped prompts of ``sources`` have, on average, the
         target's token-embedding norm (a data-dependent start; training then moves it)."""

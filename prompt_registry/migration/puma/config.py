@@ -8,6 +8,8 @@ from ...errors import InvalidArgumentError
 from ..base import MethodConfig
 from .adapter import KINDS, AdapterConfig, Phi
 
+INITS = ("random", "tokens")
+
 
 @dataclasses.dataclass(frozen=True)
 class PumaConfig(MethodConfig):
@@ -40,6 +42,10 @@ class PumaConfig(MethodConfig):
     phi: str = "lowrank"  # the map: lowrank, linear, mlp (the paper's), linear+mlp (adapter.py); see the class docstring
     rank: int = 32  # lowrank only
     output_scale: bool = True  # a learned output scale, initialised to the target's token norm
+    # how the map starts: "random" (PyTorch's initialisation), or "tokens": the ridge map from the
+    # sources' to the target's embeddings of the tokens their vocabularies share (``alignment.py``;
+    # linear-family phi only), fitted before training without a forward pass
+    init: str = "random"
 
     def __post_init__(self) -> None:
         checks = [
@@ -49,6 +55,8 @@ class PumaConfig(MethodConfig):
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.phi in KINDS, f"phi must be one of {', '.join(KINDS)}"),
             (self.rank >= 1, "rank must be >= 1"),
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
+            (self.init != "tokens" or self.phi != "mlp", "init='tokens' starts an affine map: use phi linear, lowrank or linear+mlp"),
         ]
         for ok, message in checks:
             if not ok:

@@ -41,6 +41,8 @@ class PumaMethod(MigrationMethod[PumaConfig]):
     def fit(self, ctx: FitContext) -> TrainingLoop:
         config = self.config
         provider = MappedPrompts(self.phi, ctx.sources)
+        if config.init == "tokens":
+            self._init_from_tokens(ctx)
         self.phi.init_output_scale(*[t[torch.as_tensor(ctx.selected, device=t.device)] for t in ctx.sources])
         provider.eval()
         ctx.prefit_head(provider)  # the head learns item effects first, from the map as initialised
@@ -51,6 +53,19 @@ class PumaMethod(MigrationMethod[PumaConfig]):
         loop.fit(ctx.progress)
         loop.use_best()
         return loop
+
+    def _init_from_tokens(self, ctx: FitContext) -> None:
+        """Start Phi at the ridge map between the models' embeddings of their shared tokens."""
+        from ...errors import InvalidArgumentError
+        from ..alignment import token_map
+
+        if ctx.token_tables is None:
+            raise InvalidArgumentError("init='tokens' needs the models' vocabularies and embeddings, which this caller does not offer")
+        sources, target = ctx.token_tables()
+        fitted = token_map(sources, target, seed=ctx.seed)
+        device = next(self.phi.parameters()).device
+        self.phi.init_from_map(fitted.weight.to(device), fitted.bias.to(device))
+        ctx.init = {"kind": "tokens", **{k: v for k, v in fitted.summary.items() if k != "valid_mse_by_lambda"}}
 
     def map(self, *sources: torch.Tensor) -> torch.Tensor:
         self.phi.eval()
