@@ -74,9 +74,10 @@ from prompt_registry.migration.selection import SelectionConfig
 config = MigrationConfig(distributed=world > 1, min_steps=60, warmup_steps=0, head_lr=1e-2, lr=3e-3, selection=SelectionConfig(budget=20))
 with Registry.open(reg_dir) as reg:
     result = reg.migrate(["bert16"], "bert24", "rate", data_dir, config=config, evaluate=False, progress=False)
-# then prompt training from scratch: the per-user table's sparse rows, synchronised by the loop
+# then prompt training from scratch: the per-user table's sparse rows, synchronised by the loop (on a
+# task that does not exist yet: rank 0 creates it)
 with Registry.open(reg_dir) as reg:
-    trained = reg.train_prompts("bert24", "rate", data_dir, config=TrainConfig(epochs=6, lr=1e-2, head_lr=1e-2, batch_size=16,
+    trained = reg.train_prompts("bert24", "stars", data_dir, config=TrainConfig(epochs=6, lr=1e-2, head_lr=1e-2, batch_size=16,
                                                                              distributed=world > 1), progress=False, alias="trained")
 if int(os.environ.get("RANK", "0")) == 0:
     with open(out, "w") as fh:
@@ -146,7 +147,7 @@ def test_two_gloo_ranks_take_the_steps_of_one_process_on_the_same_global_batch(t
     assert ranked.examples_seen == single.examples_seen  # every rank's rows counted, once
     # prompt training: every user's prompt row and the head as one process trains them
     with Registry.open(tmp_path / "reg") as reg, Registry.open(tmp_path / "reg-one") as ref:
-        assert len(reg.list_sets(model="bert24")) == 2 and reg.get_set("bert24/rate@trained").id == two["trained"]["set"]
+        assert len(reg.list_sets(model="bert24")) == 2 and reg.get_set("bert24/stars@trained").id == two["trained"]["set"]
         t2, t1 = reg.get_run(two["trained"]["run"]), ref.get_run(one["trained"]["run"])
         assert t2.cost["world_size"] == 2 and t2.examples_seen == t1.examples_seen and t2.forward_tokens == t1.forward_tokens
         users = reg.get_set(two["trained"]["set"]).n_users

@@ -95,8 +95,13 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
     rank = _rank(config, resume)
     dataset = Dataset.coerce(data)
     task_info = next((t for t in services.models.list_tasks() if t.name == task), None)
-    if task_info is None:
+    if task_info is None and rank == 0:
         services.models.add_task(task, dataset.kind)  # raises UnknownTask-style errors for bad names
+    if config.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # a new task exists (rank 0 made it) before any rank reads it
+    if task_info is None:
         task_info = next(t for t in services.models.list_tasks() if t.name == task)
     if task_info.kind != dataset.kind:
         raise ConflictError(f"task {echo(task)} is a {task_info.kind} task but {dataset.root} holds {dataset.kind} labels")
