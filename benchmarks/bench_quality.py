@@ -85,6 +85,10 @@ def migration_rows(args: argparse.Namespace, setting: str) -> list[tuple[str, di
                  {"method": "puma", "method_config": {"phi": default_phi, "lr": lr, "output_scale": default_phi != "mlp"},
                   "selection": {"method": "group", "budget": args.budgets[-1]}, "refine_epochs": 3, "refine_share": 0.2,
                   "refine_lr": args.train_lr}))
+    rows.append((f"puma {default_phi} group b={args.budgets[-1]:g} + refine all 2 epochs",  # every user warm-started on the target
+                 {"method": "puma", "method_config": {"phi": default_phi, "lr": lr, "output_scale": default_phi != "mlp"},
+                  "selection": {"method": "group", "budget": args.budgets[-1]}, "refine_epochs": 2, "refine_share": 1.0,
+                  "refine_lr": args.train_lr}))
     return rows
 
 
