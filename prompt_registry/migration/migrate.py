@@ -32,6 +32,7 @@ from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run, ShardWrite
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
+from ..training.distributed import group_rank, receive_ids, send_ids
 from ..training.loop import TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
 from .alignment import TokenTable
@@ -231,10 +232,10 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
         services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
                                  error=f"{type(exc).__name__}: {exc}")
         if config.distributed:
-            _tell_followers([-1, -1, -1, -1])  # the followers wait on rank 0's result: say there is none
+            send_ids([-1, -1, -1, -1])  # the followers wait on rank 0's result: say there is none
         raise
     if config.distributed:
-        _tell_followers([mapped.id, refinement.set.id if refinement else -1, adapter.id, finished.id])
+        send_ids([mapped.id, refinement.set.id if refinement else -1, adapter.id, finished.id])
     checkpoint.unlink(missing_ok=True)
     refined = refinement.set if refinement else None
     final = refined or mapped
@@ -258,31 +259,13 @@ def _token_tables(services: Services, source_sets: Sequence[PromptSet], target: 
 
 
 def _rank(config: MigrationConfig) -> int:
-    if not config.distributed:
-        return 0
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise InvalidArgumentError("MigrationConfig(distributed=True) needs an initialised torch.distributed process group: run under "
-                                   "torchrun (`migrate run --distributed`), or call torch.distributed.init_process_group first")
-    return dist.get_rank()
-
-
-def _tell_followers(ids: list[int]) -> None:
-    """Rank 0 sends the ids it stored (mapped set, refined set, adapter, run; -1: none) to every rank."""
-    import torch.distributed as dist
-
-    dist.broadcast(torch.tensor(ids, dtype=torch.int64), src=0)
+    return group_rank("MigrationConfig(distributed=True)", "migrate run --distributed") if config.distributed else 0
 
 
 def _follower_result(services: Services, selection: dict[str, Any], coverage: dict[str, Any]) -> MigrationResult:
-    """On a rank other than 0: wait for rank 0's stored ids and read them back (the quality report
-    and the alias are rank 0's)."""
-    import torch.distributed as dist
-
-    ids = torch.full((4,), -1, dtype=torch.int64)
-    dist.broadcast(ids, src=0)
-    mapped, refined, adapter, run = ids.tolist()
+    """On a rank other than 0: wait for rank 0's stored ids (mapped set, refined set, adapter, run)
+    and read them back (the quality report and the alias are rank 0's)."""
+    mapped, refined, adapter, run = receive_ids(4)
     if mapped < 0:
         raise ConflictError("rank 0 failed after the data-parallel fit; its run says why (`prompt-registry run list`)")
     artifact = services.artifacts.get_artifact(adapter)

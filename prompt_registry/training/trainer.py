@@ -30,6 +30,7 @@ from ..data.dataset import Dataset, Split
 from ..entities import Artifact, TrainResult
 from ..errors import ConflictError, InvalidArgumentError
 from .config import TrainConfig
+from .distributed import group_rank, receive_ids, send_ids
 from .examples import Examples, build_examples, item_priors, user_histories
 from .headfit import HeadFitConfig, cached_features, fit_head
 from .loop import LoopConfig, PromptTable, TrainingLoop, cpu_state
@@ -151,10 +152,10 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
     except BaseException as exc:
         services.runs.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device), error=f"{type(exc).__name__}: {exc}")
         if config.distributed:
-            _tell_followers([-1, -1, -1])  # the followers wait on rank 0's ids: say there are none
+            send_ids([-1, -1, -1])  # the followers wait on rank 0's ids: say there are none
         raise
     if config.distributed:
-        _tell_followers([prompt_set.id, head_artifact.id, finished.id])
+        send_ids([prompt_set.id, head_artifact.id, finished.id])
     checkpoint.unlink(missing_ok=True)
     evaluation = None
     if evaluate_split is not None:
@@ -172,28 +173,12 @@ def _rank(config: TrainConfig, resume: bool) -> int:
     if config.freeze_prompts:
         raise InvalidArgumentError("freeze_prompts fits the head on cached features in one pass: run it in one process, "
                                    "without distributed")
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise InvalidArgumentError("TrainConfig(distributed=True) needs an initialised torch.distributed process group: run under "
-                                   "torchrun (`prompt train --distributed`), or call torch.distributed.init_process_group first")
-    return dist.get_rank()
-
-
-def _tell_followers(ids: list[int]) -> None:
-    """Rank 0 sends the ids it stored (set, head, run; -1: none) to every rank."""
-    import torch.distributed as dist
-
-    dist.broadcast(torch.tensor(ids, dtype=torch.int64), src=0)
+    return group_rank("TrainConfig(distributed=True)", "prompt train --distributed")
 
 
 def _follower_result(services: Services) -> TrainResult:
-    """On a rank other than 0: wait for rank 0's ids and read back what it stored."""
-    import torch.distributed as dist
-
-    ids = torch.full((3,), -1, dtype=torch.int64)
-    dist.broadcast(ids, src=0)
-    set_id, head_id, run_id = ids.tolist()
+    """On a rank other than 0: wait for rank 0's ids (set, head, run) and read back what it stored."""
+    set_id, head_id, run_id = receive_ids(3)
     if set_id < 0:
         raise ConflictError("rank 0 failed after the data-parallel training; its run says why (`prompt-registry run list`)")
     run = services.runs.get_run(run_id)
