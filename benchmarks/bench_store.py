@@ -70,8 +70,10 @@ from safetensors.numpy import save as safetensors_bytes
 
 import prompt_registry
 from prompt_registry import Registry
-from prompt_registry._util import machine_info  # noqa: F401  (the other benchmarks import it from here)
-from prompt_registry.store.zarr_store import fsync_path
+from prompt_registry._util import (
+    fsync_path,
+    machine_info,  # noqa: F401  (the other benchmarks import it from here)
+)
 
 MODEL = "bench-model"
 TASK = "rating-task"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
@@ -32,6 +35,32 @@ def aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.timezone.utc)
     return value
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path (a rename in a folder is durable once the folder is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A file at ``path`` written whole or not at all: the block writes the yielded temporary path
+    beside it; then it is fsynced, renamed over ``path`` and the folder fsynced. If the block (or
+    any of that) fails, the temporary file is removed and ``path`` is as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
 
 
 def batched(items: Sequence[T], size: int = QUERY_BATCH) -> Iterator[Sequence[T]]:

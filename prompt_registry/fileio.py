@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._util import echo, preview
+from ._util import atomic_file, echo, preview
 from .dtypes import BFLOAT16, from_torch
 from .errors import DTypeError, InvalidFileError
 
@@ -63,12 +63,11 @@ def read_users_csv(path: str | os.PathLike[str]) -> list[str]:
 
 
 def write_users_csv(path: Path, users: list[str]) -> None:
+    """A ``user_id`` CSV (not synced: write it inside ``atomic_file``)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["user_id"])
         writer.writerows([u] for u in users)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _refuse_pickle(path: Path, head: bytes) -> None:
@@ -203,8 +202,7 @@ def save_prompt_file(path: Path, array: np.ndarray, users: list[str], metadata: 
     if suffix == ".npy" and array.dtype == BFLOAT16:
         raise InvalidFileError(f"cannot export bfloat16 prompts to {path}: npy has no bfloat16; export to a .safetensors file (BF16), "
                                "or read them with get_prompts(...).float()")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:  # a failed export (disk full, no such folder) leaves nothing behind
         if suffix == ".safetensors":
             from safetensors.numpy import save_file
 
@@ -214,11 +212,6 @@ def save_prompt_file(path: Path, array: np.ndarray, users: list[str], metadata: 
             with open(tmp, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
             fmt = "npy"
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        write_users_csv(users_path, users)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed export (disk full, no such folder) leaves nothing behind
-        raise
+        with atomic_file(users_path) as users_tmp:  # the users file first: the prompts file never appears without it
+            write_users_csv(users_tmp, users)
     return fmt, users_path

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._util import preview
+from .._util import atomic_file, preview
 from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone
 from ..backbones.prompting import PromptEncoder, Template
@@ -107,17 +107,10 @@ def write_predictions_csv(path: str | os.PathLike[str], users: Sequence[str], it
         raise InvalidArgumentError(f"{path} is a folder; name the CSV file to write")
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"folder {path.parent} does not exist; create it first")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([*PAIR_COLUMNS, "prediction"])
-            writer.writerows((u, i, f"{float(p):.6g}") for u, i, p in zip(users, items, predictions.tolist()))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*PAIR_COLUMNS, "prediction"])
+        writer.writerows((u, i, f"{float(p):.6g}") for u, i, p in zip(users, items, predictions.tolist()))
     return path
 
 

@@ -57,6 +57,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from .._forksafe import fresh_lock
+from .._util import atomic_file, fsync_path
 from ..dtypes import as_words, dtype_of_metadata, zarr_attributes, zarr_dtype
 from ..errors import InvalidArgumentError, MissingDataError, RowChecksumError
 from .base import (
@@ -80,16 +81,6 @@ _ARRAYS = "arrays"
 _BLOBS = "blobs"
 # ROOT/BINDING_FILE names the catalogue the store belongs to (see ``TensorStore.bind``).
 BINDING_FILE = "prompt-registry.json"
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or directory by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 # Chunks per shard file of new arrays: 256 users x 64 = 16,384 users (37.7 MB at width 576).
 SHARD_CHUNKS = 64
@@ -647,13 +638,8 @@ class ZarrStore(TensorStore):
         path = self._blob_path(key)
         if self.exists(key):
             raise FileExistsError(f"{key!r} already exists in the store {self.location}")
-        tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
 
     def get_blob(self, key):
         try:
