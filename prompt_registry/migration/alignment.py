@@ -17,7 +17,7 @@ out. The ridge strength is chosen on held-out shared tokens (never on task data)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,20 +96,26 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, *, seed: int = 0, valid_share: float
     n_valid = max(1, int(round(valid_share * n)))
     held, fit_rows = order[:n_valid], order[n_valid:]
 
-    def solve(rows: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    def solver(rows: np.ndarray) -> Callable[[float], tuple[np.ndarray, np.ndarray]]:
+        """Ridge solutions on ``rows`` for any strength, from one SVD of the centred inputs."""
         xm, ym = x[rows].mean(axis=0), y[rows].mean(axis=0)
         u, s, vt = np.linalg.svd(x[rows] - xm, full_matrices=False)
-        scale = lam * float(np.mean(s**2))
-        w = vt.T @ ((s / (s**2 + scale))[:, None] * (u.T @ (y[rows] - ym)))
-        return w, ym - xm @ w
+        projected, mean_sq = u.T @ (y[rows] - ym), float(np.mean(s**2))
+
+        def solve(lam: float) -> tuple[np.ndarray, np.ndarray]:
+            w = vt.T @ ((s / (s**2 + lam * mean_sq))[:, None] * projected)
+            return w, ym - xm @ w
+
+        return solve
 
     def error(w: np.ndarray, b: np.ndarray, rows: np.ndarray) -> float:
         return float(np.mean((x[rows] @ w + b - y[rows]) ** 2))
 
     baseline = float(np.mean((y[held] - y[fit_rows].mean(axis=0)) ** 2))  # predicting the mean target embedding
-    scores = {lam: error(*solve(fit_rows, lam), held) for lam in lambdas}
+    on_fit_rows = solver(fit_rows)
+    scores = {lam: error(*on_fit_rows(lam), rows=held) for lam in lambdas}
     best = min(scores, key=scores.__getitem__)
-    w, b = solve(np.arange(n), best)
+    w, b = solver(np.arange(n))(best)
     summary = {"shared_tokens": n, "held_out": int(n_valid), "lambda": best, "valid_mse": scores[best],
                "valid_mse_mean_only": baseline, "explained": 1 - scores[best] / baseline if baseline > 0 else 0.0,
                "valid_mse_by_lambda": {f"{k:g}": v for k, v in scores.items()}}
