@@ -85,6 +85,34 @@ class RidgeMap:
     summary: dict[str, Any]
 
 
+class RidgePath:
+    """Affine least squares ``y ~ x W + b`` with an L2 penalty on ``W``, for any penalty from one
+    SVD of the centred inputs (float64): the shared solver of this module's token map and of
+    anchor-ridge's map from source to retrained prompts."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x64, y64 = x.double(), y.double()
+        self.x_mean, self.y_mean = x64.mean(0), y64.mean(0)
+        u, self.singular, self.vh = torch.linalg.svd(x64 - self.x_mean, full_matrices=False)
+        self.projected = u.T @ (y64 - self.y_mean)
+        self.rows = len(x64)
+
+    @property
+    def mean_squared_singular_value(self) -> float:
+        return float((self.singular**2).mean())
+
+    @property
+    def mean_squared_row_norm(self) -> float:
+        """The centred inputs' mean squared row norm."""
+        return float((self.singular**2).sum()) / max(self.rows, 1)
+
+    def solve(self, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W (d_in, d_out), b (d_out,)) minimising ``|x W + b - y|^2 + penalty |W|^2`` (penalty > 0)."""
+        s = self.singular
+        weight = self.vh.T @ ((s / (s**2 + penalty))[:, None] * self.projected)
+        return weight, self.y_mean - self.x_mean @ weight
+
+
 def fit_ridge(x: np.ndarray, y: np.ndarray, *, seed: int = 0, valid_share: float = 0.1,
               lambdas: Sequence[float] = LAMBDAS) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Ridge regression ``y ~ x W + b`` with the strength picked on a held-out share of the rows,
@@ -97,14 +125,12 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, *, seed: int = 0, valid_share: float
     held, fit_rows = order[:n_valid], order[n_valid:]
 
     def solver(rows: np.ndarray) -> Callable[[float], tuple[np.ndarray, np.ndarray]]:
-        """Ridge solutions on ``rows`` for any strength, from one SVD of the centred inputs."""
-        xm, ym = x[rows].mean(axis=0), y[rows].mean(axis=0)
-        u, s, vt = np.linalg.svd(x[rows] - xm, full_matrices=False)
-        projected, mean_sq = u.T @ (y[rows] - ym), float(np.mean(s**2))
+        """Ridge solutions on ``rows`` for a strength ``lam`` x the mean squared singular value."""
+        path = RidgePath(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]))
 
         def solve(lam: float) -> tuple[np.ndarray, np.ndarray]:
-            w = vt.T @ ((s / (s**2 + lam * mean_sq))[:, None] * projected)
-            return w, ym - xm @ w
+            w, b = path.solve(lam * path.mean_squared_singular_value)
+            return w.numpy(), b.numpy()
 
         return solve
 

@@ -25,6 +25,7 @@ import torch
 from ...training import metrics
 from ...training.loop import PromptTable, run_batches
 from ...training.trainer import init_prompts
+from ..alignment import RidgePath
 from ..base import FitContext, MappingSpec, MigrationMethod
 from .config import AnchorRidgeConfig
 
@@ -33,16 +34,11 @@ if TYPE_CHECKING:
     from ...training.loop import TrainingLoop
 
 
-def ridge(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affine least squares with an L2 penalty ``lam`` (x mean squared norm) on the weights:
-    returns (weight (d_in, d_out), bias (d_out,)), in float64 for a well-posed solve."""
-    x64, y64 = x.double(), y.double()
-    mx, my = x64.mean(0), y64.mean(0)
-    xc, yc = x64 - mx, y64 - my
-    scale = float((xc * xc).sum(1).mean()) if len(xc) else 1.0
-    gram = xc.T @ xc + lam * max(scale, 1e-12) * torch.eye(x.shape[1], dtype=torch.float64)
-    weight = torch.linalg.solve(gram, xc.T @ yc) if len(xc) else torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64)
-    return weight.float(), (my - mx @ weight).float()
+def ridge(path: RidgePath, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine least squares with an L2 penalty ``lam`` (x the inputs' mean squared row norm) on the
+    weights: (weight (d_in, d_out), bias (d_out,)), solved in float64."""
+    weight, bias = path.solve(lam * max(path.mean_squared_row_norm, 1e-12))
+    return weight.float(), bias.float()
 
 
 class AnchorRidgeMethod(MigrationMethod[AnchorRidgeConfig]):
@@ -88,15 +84,16 @@ class AnchorRidgeMethod(MigrationMethod[AnchorRidgeConfig]):
         self._retained = {int(row): trained[i].clone() for i, row in enumerate(ctx.selected.tolist())}
         others = np.setdiff1d(np.arange(n), ctx.selected)
         rows = np.flatnonzero(np.isin(ctx.valid.user_index, others)) if len(others) else np.arange(len(ctx.valid))
+        path = RidgePath(x, y)  # one SVD for every regulariser
         if len(config.lambdas) == 1 or not len(rows):
-            self.weight, self.bias = ridge(x, y, config.lambdas[0])
+            self.weight, self.bias = ridge(path, config.lambdas[0])
             return loop
         valid = ctx.valid.subset(rows)
         key, lower = ("rmse", True) if ctx.task_kind == "rating" else ("auc", False)
         best: tuple[float, float] | None = None
         ctx.head.eval()
         for lam in config.lambdas:
-            self.weight, self.bias = ridge(x, y, lam)
+            self.weight, self.bias = ridge(path, lam)
             pred, tokens = run_batches(ctx.encoder, ctx.head, _lookup(self.map(*[t.to(ctx.backbone.device) for t in sources])),
                                        valid, ctx.eval_batch_size)
             ctx.extra_forward_tokens += tokens
@@ -104,7 +101,7 @@ class AnchorRidgeMethod(MigrationMethod[AnchorRidgeConfig]):
             if best is None or (value < best[1] if lower else value > best[1]):
                 best = (lam, value)
         assert best is not None
-        self.weight, self.bias = ridge(x, y, best[0])
+        self.weight, self.bias = ridge(path, best[0])
         self.spec = {**self.spec, "lambda": best[0], "lambda_valid": best[1]}
         return loop
 
