@@ -193,10 +193,9 @@ def _process_group() -> tuple[int, int]:
     """(rank, world size) of the initialised process group; ``InvalidArgumentError`` without one."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        raise InvalidArgumentError("distributed training needs an initialised torch.distributed process group: start the "
-                                   "processes with torchrun (or call torch.distributed.init_process_group first)")
-    return dist.get_rank(), dist.get_world_size()
+    from .distributed import group_rank
+
+    return group_rank("LoopConfig(distributed=True)", "torchrun --nproc_per_node N ..."), dist.get_world_size()
 
 
 class TrainingLoop:
