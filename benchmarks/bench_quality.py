@@ -73,14 +73,18 @@ def migration_rows(args: argparse.Namespace, setting: str) -> list[tuple[str, di
     rows: list[tuple[str, dict[str, Any]]] = []
     real = setting == "movielens"
     lr = args.adapter_lr or (1e-4 if real else 3e-3)
+    refine = {"refine_lr": args.train_lr}  # the default cost budget refines with what the map left: at the setting's train lr
+    default_phi = args.phis[0]
     for budget in args.budgets:
         for i, phi in enumerate(args.phis):
             for sel in ("group", "random") if i < args.random_phis else ("group",):
                 rows.append((f"puma {phi} {sel} b={budget:g}", {"method": "puma", "method_config": {"phi": phi, "lr": lr, "output_scale": phi != "mlp"},
-                                                               "selection": {"method": sel, "budget": budget}}))
+                                                               "selection": {"method": sel, "budget": budget}, **refine}))
+        rows.append((f"puma {default_phi} group b={budget:g}, map only", {  # the same without the budget's refinement
+            "method": "puma", "method_config": {"phi": default_phi, "lr": lr, "output_scale": default_phi != "mlp"},
+            "selection": {"method": "group", "budget": budget}, "cost_budget": None}))
         rows.append((f"anchor-ridge group b={budget:g}", {"method": "anchor-ridge", "method_config": {"lr": args.train_lr},
-                                                          "selection": {"method": "group", "budget": budget}}))
-    default_phi = args.phis[0]
+                                                          "selection": {"method": "group", "budget": budget}, **refine}))
     rows.append((f"puma {default_phi} group b={args.budgets[-1]:g} + refine 20%",
                  {"method": "puma", "method_config": {"phi": default_phi, "lr": lr, "output_scale": default_phi != "mlp"},
                   "selection": {"method": "group", "budget": args.budgets[-1]}, "refine_epochs": 3, "refine_share": 0.2,
@@ -128,10 +132,12 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
                 continue
             selection = SelectionConfig(seed=seed, **spec.pop("selection"))
             head_lr = args.head_lr or (1e-3 if setting == "movielens" else 1e-2)
-            config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, head_lr=head_lr, **spec)
+            # the cost budget's reference is this setting's retrain (its epochs), as the cost column's
+            config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, head_lr=head_lr,
+                                     reference_epochs=args.train_epochs, **spec)
             started = time.perf_counter()
             result = reg.migrate([source], target, "task", data, config=config, progress=False)
-            final = result.refined or result.set
+            final = result.final
             evaluation = reg.list_evaluations(final.id, split="test")[0]
             report = result.report
             assert report is not None

@@ -160,7 +160,10 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
     tiny: dict[str, Any] = {} if real else {"lr": 3e-3, "head_lr": 1e-2, "max_fit_epochs": 2.0}
     if adapter_epochs:
         tiny["epochs"] = adapter_epochs
-    migration = MigrationConfig(seed=seed, selection=SelectionConfig(seed=seed, budget=budget), **tiny)
+    # the cost budget (the selected share of a retrain) is reckoned against this demo's retrain, and
+    # what the map leaves of it refines at the retrain's rate
+    migration = MigrationConfig(seed=seed, selection=SelectionConfig(seed=seed, budget=budget), reference_epochs=train_cfg.epochs,
+                                refine_lr=train_cfg.lr, **tiny)
     rows: list[dict[str, Any]] = []
 
     def row(name: str, model: str, rmse: float, run: Any, started: float) -> None:
@@ -204,7 +207,7 @@ def run_demo(workdir: str | Path | None = None, *, echo: Callable[[str], Any] | 
             return {"ok": tour["ok"], "workdir": str(root), "data": data_name, "tour": tour, "rows": rows, "baselines": baselines,
                     "source_model": source, "target_model": target, "recovered": recovered, "threads": torch.get_num_threads(),
                     "seconds": round(time.perf_counter() - total_started, 1), "migration_config": migration.to_dict(),
-                    "migration": {"set_id": result.set.id, "adapter_id": result.adapter.id, "selection": result.selection},
+                    "migration": {"set_id": result.final.id, "mapped_set_id": result.set.id, "adapter_id": result.adapter.id, "selection": result.selection},
                     "chain": chain}
     finally:
         torch.set_num_threads(previous_threads)

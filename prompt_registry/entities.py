@@ -329,7 +329,7 @@ class MigrationResult(_Entity):
     """What ``Registry.migrate`` made: the mapped (and refined) set, the adapter, its head, the run."""
 
     set: PromptSet  # the mapped set
-    refined: PromptSet | None  # mapped + warm-start refinement, when asked for
+    refined: PromptSet | None  # mapped + warm-start refinement, when it ran and beat the mapped prompts on validation
     adapter: Artifact
     head_id: int
     run: Run
@@ -337,6 +337,12 @@ class MigrationResult(_Entity):
     report: MigrationReport | None
     alias: dict[str, Any] | None  # what happened to the alias (moved, refused by the gate)
     coverage: dict[str, Any] | None = None  # who was mapped: full / partial (imputed) / cold users, the policy
+
+    @property
+    def final(self) -> PromptSet:
+        """The set the migration ends with (the refined one, else the mapped one): what the report
+        evaluates and the alias moves to."""
+        return self.refined or self.set
 
 
 @dataclasses.dataclass(frozen=True)

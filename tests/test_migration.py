@@ -335,7 +335,8 @@ def test_aggregated_migration_from_three_sources(world):
 def test_a_second_method_runs_end_to_end_through_migrate_and_apply(world):
     reg, data = world["reg"], world["data"]
     source_set = world["source"].set
-    config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=2), selection=SELECTION, min_steps=0)
+    config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=2), selection=SELECTION, min_steps=0,
+                             cost_budget=None)  # the method alone: no refinement after it
     result = reg.migrate([source_set.id], "dst", "rate", data, config=config, progress=False, evaluate=False)
     mapped, adapter = result.set, result.adapter
     everyone = reg.list_set_users(source_set.id)
@@ -505,7 +506,7 @@ def test_the_head_refit_sets_a_floor_at_random_init(world):
     rand = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=1, freeze_prompts=True), progress=False, evaluate_split="test")
     assert rand.run.backward_tokens == 0 and rand.run.cost["steps"] > 0  # fitted on cached features, no backward pass
     config = MigrationConfig(method="pad-truncate", method_config=PadConfig(head_epochs=1), selection=SelectionConfig(method="random", budget=5),
-                             min_steps=0, warm_start_head=False)
+                             min_steps=0, warm_start_head=False, cost_budget=None)  # the refit alone: no refinement after it
     kept = reg.migrate([noise.id], "dst", "rate", data, config=dataclasses.replace(config, head_refit=False), progress=False)
     refit = reg.migrate([noise.id], "dst", "rate", data, config=config, progress=False)
     rows = {r["name"]: r["rmse"] for r in refit.report.rows}
@@ -553,6 +554,62 @@ def test_selective_refinement_refines_only_the_worst_users_as_an_incremental_ver
     changed = [u for u in reg.list_set_users(mapped.id)
                if not torch.equal(reg.get_prompt(u, set=refined.id), reg.get_prompt(u, set=mapped.id))]
     assert 0 < len(changed) <= 20
+
+
+def test_a_cost_budget_spends_what_the_fit_left_on_refinement_and_never_more(world):
+    """The default ``cost_budget="selection"``: 40 of 100 users selected -> at most 40% of a
+    reference retrain's token-passes in all, the fit's share taken first, the rest whole refine
+    epochs over everyone, counted exactly as the loop counts them."""
+    reg, data = world["reg"], world["data"]
+    config = dataclasses.replace(FAST, reference_epochs=30, refine_lr=5e-3)
+    result = reg.migrate(["src"], "dst", "rate", data, config=config, progress=False)
+    cost = result.run.cost
+    plan, part = cost["refine_plan"], cost["refine"]
+    assert plan["share"] == 0.4 and plan["mode"] == "everyone" and part["users"] == 100 and part["head_trained"]
+    two = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=2, lr=5e-3), progress=False)  # the reference, for 2 epochs
+    assert plan["reference_token_passes"] == 15 * two.run.token_passes  # 30 epochs of the same retrain
+    assert part["token_passes"] == plan["planned_token_passes"] <= plan["left"]  # the plan is what the loop spent
+    assert plan["spent_before"] + part["token_passes"] == result.run.token_passes <= 0.4 * plan["reference_token_passes"]
+    assert result.refined is not None and result.refined.base_id == result.set.id and result.final.id == result.refined.id
+    mapped_rmse = reg.evaluate(result.set.id, data).metrics["rmse"]
+    assert result.report.rows[0]["rmse"] < mapped_rmse, (result.report.rows[0]["rmse"], mapped_rmse)  # refining helped here
+    none = reg.migrate(["src"], "dst", "rate", data, config=dataclasses.replace(config, cost_budget=None), progress=False, evaluate=False)
+    assert none.refined is None and "refine" not in none.run.cost and "refine_plan" not in none.run.cost
+
+
+def test_refinement_that_beats_nothing_keeps_the_mapped_prompts(world):
+    """The mapped state is refinement's epoch 0: a refinement that only makes validation worse (a
+    learning rate that wrecks the prompts) writes no version; the report and alias are the map's."""
+    reg, data = world["reg"], world["data"]
+    config = dataclasses.replace(FAST, refine_epochs=1, refine_lr=50.0)
+    result = reg.migrate(["src"], "dst", "rate", data, config=config, progress=False, alias="staging")
+    part = result.run.cost["refine"]
+    assert part["kept_mapped"] and part["best_epoch"] == 0 and part["token_passes"] > 0
+    assert result.refined is None and result.final.id == result.set.id and result.run.cost["results"]["refined_set"] is None
+    assert reg.get_alias("staging", "dst", "rate").set_id == result.set.id
+
+
+def test_the_refine_plan_buys_epochs_for_everyone_else_the_worst_users_that_fit():
+    from prompt_registry.migration.refine import plan
+
+    train, valid = np.full(10, 100, dtype=np.int64), np.full(10, 10, dtype=np.int64)  # per user: one pass's tokens
+    loss = {i: float(i) for i in range(10)}  # user 9 is the worst on validation
+    users = [f"u{i}" for i in range(10)]
+    config = MigrationConfig(cost_budget=0.5, reference_epochs=10)  # reference: 10 x (2 x 1000 + 100) = 21,000
+    every = plan(config, users, loss, selected=3, spent=4_000, train_tokens=train, valid_tokens=valid)
+    assert every.users == users and every.epochs == 3 and every.train_head  # (10,500 - 4,000 - 100) // 2,100
+    assert every.budget["planned_token_passes"] == 3 * 2_100 + 100 <= every.budget["left"] == 6_500
+    few = plan(config, users, loss, selected=3, spent=10_000, train_tokens=train, valid_tokens=valid)
+    per_user = 2 * 210 + 10  # share_refine_epochs (2) x (forward + backward + validation), and the start's validation
+    assert few.budget["mode"] == "worst users" and few.users == ["u9"] and few.epochs == 2 and not few.train_head
+    assert few.budget["planned_token_passes"] == per_user
+    assert plan(config, users, loss, selected=3, spent=10_500, train_tokens=train, valid_tokens=valid).users == []
+    assert plan(dataclasses.replace(config, cost_budget="selection"), users, loss, selected=5, spent=4_000, train_tokens=train,
+                valid_tokens=valid).budget["share"] == 0.5  # "selection": the selected users' share
+    assert plan(dataclasses.replace(config, cost_budget=None), users, loss, selected=5, spent=0, train_tokens=train, valid_tokens=valid) is None
+    manual = plan(dataclasses.replace(config, refine_epochs=4, refine_share=0.2), users, loss, selected=3, spent=10**9,
+                  train_tokens=train, valid_tokens=valid)
+    assert (manual.users, manual.epochs, manual.budget) == (["u8", "u9"], 4, None)  # asked for: no budget applies
 
 
 def test_head_prefit_and_validation_on_the_selected_users_only(world):

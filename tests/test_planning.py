@@ -229,7 +229,8 @@ def _fast_config():
     from prompt_registry.migration.config import MigrationConfig
     from prompt_registry.migration.selection import SelectionConfig
 
-    return MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20))
+    return MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20),
+                           cost_budget=None)  # the map alone: each step's set is the mapped one (no refined version on top)
 
 
 def test_a_two_hop_chain_runs_step_by_step_and_a_rerun_redoes_nothing(tiny):

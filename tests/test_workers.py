@@ -101,7 +101,8 @@ from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.selection import SelectionConfig
 from prompt_registry.planning.worker import WorkerConfig
 location, store, data = sys.argv[1:4]
-config = MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20))
+config = MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20),
+                         cost_budget=None)  # each step ends with its mapped set
 with Registry.open(location, store=store, actor="worker") as reg:
     report = reg.planner.work(data, config=config, worker=WorkerConfig(lease_seconds=3, poll_seconds=0.2))
 print(json.dumps(report.to_dict()))

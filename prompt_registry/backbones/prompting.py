@@ -140,6 +140,11 @@ class PromptEncoder:
             out["prior"] = torch.as_tensor(prior, dtype=torch.float32).reshape(batch)
         return out
 
+    def tokens(self, suffix_ids: Sequence[Sequence[int]]) -> list[int]:
+        """Each row's real (non-padding) tokens, as ``collate`` masks them: the ledger's cost unit."""
+        fixed = len(self.lead) + len(self.prefix_ids) + self.prompt_len + len(self.trail)
+        return [fixed + len(s) for s in suffix_ids]
+
     def features(self, prompts: Any, batch: dict[str, Any]) -> Any:
         """``prompts``: (B, prompt_len, width) -> (B, feature_size)."""
         import torch

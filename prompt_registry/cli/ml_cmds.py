@@ -193,6 +193,17 @@ def migrate() -> None:
     """PUMA migrations: train an adapter on a subset of users, map everyone's prompts."""
 
 
+def _cost_budget(text: str) -> float | str | None:
+    """``--cost-budget``: ``selection``, ``none`` or a share (> 0) of a retrain's token-passes."""
+    if text.lower() in ("selection", "none"):
+        return None if text.lower() == "none" else "selection"
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use 'selection', 'none' or a share of a retrain's token-passes such as 0.3",
+                                 param_hint="--cost-budget") from None
+
+
 @migrate.command("run")
 @click.option("--from", "sources", help="Source model(s) or set(s), comma-separated (several = aggregated).")
 @click.option("--to", "target", help="Target model.")
@@ -224,6 +235,9 @@ def migrate() -> None:
 @click.option("--refine-share", type=float, default=_MIGRATION.refine_share, show_default=True,
               help="Refine only this share of users, the worst on validation after mapping (< 1: the head stays fixed).")
 @click.option("--refine-lr", type=float, default=_MIGRATION.refine_lr, show_default=True)
+@click.option("--cost-budget", default=str(_MIGRATION.cost_budget), show_default=True, metavar="selection|SHARE|none",
+              help="Token-passes at most, as a share of a retrain (selection: the selected users' share); what the map leaves "
+              "refines the mapped prompts (used when --refine-epochs is 0).")
 @click.option("--coverage", type=click.Choice(("impute", "common")), default=_MIGRATION.coverage, show_default=True,
               help="Users on only some sources: mapped with each missing source's mean prompt, or left out.")
 @click.option("--cold-start", type=click.Choice(("skip", "centroid")), default=_MIGRATION.cold_start, show_default=True,
@@ -244,7 +258,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                 clusters: int | None, min_per_cluster: int, allocation: str, epochs: int | None, lr: float | None, phi: str | None,
                 phi_init: str | None,
                 min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
-                validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, coverage: str,
+                validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, cost_budget: str, coverage: str,
                 cold_start: str, seed: int, device: str,
                 alias: str | None, gate: float | None, no_eval: bool, resume: bool, distributed: bool, as_json: bool) -> None:
     """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost; or run a --plan."""
@@ -275,7 +289,8 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
         method_config={k: v for k, v in (("phi", phi), ("init", phi_init)) if v is not None} or None,
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,
         min_steps=min_steps, warmup_steps=warmup_steps, validate_on=validate_on, head_refit=not no_head_refit,
-        refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, coverage=coverage, cold_start=cold_start, seed=seed,
+        refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, cost_budget=_cost_budget(cost_budget),
+        coverage=coverage, cold_start=cold_start, seed=seed,
         selection=SelectionConfig(method=selection, budget=budget, n_clusters=clusters, min_per_cluster=min_per_cluster,
                                   allocation=allocation, seed=seed),
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..backbones.prompting import DEFAULT_TEMPLATE, Template
 from ..errors import InvalidArgumentError
-from ..training.config import on_for_clicks
+from ..training.config import TrainConfig, on_for_clicks
 from .base import MethodConfig, method_config
 from .coverage import check as check_coverage
 from .puma.selection import SelectionConfig
@@ -33,6 +33,16 @@ class MigrationConfig:
     ``refine_share`` < 1, only of the share whose validation loss after mapping is worst, written as
     an incremental version of the mapped set.
 
+    ``cost_budget`` (when ``refine_epochs`` is 0) spends what the fit leaves of a token-pass budget
+    on that refinement: the budget is a share of a reference retrain (``reference_epochs`` epochs
+    over every candidate's training rows, with a validation each epoch), by default the same share
+    as the selected users (``"selection"``: selecting 30% of the users means spending at most 30% of
+    a retrain). What the fit and head refit leave buys whole epochs over every user (head trained
+    too) or, when not one such epoch fits, ``share_refine_epochs`` epochs over the users worst on
+    validation after mapping, as many as fit. None: no refinement unless ``refine_epochs`` asks.
+    Refinement keeps its best epoch on validation, the mapped state included: when no epoch beats
+    the mapped prompts, no refined version is written.
+
     ``epochs``, ``lr``, ``cosine``, ``hidden``, ``dropout``, ``norm_match`` are write-only
     shorthands: given (not None), they replace the field of the same name in ``method_config``
     (an error for a method whose config has no such field). Read them from ``method_config``.
@@ -56,6 +66,9 @@ class MigrationConfig:
     refine_lr: float = 5e-4
     refine_min_steps: int = 0  # refinement's step budget floor (refine_epochs or this many steps, whichever is more)
     refine_share: float = 1.0  # refine only this share of users: those worst on validation after mapping
+    cost_budget: float | str | None = "selection"  # token-passes at most, as a share of a reference retrain (see above)
+    reference_epochs: int = TrainConfig.epochs  # the reference retrain's epochs: a default retrain's
+    share_refine_epochs: int = 2  # with a cost budget too small for an epoch over everyone: epochs over the worst users
     min_steps: int = 1000  # optimizer steps at least, however few epochs the selected users' rows make
     # ... but no more steps than this many epochs over every candidate's training rows (a default
     # retrain runs 15): on a small user base 1,000 steps would cost more than retraining everyone
@@ -104,6 +117,10 @@ class MigrationConfig:
             (self.refine_epochs >= 0, "refine_epochs must be >= 0"),
             (0 < self.refine_share <= 1, "refine_share must be in (0, 1]"),
             (self.refine_min_steps >= 0, "refine_min_steps must be >= 0"),
+            (self.cost_budget is None or self.cost_budget == "selection"
+             or (isinstance(self.cost_budget, (int, float)) and not isinstance(self.cost_budget, bool) and self.cost_budget > 0),
+             f"cost_budget must be 'selection', a share of a retrain's token-passes > 0, or None; got {self.cost_budget!r}"),
+            (self.reference_epochs >= 1 and self.share_refine_epochs >= 1, "reference_epochs and share_refine_epochs must be >= 1"),
             (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
             (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
             (self.max_fit_epochs is None or self.max_fit_epochs > 0, "max_fit_epochs must be > 0 (or None: no cap)"),
@@ -117,6 +134,12 @@ class MigrationConfig:
                 raise InvalidArgumentError(f"invalid migration config: {message}")
         check_coverage(self.coverage, self.cold_start)
         self.template_obj()  # validates the template
+
+    def cost_share(self, selected: int, candidates: int) -> float | None:
+        """The cost budget as a share of the reference retrain (None: no budget)."""
+        if self.cost_budget is None:
+            return None
+        return selected / max(candidates, 1) if self.cost_budget == "selection" else float(self.cost_budget)
 
     def uses_item_prior(self, task_kind: str) -> bool:
         return on_for_clicks(self.item_prior, task_kind)

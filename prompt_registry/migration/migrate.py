@@ -41,7 +41,8 @@ from .config import MigrationConfig
 from .coverage import MEAN_KEY, candidate_tables, gather, plan_coverage, stored_means
 from .head import HeadRefit, refit_head, warm_start_head
 from .puma.selection import label_variance, select_users
-from .refine import Refinement, refine, worst_users
+from .refine import Refinement, refine
+from .refine import plan as refine_plan
 from .report import move_alias, quality_report
 
 
@@ -217,16 +218,20 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
                            overrides=overrides, holders=cover.holders, means=means)
         apply_seconds = time.perf_counter() - applied
         refinement = None
-        if config.refine_epochs > 0:
-            chosen = candidates if config.refine_share >= 1 else worst_users(candidates, refit.valid_loss, config.refine_share)
-            refinement = refine(services, mapped, head, encoder, dataset, split, chosen, config, head_id=head_artifact.id,
+        how = refine_plan(config, candidates, refit.valid_loss, selected=len(selection.users), spent=_fit_token_passes(context, loop, refit),
+                          train_tokens=all_train.tokens_by_user(encoder, len(candidates)),
+                          valid_tokens=valid_all.tokens_by_user(encoder, len(candidates)))
+        if how is not None and how.users:
+            refinement = refine(services, mapped, head, encoder, dataset, split, how, config, head_id=head_artifact.id,
                                 target=target, task=task, run_id=run.id, progress=progress)
         ledger = _fit_ledger(context, loop, backbone.device, refit, refinement, apply_seconds=round(apply_seconds, 3),
-                             mapped_users=len(everyone), selected_users=len(selection.users), retained_users=len(retained))
+                             mapped_users=len(everyone), selected_users=len(selection.users), retained_users=len(retained),
+                             **({"refine_plan": how.budget} if how is not None and how.budget is not None else {}))
         finished = services.runs.finish_run(run.id, ledger=ledger, results={
             "best_epoch": loop.state.best_epoch, "best_step": loop.state.best_step, "history": loop.state.history,
-            "head_refit": refit.summary, "mapped_set": mapped.id, "refined_set": refinement.set.id if refinement else None,
-            "refined_users": refinement.users if refinement else 0})
+            "head_refit": refit.summary, "mapped_set": mapped.id,
+            "refined_set": refinement.set.id if refinement and refinement.set else None,
+            "refined_users": refinement.users if refinement and refinement.set else 0})
     except BaseException as exc:
         partial = loop or (context.loops[-1] if context.loops else None)
         services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
@@ -235,9 +240,9 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
             send_ids([-1, -1, -1, -1])  # the followers wait on rank 0's result: say there is none
         raise
     if config.distributed:
-        send_ids([mapped.id, refinement.set.id if refinement else -1, adapter.id, finished.id])
+        send_ids([mapped.id, refinement.set.id if refinement and refinement.set else -1, adapter.id, finished.id])
     checkpoint.unlink(missing_ok=True)
-    refined = refinement.set if refinement else None
+    refined = refinement.set if refinement else None  # None too when refinement kept the mapped prompts
     final = refined or mapped
     groups = {"partial": cover.partial, **({"cold": cover.cold} if config.cold_start == "centroid" else {})}
     report = (quality_report(services, final, source_sets, dataset, config, device, seen=selection.users, groups=groups)
@@ -283,6 +288,13 @@ def _map_table(method: MigrationMethod[Any], tables: Sequence[torch.Tensor], dev
     return torch.cat(out)
 
 
+def _fit_token_passes(ctx: FitContext, loop: TrainingLoop, refit: HeadRefit) -> int:
+    """Token-passes (forward + backward) of the fit, its extra forward passes and the head refit:
+    what a migration has spent before any refinement."""
+    states = [lp.state for lp in ctx.loops or [loop]]
+    return sum(s.forward_tokens + s.backward_tokens for s in states) + ctx.extra_forward_tokens + refit.forward_tokens
+
+
 def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRefit, refinement: Refinement | None,
                 **extra: Any) -> CostLedger:
     """The run's cost: every loop the method built, its extra forward passes, the head refit (one
@@ -304,7 +316,7 @@ def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRef
         examples, wall = examples + r.examples_seen, wall + r.wall_seconds
         parts["refine"] = {"examples_seen": r.examples_seen, "token_passes": r.forward_tokens + r.backward_tokens, "steps": r.global_step,
                            "best_epoch": r.best_epoch, "wall_seconds": r.wall_seconds, "users": refinement.users,
-                           "head_trained": refinement.head_trained}
+                           "head_trained": refinement.head_trained, "kept_mapped": refinement.set is None}
     base = loop.ledger(device, **extra)
     return dataclasses.replace(base, wall_seconds=round(wall, 3), examples_seen=examples, forward_tokens=forward,
                                backward_tokens=backward, extra={**base.extra, **parts})

@@ -75,8 +75,8 @@ def seed_rows(reg: Registry, data: Path, task: str, scale: Scale, seed: int, sou
     def migrated(name: str, source: str | int, config: MigrationConfig) -> None:
         started = time.perf_counter()
         result = reg.migrate([source], "B", task, data, config=config, progress=False)
-        evaluation = reg.list_evaluations(result.set.id, split="test")[0]
-        rows.record(name, "B", result.set.id, result.run, started, evaluation)
+        evaluation = reg.list_evaluations(result.final.id, split="test")[0]
+        rows.record(name, "B", result.final.id, result.run, started, evaluation)
 
     migrated("default migration A->B (group)", "A", migration())
     migrated("random selection, same budget", "A", migration(selection="random"))

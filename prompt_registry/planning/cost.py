@@ -101,9 +101,12 @@ class CostModel:
             steps = min(steps, int(config.max_fit_epochs * train_rows / config.batch_size) + 1)
         validations = max(1, steps // max(config.valid_every, 1))
         passes = (2 * steps * config.batch_size + validations * valid_rows + train_rows + valid_rows) * tokens
+        share = config.cost_share(budget, users) if config.refine_epochs == 0 else None
+        if share is not None:  # what the fit leaves of the cost budget goes to refinement: the budget is the estimate
+            passes = max(passes, share * config.reference_epochs * (2 * train_rows + valid_rows) * tokens)
         return _estimate(passes, seconds_rate, "prior", rate_basis, {
             "users": users, "selected": budget, "steps": steps, "validations": validations, "rows_per_user": rows, "rows_basis": rows_basis,
-            "tokens_per_example": tokens, "tokens_basis": token_basis, "method": method})
+            "tokens_per_example": tokens, "tokens_basis": token_basis, "method": method, "cost_budget": share})
 
     @staticmethod
     def reuse(users: int) -> dict[str, Any]:

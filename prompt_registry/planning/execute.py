@@ -111,6 +111,6 @@ def execute_step(services: Services, plan: Plan, step: PlanStep, current: dict[s
                                  cold_start=request.get("cold_start") or wanted.cold_start)
     result = migrate(services, sources, step.target, plan.task, dataset, config=wanted, device=device, alias=alias,
                      gate=gate, evaluate=gate is not None, resume=resume, progress=progress)
-    final = result.refined or result.set
+    final = result.final
     return {"set_id": final.id, "run_id": result.run.id, "adapter_id": result.adapter.id,
             "alias": result.alias}

@@ -35,9 +35,10 @@ class Examples:
     def prior_of(self, positions: Sequence[int] | np.ndarray) -> np.ndarray | None:
         return None if self.prior is None else self.prior[np.asarray(positions, dtype=np.int64)]
 
-    def tokens(self, positions: Sequence[int], prompt_len: int, overhead: int) -> int:
-        """Real (non-padding) tokens of these examples: the cost unit of the ledger."""
-        return int(sum(len(self.suffix_ids[p]) for p in positions)) + len(positions) * (prompt_len + overhead)
+    def tokens_by_user(self, encoder: PromptEncoder, n_users: int) -> np.ndarray:
+        """Real tokens of one pass over these examples, summed per prompt-table row (int64, ``n_users``)."""
+        counts = np.asarray(encoder.tokens(self.suffix_ids), dtype=np.int64)
+        return np.bincount(self.user_index, weights=counts, minlength=n_users).astype(np.int64)
 
 
 def user_histories(data: Dataset, train_rows: np.ndarray, history_len: int) -> dict[str, list[tuple[str, float]]]:

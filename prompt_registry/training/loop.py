@@ -55,7 +55,9 @@ class LoopConfig:
     learning rate up linearly; ``schedule="cosine"`` then decays it to ``final_lr`` x its peak (not to
     zero: a curve still falling when the rate reaches zero is wasted). Validation runs at the end of
     an epoch once ``valid_every`` steps have passed since the last one (and after the last epoch);
-    ``patience`` counts validations without improvement."""
+    ``patience`` counts validations without improvement. ``validate_start`` validates the starting
+    state too, as "epoch 0": a warm start (refinement) then never ends worse on validation than it
+    began; ``best_epoch`` 0 says no epoch beat it."""
 
     epochs: int
     batch_size: int
@@ -69,6 +71,7 @@ class LoopConfig:
     final_lr: float = 0.1
     valid_every: int = 0
     distributed: bool = False  # data parallel over the initialised torch.distributed process group (module docstring)
+    validate_start: bool = False  # the starting state is a candidate for the best, as epoch 0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -356,6 +359,8 @@ class TrainingLoop:
         key = "rmse" if self.task_kind == "rating" else "auc"
         epochs = self.total_epochs
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, disable=not progress, desc=self.desc, unit="step")
+        if cfg.validate_start and self.state.validations == 0:
+            self._validate_and_keep(key, [], epoch=0)
         self.provider.train()
         self.head.train()
         try:
@@ -391,16 +396,19 @@ class TrainingLoop:
         self.provider.eval()
         self.head.eval()
 
-    def _validate_and_keep(self, key: str, losses: list[float]) -> None:
+    def _validate_and_keep(self, key: str, losses: list[float], epoch: int | None = None) -> None:
+        """Validate now and keep this state if it is the best so far (``epoch``: the one it ends,
+        default the current one; 0 for the starting state)."""
+        epoch = self.state.epoch + 1 if epoch is None else epoch
         valid = self.validate()
         metric = valid.get(key, float("nan"))
         self.state.validations += 1
         self.state.last_valid_step = self.state.global_step
-        self.state.history.append({"epoch": self.state.epoch + 1, "step": self.state.global_step,
+        self.state.history.append({"epoch": epoch, "step": self.state.global_step,
                                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
                                    **{f"valid_{k}": v for k, v in valid.items()}})
         if not valid or _better(self.task_kind, metric, self.state.best_metric):
-            self.state.best_metric, self.state.best_epoch = metric, self.state.epoch + 1
+            self.state.best_metric, self.state.best_epoch = metric, epoch
             self.state.best_step, self.state.best_validation = self.state.global_step, self.state.validations
             self.best_provider, self.best_head = cpu_state(self.provider), cpu_state(self.head)
 
