@@ -57,10 +57,13 @@ with Registry.open(location) as reg:
     open(sys.argv[6], "w").close()  # ready
     while not __import__("os").path.exists(sys.argv[7]):
         time.sleep(0.005)
+    cpu = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
     start = time.time()
     written = reg.apply_adapter_shard(adapter, shard, n_shards, progress=False)
     end = time.time()
-print(json.dumps({"start": start, "end": end, "rows": list(written.rows), "committed": written.set is not None}))
+    after = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+cpu_s = (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)  # every thread of the process (zarr writers too)
+print(json.dumps({"start": start, "end": end, "cpu_s": cpu_s, "rows": list(written.rows), "committed": written.set is not None}))
 """
 
 
@@ -154,8 +157,10 @@ def run_apply(base: Path, scratch: Path, adapter: int, processes: int, threads: 
     if sum(o["committed"] for o in outs) < 1:
         raise AssertionError("no process committed the set")
     shutil.rmtree(folder)
+    cpu = sum(o["cpu_s"] for o in outs)
     return {"processes": processes, "threads_each": threads, "seconds": round(span, 3),
-            "per_process_s": [round(o["end"] - o["start"], 3) for o in outs]}
+            "per_process_s": [round(o["end"] - o["start"], 3) for o in outs],
+            "cpu_s": round(cpu, 3), "cores_busy": round(cpu / span, 2)}  # CPU seconds of every thread / wall: the cores it used
 
 
 def bench_apply(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -265,9 +270,10 @@ def markdown(report: dict[str, Any]) -> str:
     a = report.get("apply")
     if a:
         lines += [f"## Sharded apply ({a['users']:,} users x 1 x {a['widths'][0]} -> {a['widths'][1]}, default PUMA architecture)", "",
-                  "| processes x torch threads | seconds (each run) |", "|---|---|"]
+                  "| processes x torch threads | seconds (each run) | cores busy (CPU s of every thread / wall) |", "|---|---|---|"]
         for p, t in ((1, 1), (1, 2), (2, 1)):
-            lines.append(f"| {p} x {t} | {', '.join(str(r['seconds']) for r in a['runs'] if (r['processes'], r['threads_each']) == (p, t))} |")
+            runs = [r for r in a["runs"] if (r["processes"], r["threads_each"]) == (p, t)]
+            lines.append(f"| {p} x {t} | {', '.join(str(r['seconds']) for r in runs)} | {', '.join(str(r.get('cores_busy', '-')) for r in runs)} |")
         c0 = a["machine_2proc_ceiling"]
         lines += ["", f"`apply_speedup_2proc` = {a['speedup_2proc']} (best 1 x 1 / best 2 x 1); against one process with 2 threads: "
                   f"{a['speedup_2proc_vs_2_threads']}. The machine's own ceiling for 2 processes, pure CPU work split in two "

@@ -410,12 +410,16 @@ def test_cli_migrate_apply_and_adapters(world):
     runner = CliRunner()
     res = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
                                "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "2", "--lr", "1e-3", "--min-steps", "0",
-                               "--phi", "linear", "--json"],
+                               "--phi", "linear", "--cost-budget", "none", "--json"],
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["selection"]["selected"] == 30 and out["report"]["rows"][0]["name"] == "migrated"
     assert out["run"]["config"]["method_config"]["phi"] == "linear" and out["run"]["config"]["min_steps"] == 0
+    assert out["run"]["config"]["cost_budget"] is None and out["refined"] is None and "refine" not in out["run"]["cost"]
+    wrong = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
+                                 "--cost-budget", "lots"])
+    assert wrong.exit_code == 2 and "--cost-budget" in wrong.stderr and "'selection', 'none' or a share" in wrong.stderr
     adapter_id = out["adapter"]["id"]
     listed = json.loads(runner.invoke(main, [*base, "adapter", "list", "--json"]).stdout)
     assert adapter_id in [a["id"] for a in listed]
