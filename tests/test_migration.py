@@ -565,14 +565,15 @@ def test_a_cost_budget_spends_what_the_fit_left_on_refinement_and_never_more(wor
     reference retrain's token-passes in all, the fit's share taken first, the rest whole refine
     epochs over everyone, counted exactly as the loop counts them."""
     reg, data = world["reg"], world["data"]
-    config = dataclasses.replace(FAST, reference_epochs=30, refine_lr=5e-3)
+    config = dataclasses.replace(FAST, reference_epochs=30, refine_lr=5e-3, budget_refine_patience=None)
     result = reg.migrate(["src"], "dst", "rate", data, config=config, progress=False)
     cost = result.run.cost
     plan, part = cost["refine_plan"], cost["refine"]
     assert plan["share"] == 0.4 and plan["mode"] == "everyone" and part["users"] == 100 and part["head_trained"]
     two = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=2, lr=5e-3), progress=False)  # the reference, for 2 epochs
     assert plan["reference_token_passes"] == 15 * two.run.token_passes  # 30 epochs of the same retrain
-    assert part["token_passes"] == plan["planned_token_passes"] <= plan["left"]  # the plan is what the loop spent
+    assert part["epochs_run"] == plan["epochs"] >= 2  # no patience here: every planned epoch runs
+    assert part["token_passes"] == plan["planned_token_passes"] <= plan["left"]  # the plan is exactly what the loop spent
     assert plan["spent_before"] + part["token_passes"] == result.run.token_passes <= 0.4 * plan["reference_token_passes"]
     assert result.refined is not None and result.refined.base_id == result.set.id and result.final.id == result.refined.id
     mapped_rmse = reg.evaluate(result.set.id, data).metrics["rmse"]
@@ -591,6 +592,12 @@ def test_refinement_that_beats_nothing_keeps_the_mapped_prompts(world):
     assert part["kept_mapped"] and part["best_epoch"] == 0 and part["token_passes"] > 0
     assert result.refined is None and result.final.id == result.set.id and result.run.cost["results"]["refined_set"] is None
     assert reg.get_alias("staging", "dst", "rate").set_id == result.set.id
+    # the budget's refinement (patience 1): the first epoch that does not beat the map ends it
+    budgeted = reg.migrate(["src"], "dst", "rate", data, config=dataclasses.replace(FAST, reference_epochs=30, refine_lr=50.0),
+                           progress=False, evaluate=False)
+    plan, part = budgeted.run.cost["refine_plan"], budgeted.run.cost["refine"]
+    assert plan["epochs"] >= 2 and part["epochs_run"] == 1 and part["kept_mapped"] and budgeted.refined is None
+    assert part["token_passes"] < plan["planned_token_passes"]  # one epoch spent, not the budget
 
 
 def test_the_refine_plan_buys_epochs_for_everyone_else_the_worst_users_that_fit():

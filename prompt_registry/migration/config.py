@@ -41,7 +41,8 @@ class MigrationConfig:
     too) or, when not one such epoch fits, ``share_refine_epochs`` epochs over the users worst on
     validation after mapping, as many as fit. None: no refinement unless ``refine_epochs`` asks.
     Refinement keeps its best epoch on validation, the mapped state included: when no epoch beats
-    the mapped prompts, no refined version is written.
+    the mapped prompts, no refined version is written. The budget's refinement also stops early
+    (``budget_refine_patience``): one epoch that does not beat the best so far ends it.
 
     ``epochs``, ``lr``, ``cosine``, ``hidden``, ``dropout``, ``norm_match`` are write-only
     shorthands: given (not None), they replace the field of the same name in ``method_config``
@@ -69,6 +70,9 @@ class MigrationConfig:
     cost_budget: float | str | None = "selection"  # token-passes at most, as a share of a reference retrain (see above)
     reference_epochs: int = TrainConfig.epochs  # the reference retrain's epochs: a default retrain's
     share_refine_epochs: int = 2  # with a cost budget too small for an epoch over everyone: epochs over the worst users
+    # the budget's refinement stops after this many validations without improvement (the mapped
+    # state is the first): a refinement that does not help costs one epoch, not the budget
+    budget_refine_patience: int | None = 1
     min_steps: int = 1000  # optimizer steps at least, however few epochs the selected users' rows make
     # ... but no more steps than this many epochs over every candidate's training rows (a default
     # retrain runs 15): on a small user base 1,000 steps would cost more than retraining everyone
@@ -121,6 +125,7 @@ class MigrationConfig:
              or (isinstance(self.cost_budget, (int, float)) and not isinstance(self.cost_budget, bool) and self.cost_budget > 0),
              f"cost_budget must be 'selection', a share of a retrain's token-passes > 0, or None; got {self.cost_budget!r}"),
             (self.reference_epochs >= 1 and self.share_refine_epochs >= 1, "reference_epochs and share_refine_epochs must be >= 1"),
+            (self.budget_refine_patience is None or self.budget_refine_patience >= 1, "budget_refine_patience must be >= 1 (or None)"),
             (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
             (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
             (self.max_fit_epochs is None or self.max_fit_epochs > 0, "max_fit_epochs must be > 0 (or None: no cap)"),

@@ -315,6 +315,7 @@ def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRef
         forward, backward = forward + r.forward_tokens, backward + r.backward_tokens
         examples, wall = examples + r.examples_seen, wall + r.wall_seconds
         parts["refine"] = {"examples_seen": r.examples_seen, "token_passes": r.forward_tokens + r.backward_tokens, "steps": r.global_step,
+                           "epochs_run": r.epoch,
                            "best_epoch": r.best_epoch, "wall_seconds": r.wall_seconds, "users": refinement.users,
                            "head_trained": refinement.head_trained, "kept_mapped": refinement.set is None}
     base = loop.ledger(device, **extra)

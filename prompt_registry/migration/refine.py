@@ -69,7 +69,7 @@ def plan(config: MigrationConfig, candidates: Sequence[str], valid_loss: dict[in
                                "spent_before": spent, "left": left}
     epochs = (left - valid_all) // (2 * train_all + valid_all) if train_all else 0  # the mapped state's validation comes first
     if epochs >= 1:
-        return RefinePlan(list(candidates), int(epochs), True, {**figures, "mode": "everyone", "planned_token_passes":
+        return RefinePlan(list(candidates), int(epochs), True, {**figures, "mode": "everyone", "epochs": int(epochs), "planned_token_passes":
                                                                  int(epochs * (2 * train_all + valid_all) + valid_all)})
     per_user = config.share_refine_epochs * (2 * train_tokens + valid_tokens) + valid_tokens
     order = sorted(valid_loss.items(), key=lambda kv: (-kv[1], kv[0]))  # worst first, as ``worst_users``
@@ -83,7 +83,8 @@ def plan(config: MigrationConfig, candidates: Sequence[str], valid_loss: dict[in
     if rows_trained == 0:
         return RefinePlan([], 0, False, {**figures, "mode": "none", "planned_token_passes": 0})
     users = [candidates[r] for r in sorted(rows)]
-    return RefinePlan(users, config.share_refine_epochs, False, {**figures, "mode": "worst users", "planned_token_passes": total})
+    return RefinePlan(users, config.share_refine_epochs, False, {**figures, "mode": "worst users", "epochs": config.share_refine_epochs,
+                                                                "planned_token_passes": total})
 
 
 def worst_users(candidates: Sequence[str], valid_loss: dict[int, float], share: float) -> list[str]:
@@ -114,7 +115,8 @@ def refine(services: Services, mapped: PromptSet, head: TaskHead, encoder: Promp
     loop = TrainingLoop(encoder=encoder, head=head, provider=table, schedulers={}, train=train, valid=valid, task_kind=head.task_kind,
                         optimizers=optimizers, checkpoint=None, steps_hint=f"refine {target}",
                         config=LoopConfig(epochs=how.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                                          seed=config.seed, checkpoint_every=config.checkpoint_every, patience=config.patience,
+                                          seed=config.seed, checkpoint_every=config.checkpoint_every,
+                                          patience=config.patience if how.budget is None else config.budget_refine_patience,
                                           min_steps=config.refine_min_steps if how.budget is None else 0, validate_start=True))
     try:
         loop.fit(progress)
