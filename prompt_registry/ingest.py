@@ -102,11 +102,12 @@ def digest_batches(array: np.ndarray) -> Generator[tuple[int, int, bytes], None,
                 future.cancel()
 
 
-def digests_in_batches(digests: Sequence[bytes]) -> Iterator[tuple[int, int, bytes]]:
+def digests_in_batches(digests: Sequence[bytes] | bytes) -> Iterator[tuple[int, int, bytes]]:
     """Row digests already computed (e.g. journaled by a streaming write), batched like
-    :func:`digest_batches`."""
-    blob = b"".join(digests)
-    for start, stop in _bounds(len(digests)):
+    :func:`digest_batches`; or the digests as one blob, 32 bytes a row (a digest matrix's
+    ``tobytes()``: no bytes object per row)."""
+    blob = digests if isinstance(digests, bytes) else b"".join(digests)
+    for start, stop in _bounds(len(blob) // 32):
         yield start, stop, blob[32 * start : 32 * stop]
 
 

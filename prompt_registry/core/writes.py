@@ -454,7 +454,7 @@ class SetWriter:
         every = np.concatenate([m for m in manifests if m is not None])
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources, note=note)
         try:
-            made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches([bytes(r) for r in every]), bytes_ready=lambda: None,
+            made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(np.ascontiguousarray(every, dtype=np.uint8).tobytes()), bytes_ready=lambda: None,
                                     store_key=store_key, shape=(prompt_len, width), dtype=dtype, source="shards", started=started,
                                     started_at=started_at, idempotency_key=key)
         except DuplicateKey:
