@@ -6,7 +6,8 @@ store, and the audit queries on a catalogue of ``--catalogue-users`` users on Po
    (1 torch thread, then 2 threads) and by two processes of one thread each, started together.
    Each process times its own ``apply_adapter_shard`` call after its imports; the figure is the
    span from the first start to the last end. Every run maps into a fresh registry copy (written
-   back to disk with ``os.sync`` before the clock starts), so no run reuses another's shards. ``apply_speedup_2proc`` = 1-process (1 thread) seconds / 2-process
+   back to disk with ``os.sync``, then 3 s for the kernel to reclaim the previous run's copy, before the
+   clock starts), so no run reuses another's shards; 5 runs of each side, interleaved. ``apply_speedup_2proc`` = 1-process (1 thread) seconds / 2-process
    seconds.
 2. **S3** (``--s3-users`` x 1 x 576): ``import_prompts`` and a verified batch read of every user
    (``get_prompts``) into a registry whose store is ``s3://`` on a local moto server (127.0.0.1,
@@ -46,6 +47,7 @@ from bench_store import args_record, machine_info, make_model_dir, write_results
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WIDTH_A, WIDTH_B = 576, 384
+SETTLE_S = 3.0
 
 CHILD = """
 import json, sys, time
@@ -134,6 +136,7 @@ def run_apply(base: Path, scratch: Path, adapter: int, processes: int, threads: 
         shutil.rmtree(folder)
     shutil.copytree(base, folder)  # a fresh copy: no shard of an earlier run to reuse
     os.sync()  # the copy's dirty pages written back now, not inside the timed apply (its fsyncs would wait on them)
+    time.sleep(SETTLE_S)  # and the previous run's deleted folder (800 MB) reclaimed by the kernel before the clock starts
     script = scratch / "child.py"
     script.write_text(CHILD)
     go = scratch / f"go-{processes}x{threads}"
@@ -168,7 +171,8 @@ def bench_apply(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     base = scratch / "apply-base" / "reg"
     adapter = apply_registry(base, args.apply_users)
     runs = []
-    for processes, threads in ((1, 1), (1, 2), (2, 1), (1, 1), (2, 1), (1, 1), (2, 1)):  # the two that make the ratio: 3 runs each, interleaved
+    # the two that make the ratio: 5 runs each, interleaved (one pair of runs of the same code has differed by 20% on this machine)
+    for processes, threads in ((1, 1), (1, 2), (2, 1), *(((1, 1), (2, 1)) * 4)):
         figure = run_apply(base, scratch, adapter, processes, threads)
         log(f"  {processes} process(es) x {threads} thread(s): {figure['seconds']:.2f} s")
         runs.append(figure)
