@@ -453,8 +453,9 @@ class SetWriter:
             return ShardWrite(shard, n_shards, (start, stop), reused, done, () if done else missing)
         every = np.concatenate([m for m in manifests if m is not None])
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources, note=note)
+        blob = np.ascontiguousarray(every, dtype=np.uint8).tobytes()  # one bytes object, not one per row: this is after the last shard
         try:
-            made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(np.ascontiguousarray(every, dtype=np.uint8).tobytes()), bytes_ready=lambda: None,
+            made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(blob), bytes_ready=lambda: None,
                                     store_key=store_key, shape=(prompt_len, width), dtype=dtype, source="shards", started=started,
                                     started_at=started_at, idempotency_key=key)
         except DuplicateKey:

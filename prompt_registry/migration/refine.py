@@ -36,11 +36,13 @@ class Refinement:
     state: LoopState
     users: int
     head_trained: bool
-    plan: dict[str, Any] | None = None  # the cost budget's figures, when a budget decided who and how long
 
 
 @dataclasses.dataclass(frozen=True)
 class RefinePlan:
+    """Who refinement trains, for how many epochs, whether the head trains too; ``budget``: the
+    cost budget's figures when a budget decided (recorded in the run's ledger as ``refine_plan``)."""
+
     users: list[str]
     epochs: int
     train_head: bool
@@ -124,11 +126,11 @@ def refine(services: Services, mapped: PromptSet, head: TaskHead, encoder: Promp
         head.requires_grad_(True)
     loop.use_best()
     if loop.state.best_epoch == 0:  # the mapped prompts (and head) stay: no epoch beat them on validation
-        return Refinement(None, loop.state, len(users), train_head, how.budget)
+        return Refinement(None, loop.state, len(users), train_head)
     if train_head:
         head_id = save_head(services, loop.best_head, head, encoder, task=task, model=target, run_id=run_id).id
     prompts = loop.best_provider["rows.weight"].reshape(len(users), mapped.prompt_len, -1).numpy()
     what = "every user" if train_head else f"the {len(users)} users worst on validation after mapping"
     refined = services.writes.import_prompts(target, task, prompts, users, base=mapped.id, run_id=run_id, head=head_id,
                                              note=f"warm-start refinement of set {mapped.id} ({what})")
-    return Refinement(refined, loop.state, len(users), train_head, how.budget)
+    return Refinement(refined, loop.state, len(users), train_head)
