@@ -618,6 +618,8 @@ def test_the_refine_plan_buys_epochs_for_everyone_else_the_worst_users_that_fit(
     assert plan(dataclasses.replace(config, cost_budget="selection"), users, loss, selected=5, spent=4_000, train_tokens=train,
                 valid_tokens=valid).budget["share"] == 0.5  # "selection": the selected users' share
     assert plan(dataclasses.replace(config, cost_budget=None), users, loss, selected=5, spent=0, train_tokens=train, valid_tokens=valid) is None
+    assert plan(dataclasses.replace(config, cost_budget="selection"), users, loss, selected=10, spent=0, train_tokens=train,
+                valid_tokens=valid) is None  # everyone selected: no budget (not a whole retrain's worth of refinement)
     manual = plan(dataclasses.replace(config, refine_epochs=4, refine_share=0.2), users, loss, selected=3, spent=10**9,
                   train_tokens=train, valid_tokens=valid)
     assert (manual.users, manual.epochs, manual.budget) == (["u8", "u9"], 4, None)  # asked for: no budget applies

@@ -37,7 +37,8 @@ class MigrationConfig:
     on that refinement: the budget is a share of a reference retrain (``reference_epochs`` epochs
     over every candidate's training rows, with a validation each epoch), by default the same share
     as the selected users (``"selection"``: selecting 30% of the users means spending at most 30% of
-    a retrain). What the fit and head refit leave buys whole epochs over every user (head trained
+    a retrain; selecting everyone, the default selection, sets no budget). What the fit and head
+    refit leave buys whole epochs over every user (head trained
     too) or, when not one such epoch fits, ``share_refine_epochs`` epochs over the users worst on
     validation after mapping, as many as fit. None: no refinement unless ``refine_epochs`` asks.
     Refinement keeps its best epoch on validation, the mapped state included: when no epoch beats
@@ -141,8 +142,10 @@ class MigrationConfig:
         self.template_obj()  # validates the template
 
     def cost_share(self, selected: int, candidates: int) -> float | None:
-        """The cost budget as a share of the reference retrain (None: no budget)."""
-        if self.cost_budget is None:
+        """The cost budget as a share of the reference retrain (None: no budget). ``"selection"``
+        with every candidate selected (the default selection) is no budget: the map alone, as a
+        share of 1 would let the refinement cost a whole retrain."""
+        if self.cost_budget is None or (self.cost_budget == "selection" and selected >= candidates):
             return None
         return selected / max(candidates, 1) if self.cost_budget == "selection" else float(self.cost_budget)
 
