@@ -570,6 +570,7 @@ def test_a_cost_budget_spends_what_the_fit_left_on_refinement_and_never_more(wor
     cost = result.run.cost
     plan, part = cost["refine_plan"], cost["refine"]
     assert plan["share"] == 0.4 and plan["mode"] == "everyone" and part["users"] == 100 and part["head_trained"]
+    assert part["valid_after"] < part["valid_before"]  # refinement beat the map on validation, hence a refined version
     two = reg.train_prompts("dst", "rate", data, config=TrainConfig(epochs=2, lr=5e-3), progress=False)  # the reference, for 2 epochs
     assert plan["reference_token_passes"] == 15 * two.run.token_passes  # 30 epochs of the same retrain
     assert part["epochs_run"] == plan["epochs"] >= 2  # no patience here: every planned epoch runs
@@ -590,6 +591,7 @@ def test_refinement_that_beats_nothing_keeps_the_mapped_prompts(world):
     result = reg.migrate(["src"], "dst", "rate", data, config=config, progress=False, alias="staging")
     part = result.run.cost["refine"]
     assert part["kept_mapped"] and part["best_epoch"] == 0 and part["token_passes"] > 0
+    assert part["valid_metric"] == "rmse" and part["valid_after"] == part["valid_before"]  # the map's own validation RMSE, kept
     assert result.refined is None and result.final.id == result.set.id and result.run.cost["results"]["refined_set"] is None
     assert reg.get_alias("staging", "dst", "rate").set_id == result.set.id
     # the budget's refinement (patience 1): the first epoch that does not beat the map ends it

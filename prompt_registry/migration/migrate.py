@@ -33,7 +33,7 @@ from ..data.dataset import Dataset
 from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run, ShardWrite
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
 from ..training.distributed import group_rank, receive_ids, send_ids
-from ..training.loop import TrainingLoop
+from ..training.loop import LoopState, TrainingLoop
 from ..training.trainer import checkpoint_key, prepare_examples, save_head
 from .alignment import TokenTable
 from .base import FitContext, MappingSpec, MigrationMethod, artifact_config, get_method, load_method
@@ -295,6 +295,15 @@ def _fit_token_passes(ctx: FitContext, loop: TrainingLoop, refit: HeadRefit) -> 
     return sum(s.forward_tokens + s.backward_tokens for s in states) + ctx.extra_forward_tokens + refit.forward_tokens
 
 
+def _refine_validation(state: LoopState) -> dict[str, float | str]:
+    """What refinement did on validation: the mapped state's metric (its epoch 0) and the kept one's."""
+    curve = [h for h in state.history if any(k.startswith("valid_") for k in h)]
+    if not curve or curve[0].get("epoch") != 0:
+        return {}
+    key = next(k for k in ("valid_rmse", "valid_auc") if k in curve[0])
+    return {"valid_before": curve[0][key], "valid_after": state.best_metric, "valid_metric": key[len("valid_"):]}
+
+
 def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRefit, refinement: Refinement | None,
                 **extra: Any) -> CostLedger:
     """The run's cost: every loop the method built, its extra forward passes, the head refit (one
@@ -317,7 +326,8 @@ def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRef
         parts["refine"] = {"examples_seen": r.examples_seen, "token_passes": r.forward_tokens + r.backward_tokens, "steps": r.global_step,
                            "epochs_run": r.epoch,
                            "best_epoch": r.best_epoch, "wall_seconds": r.wall_seconds, "users": refinement.users,
-                           "head_trained": refinement.head_trained, "kept_mapped": refinement.set is None}
+                           "head_trained": refinement.head_trained, "kept_mapped": refinement.set is None,
+                           **_refine_validation(r)}
     base = loop.ledger(device, **extra)
     return dataclasses.replace(base, wall_seconds=round(wall, 3), examples_seen=examples, forward_tokens=forward,
                                backward_tokens=backward, extra={**base.extra, **parts})
