@@ -430,8 +430,9 @@ def test_cli_migrate_apply_and_adapters(world):
     assert applied.exit_code == 0 and f"mapped set {out['set']['id']}" in applied.stdout  # idempotent
     text = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "dst", "--task", "rate", "--data", str(world["data"]),
                                 "--budget", "30", "--clusters", "4", "--min-per-cluster", "2", "--epochs", "1", "--gate", "-5", "--alias", "canary",
-                                "--min-steps", "0"])
+                                "--min-steps", "0", "--refine-epochs", "1", "--refine-lr", "50"])
     assert text.exit_code == 0 and "did NOT move alias canary" in text.stdout and "token-passes" in text.stdout
+    assert "beat the mapped prompts on no epoch: kept the mapped set" in text.stdout  # a wrecking refine lr: nothing written
     bad = runner.invoke(main, [*base, "migrate", "run", "--from", "src", "--to", "src", "--task", "rate", "--data", str(world["data"])])
     assert bad.exit_code == 1 and "same model" in bad.stderr
 

@@ -310,8 +310,12 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
     if cov.get("partial") or cov.get("cold") or cov.get("left_out"):
         click.echo(f"coverage ({cov['policy']}): {cov['full']} on every source, {cov['partial']} imputed, {cov['left_out']} left out, "
                    f"{cov['cold']} with no source prompt ({'given the centroid' if cov['cold_start'] == 'centroid' else 'not mapped'})")
+    refined = result.run.cost.get("refine") or {}
     if result.refined is not None:
         click.echo(f"refined set {result.refined.id} = {result.refined.ref}")
+    elif refined.get("kept_mapped"):
+        click.echo(f"refinement ({refined['users']} users, {refined['epochs_run']} epoch(s)) beat the mapped prompts on no epoch: "
+                   "kept the mapped set")
     click.echo(f"cost: {run.wall_seconds:.1f} s on {run.device}, {run.examples_seen} examples, "
                f"{run.token_passes} token-passes")
     if result.report is not None:
