@@ -595,12 +595,13 @@ def test_refinement_that_beats_nothing_keeps_the_mapped_prompts(world):
     assert part["valid_metric"] == "rmse" and part["valid_after"] == part["valid_before"]  # the map's own validation RMSE, kept
     assert result.refined is None and result.final.id == result.set.id and result.run.cost["results"]["refined_set"] is None
     assert reg.get_alias("staging", "dst", "rate").set_id == result.set.id
-    # the budget's refinement (patience 1): the first epoch that does not beat the map ends it
+    # the budget's refinement (patience 2): two epochs that do not beat the map end it
     budgeted = reg.migrate(["src"], "dst", "rate", data, config=dataclasses.replace(FAST, reference_epochs=30, refine_lr=50.0),
                            progress=False, evaluate=False)
     plan, part = budgeted.run.cost["refine_plan"], budgeted.run.cost["refine"]
-    assert plan["epochs"] >= 2 and part["epochs_run"] == 1 and part["kept_mapped"] and budgeted.refined is None
-    assert part["token_passes"] < plan["planned_token_passes"]  # one epoch spent, not the budget
+    assert plan["epochs"] >= 3 and part["epochs_run"] == 2 and part["kept_mapped"] and budgeted.refined is None
+    assert part["token_passes"] < plan["planned_token_passes"]  # two epochs spent, not the budget
+    assert len(part["valid_curve"]) == 3 and part["valid_curve"][0] == part["valid_before"]  # the map, then two worse epochs
 
 
 def test_the_refine_plan_buys_epochs_for_everyone_else_the_worst_users_that_fit():

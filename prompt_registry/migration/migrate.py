@@ -295,13 +295,14 @@ def _fit_token_passes(ctx: FitContext, loop: TrainingLoop, refit: HeadRefit) -> 
     return sum(s.forward_tokens + s.backward_tokens for s in states) + ctx.extra_forward_tokens + refit.forward_tokens
 
 
-def _refine_validation(state: LoopState) -> dict[str, float | str]:
+def _refine_validation(state: LoopState) -> dict[str, Any]:
     """What refinement did on validation: the mapped state's metric (its epoch 0) and the kept one's."""
     curve = [h for h in state.history if any(k.startswith("valid_") for k in h)]
     if not curve or curve[0].get("epoch") != 0:
         return {}
     key = next(k for k in ("valid_rmse", "valid_auc") if k in curve[0])
-    return {"valid_before": curve[0][key], "valid_after": state.best_metric, "valid_metric": key[len("valid_"):]}
+    return {"valid_before": curve[0][key], "valid_after": state.best_metric, "valid_metric": key[len("valid_"):],
+            "valid_curve": [h.get(key) for h in curve]}
 
 
 def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRefit, refinement: Refinement | None,
