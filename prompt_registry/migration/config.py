@@ -72,9 +72,9 @@ class MigrationConfig:
     reference_epochs: int = TrainConfig.epochs  # the reference retrain's epochs: a default retrain's
     share_refine_epochs: int = 2  # with a cost budget too small for an epoch over everyone: epochs over the worst users
     # the budget's refinement stops after this many epochs without improvement on validation: 2,
-    # as a warm start's first epoch often dips below the map and the second recovers past it (6 of
-    # 9 refinements on seeds 9-11, validation rows only); a refinement that does not help then
-    # costs two epochs, not the whole budget
+    # as a warm start's first epoch can fall short of the map and the second pass it (seeds 9 and
+    # 10 at refine lr 5e-3, validation rows only); a refinement that does not help then costs two
+    # epochs, not the whole budget
     budget_refine_patience: int | None = 2
     min_steps: int = 1000  # optimizer steps at least, however few epochs the selected users' rows make
     # ... but no more steps than this many epochs over every candidate's training rows (a default
