@@ -71,7 +71,8 @@ ledger = loop.ledger("cpu")
 # then a whole migration in the same process group: every rank fits, rank 0 stores
 from prompt_registry.migration.config import MigrationConfig
 from prompt_registry.migration.selection import SelectionConfig
-config = MigrationConfig(distributed=world > 1, min_steps=60, warmup_steps=0, head_lr=1e-2, lr=3e-3, selection=SelectionConfig(budget=20))
+config = MigrationConfig(distributed=world > 1, min_steps=60, warmup_steps=0, head_lr=1e-2, lr=3e-3, selection=SelectionConfig(budget=20),
+                         cost_budget=None)  # the data-parallel fit and map alone (a budget refinement would run on rank 0 only)
 with Registry.open(reg_dir) as reg:
     result = reg.migrate(["bert16"], "bert24", "rate", data_dir, config=config, evaluate=False, progress=False)
 # then prompt training from scratch: the per-user table's sparse rows, synchronised by the loop (on a
