@@ -151,6 +151,11 @@ class MigrationConfig:
             return None
         return selected / max(candidates, 1) if self.cost_budget == "selection" else float(self.cost_budget)
 
+    def reference_token_passes(self, train_tokens: float, valid_tokens: float) -> float:
+        """The reference retrain the cost budget is a share of: ``reference_epochs`` epochs of a
+        forward and backward pass over ``train_tokens`` and a validation pass over ``valid_tokens``."""
+        return self.reference_epochs * (2 * train_tokens + valid_tokens)
+
     def uses_item_prior(self, task_kind: str) -> bool:
         return on_for_clicks(self.item_prior, task_kind)
 

@@ -224,14 +224,14 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
         if how is not None and how.users:
             refinement = refine(services, mapped, head, encoder, dataset, split, how, config, head_id=head_artifact.id,
                                 target=target, task=task, run_id=run.id, progress=progress)
+        refined = refinement.set if refinement else None  # None too when refinement kept the mapped prompts
         ledger = _fit_ledger(context, loop, backbone.device, refit, refinement, apply_seconds=round(apply_seconds, 3),
                              mapped_users=len(everyone), selected_users=len(selection.users), retained_users=len(retained),
                              **({"refine_plan": how.budget} if how is not None and how.budget is not None else {}))
         finished = services.runs.finish_run(run.id, ledger=ledger, results={
             "best_epoch": loop.state.best_epoch, "best_step": loop.state.best_step, "history": loop.state.history,
             "head_refit": refit.summary, "mapped_set": mapped.id,
-            "refined_set": refinement.set.id if refinement and refinement.set else None,
-            "refined_users": refinement.users if refinement and refinement.set else 0})
+            "refined_set": refined.id if refined else None, "refined_users": refinement.users if refinement and refined else 0})
     except BaseException as exc:
         partial = loop or (context.loops[-1] if context.loops else None)
         services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
@@ -240,9 +240,8 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
             send_ids([-1, -1, -1, -1])  # the followers wait on rank 0's result: say there is none
         raise
     if config.distributed:
-        send_ids([mapped.id, refinement.set.id if refinement and refinement.set else -1, adapter.id, finished.id])
+        send_ids([mapped.id, refined.id if refined else -1, adapter.id, finished.id])
     checkpoint.unlink(missing_ok=True)
-    refined = refinement.set if refinement else None  # None too when refinement kept the mapped prompts
     final = refined or mapped
     groups = {"partial": cover.partial, **({"cold": cover.cold} if config.cold_start == "centroid" else {})}
     report = (quality_report(services, final, source_sets, dataset, config, device, seen=selection.users, groups=groups)

@@ -65,7 +65,7 @@ def plan(config: MigrationConfig, candidates: Sequence[str], valid_loss: dict[in
     if share is None:
         return None
     train_all, valid_all = int(train_tokens.sum()), int(valid_tokens.sum())
-    reference = config.reference_epochs * (2 * train_all + valid_all)  # a retrain: forward + backward, and a validation, each epoch
+    reference = int(config.reference_token_passes(train_all, valid_all))
     left = int(share * reference) - spent
     figures: dict[str, Any] = {"share": round(share, 6), "reference_epochs": config.reference_epochs, "reference_token_passes": reference,
                                "spent_before": spent, "left": left}

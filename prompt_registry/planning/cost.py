@@ -103,7 +103,7 @@ class CostModel:
         passes = (2 * steps * config.batch_size + validations * valid_rows + train_rows + valid_rows) * tokens
         share = config.cost_share(budget, users) if config.refine_epochs == 0 else None
         if share is not None:  # what the fit leaves of the cost budget goes to refinement: the budget is the estimate
-            passes = max(passes, share * config.reference_epochs * (2 * train_rows + valid_rows) * tokens)
+            passes = max(passes, share * config.reference_token_passes(train_rows * tokens, valid_rows * tokens))
         return _estimate(passes, seconds_rate, "prior", rate_basis, {
             "users": users, "selected": budget, "steps": steps, "validations": validations, "rows_per_user": rows, "rows_basis": rows_basis,
             "tokens_per_example": tokens, "tokens_basis": token_basis, "method": method, "cost_budget": share})
