@@ -148,25 +148,26 @@ class Manifest:
         return store_key
 
     def read(self, store: TensorStore, store_keys: Mapping[int, str | None], positions: np.ndarray,
-             shape: tuple[int, int], dtype: str, *, verify: bool) -> np.ndarray:
-        """The rows at ``positions`` (in that order), checksum-verified unless ``verify=False``."""
+             shape: tuple[int, int], dtype: str, *, verify: bool, scan: bool = False) -> np.ndarray:
+        """The rows at ``positions`` (in that order), checksum-verified unless ``verify=False``
+        (``scan``: read once, see ``TensorStore.read_verified``)."""
         holders = self.holder[positions]
         distinct = np.unique(holders).tolist()
         if len(distinct) == 1:  # one array holds them all (any full version): no second copy
-            return self._read_holder(store, store_keys, distinct[0], positions, verify)
+            return self._read_holder(store, store_keys, distinct[0], positions, verify, scan)
         out = np.empty((len(positions), *shape), dtype=dtype)
         for holder in distinct:
             mask = holders == holder
-            out[mask] = self._read_holder(store, store_keys, holder, positions[mask], verify)
+            out[mask] = self._read_holder(store, store_keys, holder, positions[mask], verify, scan)
         return out
 
     def _read_holder(self, store: TensorStore, store_keys: Mapping[int, str | None], holder: int,
-                     positions: np.ndarray, verify: bool) -> np.ndarray:
+                     positions: np.ndarray, verify: bool, scan: bool) -> np.ndarray:
         key = self._key(store_keys, holder)
         if not verify:
             return store.read_rows(key, self.rows[positions])
         try:
-            return store.read_verified(key, self.rows[positions], self.digests[positions])
+            return store.read_verified(key, self.rows[positions], self.digests[positions], scan=scan)
         except RowChecksumError as exc:
             bad_users = ", ".join(repr(self.users[int(positions[i])]) for i in exc.positions[:5])
             more = f" and {len(exc.positions) - 5} more" if len(exc.positions) > 5 else ""

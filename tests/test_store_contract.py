@@ -131,6 +131,18 @@ class TestZarrStore(TensorStoreContract):
         store.delete("a")
         assert store.verified_cache_info()["rows"] == 0
 
+    def test_a_scan_is_verified_but_neither_served_from_nor_kept_in_the_cache(self, store, monkeypatch):
+        data = self._filled(store, n=10)
+        digests = digest_matrix(row_digests(data))
+        hashed = self._count_hashed(monkeypatch)
+        np.testing.assert_array_equal(store.read_verified("a", range(10), digests, scan=True), data)
+        assert sum(hashed) == 10 and store.verified_cache_info()["rows"] == 0  # hashed, not kept
+        store.read_verified("a", [1, 2], digests[[1, 2]])  # a repeated read keeps its rows
+        assert store.verified_cache_info()["rows"] == 2
+        store.read_verified("a", [1, 2], digests[[1, 2]], scan=True)
+        assert sum(hashed) == 14  # a scan does not look them up either: it hashes every row it reads
+        assert store.verified_cache_info()["rows"] == 2
+
     def test_small_verified_reads_just_hash(self, store, monkeypatch):
         data = self._filled(store, n=10)
         monkeypatch.setattr(zarr_store, "VERIFIED_CACHE_MIN_ROWS", 4)

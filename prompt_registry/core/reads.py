@@ -75,14 +75,16 @@ class SetReader:
     def get_prompts(
         self, users: Sequence[str], model: str | None = None, task: str | None = None, *, alias: str | None = None,
         version: int | None = None, set: int | str | PromptSet | None = None, fingerprint: str | None = None,
-        verify: bool = True,
+        verify: bool = True, scan: bool = False,
     ) -> Any:
-        """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``."""
+        """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``.
+        ``scan``: the caller streams through the set, reading each row once (an apply): the rows
+        are verified but not kept for later reads (``TensorStore.read_verified``)."""
         users = list(map(str, users))
         with read_session(self.ctx.engine) as session:
             row = self._read_target(session, model, task, alias, version, set)
             self._check_fingerprint(session, row, fingerprint)
-            _, data = resolution.read_users(self.ctx, session, row, users, verify)
+            _, data = resolution.read_users(self.ctx, session, row, users, verify, scan=scan)
         return to_torch(data)
 
     def forget_cached(self) -> None:
@@ -116,7 +118,7 @@ class SetReader:
             raise InvalidArgumentError(f"unknown export format {format!r}: leave it out (.safetensors / .npy by the file name) or use 'peft'")
         with read_session(self.ctx.engine) as session:
             row = lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)
-            users, array = resolution.read_users(self.ctx, session, row, None if users is None else list(map(str, users)), verify)
+            users, array = resolution.read_users(self.ctx, session, row, None if users is None else list(map(str, users)), verify, scan=True)
             model_row = session.get_one(BaseModelRow, row.model_id)
             task_row = session.get_one(TaskRow, row.task_id)
         if format == "peft":

@@ -72,9 +72,10 @@ def manifest_for(ctx: Context, session: Session, row: PromptSetRow, users: Seque
 
 
 def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None, verify: bool,
-               only_present: bool = False) -> tuple[list[str], np.ndarray]:
+               only_present: bool = False, scan: bool = False) -> tuple[list[str], np.ndarray]:
     """The users read and their rows, in order (``None``: everyone, sorted); ``only_present`` skips
-    the users without a prompt in the version instead of refusing them."""
+    the users without a prompt in the version instead of refusing them; ``scan``: the rows are read
+    once (``TensorStore.read_verified``)."""
     manifest = manifest_for(ctx, session, row, users)
     users = sorted(manifest.users) if users is None else list(users)
     if only_present:
@@ -83,4 +84,4 @@ def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequenc
             return users, np.zeros((0, row.prompt_len, row.width), dtype=row.dtype)
     positions = manifest.positions(users)
     keys = dict(chain_of(ctx, session, row))
-    return users, manifest.read(ctx.store, keys, positions, (row.prompt_len, row.width), row.dtype, verify=verify)
+    return users, manifest.read(ctx.store, keys, positions, (row.prompt_len, row.width), row.dtype, verify=verify, scan=scan)

@@ -85,18 +85,19 @@ def plan_coverage(services: Services, sets: Sequence[PromptSet], policy: str, co
 
 
 def gather(services: Services, sets: Sequence[PromptSet], users: Sequence[str], holders: Sequence[set[str]],
-           means: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+           means: Sequence[torch.Tensor] | None, *, scan: bool = False) -> list[torch.Tensor]:
     """One ``(len(users), prompt_len, width)`` table per source, in ``users`` order; a user missing
-    from a source gets that source's mean prompt (``means``; None: every user must be in every source)."""
+    from a source gets that source's mean prompt (``means``; None: every user must be in every source).
+    ``scan``: the caller streams every user once (an apply), so the rows are not kept for rereads."""
     out = []
     for i, (s, have) in enumerate(zip(sets, holders)):
         if means is None:
-            out.append(services.reads.get_prompts(users, set=s.id).float())
+            out.append(services.reads.get_prompts(users, set=s.id, scan=scan).float())
             continue
         table = means[i].float().expand(len(users), *means[i].shape).clone()
         rows = [j for j, u in enumerate(users) if u in have]
         if rows:
-            table[rows] = services.reads.get_prompts([users[j] for j in rows], set=s.id).float()
+            table[rows] = services.reads.get_prompts([users[j] for j in rows], set=s.id, scan=scan).float()
         out.append(table)
     return out
 

@@ -91,7 +91,7 @@ def _producer(services: Services, method: MigrationMethod[Any], sets: Sequence[P
         for i in range(0, len(chunk), batch_users):
             part = chunk[i : i + batch_users]
             with torch.no_grad():
-                inputs = [t.to(device) for t in gather(services, sets, part, have, means)]
+                inputs = [t.to(device) for t in gather(services, sets, part, have, means, scan=True)]  # each user once
                 out.append(method.map(*inputs).cpu().numpy())
         rows = np.concatenate(out)
         if overrides:

@@ -189,9 +189,11 @@ class TensorStore(abc.ABC):
     def read_rows(self, key: str, rows: np.ndarray | slice | range) -> np.ndarray:
         """Rows in the order asked (duplicates allowed); ``MissingDataError`` if bytes are gone."""
 
-    def read_verified(self, key: str, rows: np.ndarray | slice | range, digests: np.ndarray) -> np.ndarray:
+    def read_verified(self, key: str, rows: np.ndarray | slice | range, digests: np.ndarray, *, scan: bool = False) -> np.ndarray:
         """``read_rows``, every row checked against ``digests`` (``(len(rows), 32)`` uint8, the
-        expected sha256 of each requested row); ``RowChecksumError`` names the rows that fail."""
+        expected sha256 of each requested row); ``RowChecksumError`` names the rows that fail.
+        ``scan``: the caller reads these rows once (an apply or an export streaming a whole set),
+        so a store that keeps verified rows for later reads neither looks them up nor keeps them."""
         out = self.read_rows(key, rows)
         bad = mismatched_rows(out, np.asarray(digests, dtype=np.uint8).reshape(len(out), DIGEST_BYTES))
         if len(bad):

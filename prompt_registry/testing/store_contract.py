@@ -144,6 +144,10 @@ class TensorStoreContract:
             store.read_verified("a", order, wrong)
         assert err.value.positions == [1, 4] and isinstance(err.value, ChecksumError)
         assert store.read_verified("a", [], digests[:0]).shape == (0, 2, 6)
+        np.testing.assert_array_equal(store.read_verified("a", order, digests[order], scan=True), data[order])  # a scan checks as much
+        with pytest.raises(RowChecksumError) as err:
+            store.read_verified("a", order, wrong, scan=True)
+        assert err.value.positions == [1, 4]
 
     def test_verified_reads_see_overwritten_rows(self, store):
         data = self._filled(store, n=10)
