@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=15)
     parser.add_argument("--train-lr", type=float, default=5e-3)
     parser.add_argument("--adapter-lr", type=float, help="default: 3e-3 on the tiny pair, 1e-4 (the library's) on real models")
-    parser.add_argument("--refine-lr", type=float, help="the cost budget's refinement lr in every migration row; default: the library's MigrationConfig.refine_lr")
+    parser.add_argument("--refine-lr", type=float, help="the cost budget's refinement lr in every migration row; default: MigrationConfig.refine_lr")
     parser.add_argument("--head-lr", type=float, help="migration head lr; default: 1e-2 on the tiny pair, 1e-3 (the library's) on real models")
     parser.add_argument("--random-phis", type=int, default=2, help="random selection is run for the first N Phi variants")
     parser.add_argument("--rows", help="run only the migration rows whose name matches this regular expression (baselines always run)")
