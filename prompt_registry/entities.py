@@ -296,6 +296,7 @@ class GcReport(_Entity):
     removed_sets: tuple[int, ...] = ()  # sets removed by retention (now status 'deleted')
     foreign: tuple[str, ...] = ()  # store objects this catalogue did not write: left alone
     closed_runs: tuple[int, ...] = ()  # stale runs closed as failed
+    abandoned_sets: tuple[int, ...] = ()  # pending sets of sharded writes no shard touched for the grace period
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,6 +115,89 @@ def test_a_failed_shard_leaves_no_set_and_the_rerun_reuses_the_finished_shards(m
     assert reg.doctor().ok
 
 
+def _pending(reg):
+    """The pending sets (id, rows the shards inserted so far), read from the catalogue directly."""
+    from sqlalchemy import func, select
+
+    from prompt_registry.db.engine import read_session
+    from prompt_registry.db.schema import PromptRowRow, PromptSetRow
+
+    with read_session(reg._ctx.engine) as session:
+        ids = session.scalars(select(PromptSetRow.id).where(PromptSetRow.status == "pending")).all()
+        return {i: session.scalar(select(func.count()).select_from(PromptRowRow).where(PromptRowRow.set_id == i)) for i in ids}
+
+
+@pytest.mark.registry
+def test_each_shard_inserts_its_own_rows_into_a_pending_set_no_reader_sees(mapped):
+    """The catalogue rows go in with each shard (the commit only checks them and gives the set its
+    version): until the last shard, no listing, read, audit or lineage shows the set."""
+    reg, adapter, expected, _, _ = mapped
+    source = reg.get_set("a/rate@production")
+    assert reg.apply_adapter_shard(adapter, 0, 2, progress=False).set is None
+    [(pending, rows)] = _pending(reg).items()
+    assert rows == 512  # shard 0's users, in with shard 0
+    assert _sets_on_b(reg) == [] and reg.list_sets(include_deleted=True) == [source]
+    with pytest.raises(pr.UnknownSetError, match="shards are not all in"):
+        reg.get_set(pending)
+    with pytest.raises(pr.UnknownSetError):
+        reg.lineage(pending)
+    with pytest.raises(pr.UnknownSetError):
+        reg.get_prompts(user_ids(2), set=pending)
+    assert [v.set_id for v in reg.user_history(user_ids(1)[0]).versions] == [source.id]
+    assert reg.blast_radius(adapter).sets == () and [n.set_id for n in reg.lineage(source, down=True).nodes] == [source.id]
+    with pytest.raises(pr.ConflictError, match=f"sharded write of the same inputs is in progress \\(pending set {pending}\\)"):
+        reg.apply_adapter(adapter, progress=False)  # the same mapping in one process waits for the shards
+    last = reg.apply_adapter_shard(adapter, 1, 2, progress=False)
+    assert last.set.id == pending and last.set.version == 1 and _pending(reg) == {}
+    assert reg.blast_radius(adapter).n_users == N_USERS and reg.apply_adapter(adapter, progress=False).id == pending
+
+
+@pytest.mark.registry
+def test_a_user_purged_while_the_shards_run_blocks_the_commit_and_loses_its_bytes(backend, tmp_path):
+    """Shards given fixed users (an apply would see the purge in its source and map the rest
+    under a new key): the purge erases the pending bytes too, and the last shard refuses to commit."""
+    reg = pr.Registry.init(backend[0], store=backend[1])
+    reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))
+    reg.add_task("rate", "rating")
+    users = user_ids(600)
+    reg.add_users(users)
+    data = prompts(600, 16, seed=5)
+
+    def write(shard):
+        return reg._s.writes.write_prompt_shard("a", "rate", users, lambda a, b: data[a:b], prompt_len=1, key="ef" * 16,
+                                                shard=shard, n_shards=2)
+
+    assert write(0).missing == (1,)
+    [pending] = _pending(reg)
+    [store_key] = [o.key for o in reg.store.list_objects() if o.key.startswith("set-")]
+    assert reg.store.read_rows(store_key, [7]).any()
+    report = reg.purge_user(users[7], reason="test")  # row 7: in shard 0's range, already written
+    assert report.sets == (pending,) and not reg.store.read_rows(store_key, [7]).any()  # the pending bytes are erased
+    with pytest.raises(pr.UnknownUserError, match=f"{users[7]}.*purged while this sharded write ran"):
+        write(1)
+    assert reg.list_sets(include_deleted=True) == [] and _pending(reg) == {pending: 599}
+    assert reg.gc(grace_seconds=0).abandoned_sets == (pending,) and not reg.store.list_objects()
+    reg.close()
+
+
+@pytest.mark.registry
+def test_gc_removes_a_sharded_write_no_shard_touched_for_the_grace_period(mapped):
+    reg, adapter, expected, _, _ = mapped
+    assert reg.apply_adapter_shard(adapter, 0, 2, progress=False).set is None
+    [pending] = _pending(reg)
+    assert reg.gc().abandoned_sets == () and _pending(reg) == {pending: 512}  # touched just now: kept
+    assert reg.gc(grace_seconds=0, dry_run=True).abandoned_sets == (pending,) and _pending(reg) == {pending: 512}
+    report = reg.gc(grace_seconds=0)
+    assert report.abandoned_sets == (pending,) and _pending(reg) == {}
+    assert any(k.startswith("set-") for k in report.removed) and any(k.startswith("shard-") for k in report.removed)
+    assert {o.key for o in reg.store.list_objects() if o.key.startswith(("set-", "shard-"))} == {reg.get_set("a/rate@production").store_key}
+    first = reg.apply_adapter_shard(adapter, 0, 2, progress=False)
+    assert not first.reused  # its digests went with the rest: mapped again
+    done = reg.apply_adapter_shard(adapter, 1, 2, progress=False)
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=done.set.id), expected, rtol=1e-5, atol=1e-6)
+    assert reg.doctor().ok
+
+
 def test_bad_shards_are_refused(tmp_path):
     reg = pr.Registry.init(tmp_path / "reg")
     reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))

@@ -112,6 +112,9 @@ def gc(obj: Context, dry_run: bool, grace_seconds: float, keep_last: int | None,
         click.echo(f"left {len(report.foreign)} store object(s) this catalogue did not write: {_cell(report.foreign)}")
     if report.closed_runs:
         click.echo(f"{'would close' if dry_run else 'closed'} {len(report.closed_runs)} stale run(s) as failed: {_cell(report.closed_runs)}")
+    if report.abandoned_sets:
+        click.echo(f"{verb} {len(report.abandoned_sets)} abandoned sharded write(s) (pending sets no shard touched for "
+                   f"{grace_seconds:g}s): {_cell(report.abandoned_sets)}")
 
 
 COMMANDS = (init, db, doctor, gc)

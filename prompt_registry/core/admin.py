@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from .. import liveness, validation
@@ -16,7 +17,7 @@ from ..audit import deletion, retention
 from ..audit.entities import PurgeReport
 from ..db import lookups, migrations
 from ..db.engine import read_session, write_session
-from ..db.schema import ArtifactRow, PromptRowRow, PromptSetRow, RunRow
+from ..db.schema import ArtifactRow, PromptRowRow, PromptSetRow, PurgedRowRow, RunRow
 from ..entities import DoctorReport, GcReport, Problem
 from ..errors import IntegrityError, InvalidArgumentError, SchemaError
 from ..store import keys
@@ -151,8 +152,10 @@ class AdminService:
            keep_last: int | None = None, older_than_days: float | None = None,
            stale_after_seconds: float = liveness.STALE_AFTER_SECONDS) -> GcReport:
         """Finish interrupted purges (erase their pending bytes), remove the prompt sets retention no
-        longer needs (with ``keep_last``/``older_than_days``), then store objects this catalogue wrote and no row refers to (bytes of interrupted writes),
-        and close stale runs (left ``running`` by a process that died) as ``failed``.
+        longer needs (with ``keep_last``/``older_than_days``) and the pending sets of sharded writes
+        no shard has touched for ``grace_seconds`` (their catalogue rows; ``abandoned_sets``), then
+        store objects this catalogue wrote and no row refers to (bytes of interrupted writes), and
+        close stale runs (left ``running`` by a process that died) as ``failed``.
 
         Retention, per model and task, keeps the newest ``keep_last`` versions (at least 1; 1 if
         only ``older_than_days`` is given), sets younger than ``older_than_days``, sets an alias
@@ -179,6 +182,7 @@ class AdminService:
                     self.ctx.audit(session, "retention_delete", "prompt_set", d.set_id, {
                         "version": d.version, "store_key": d.store_key, "keep_last": policy.keep_last, "older_than_days": policy.older_than_days})
             self.ctx.caches.forget()
+        abandoned = self._abandoned_writes(now, grace_seconds, dry_run)
         objects = {o.key: o for o in self.ctx.store.list_objects()}
         set_bytes = [objects[d.store_key] for d in sets if d.store_key in objects]
         if not dry_run:
@@ -202,7 +206,23 @@ class AdminService:
                                             reason="gc ran", dry_run=dry_run)
         removed = set_bytes + doomed
         return GcReport(dry_run, tuple(o.key for o in removed), sum(o.nbytes for o in removed), young, tuple(d.set_id for d in sets),
-                        tuple(o.key for o in foreign), tuple(closed))
+                        tuple(o.key for o in foreign), tuple(closed), tuple(abandoned))
+
+    def _abandoned_writes(self, now: dt.datetime, grace_seconds: float, dry_run: bool) -> list[int]:
+        """Pending sets of sharded writes whose shards last inserted rows more than
+        ``grace_seconds`` ago: their rows and the set row go (their bytes are orphans then, and
+        go with the other orphans). A shard still running past that finds its set gone and says so."""
+        cutoff = now - dt.timedelta(seconds=grace_seconds)
+        session_of = read_session if dry_run else write_session
+        with session_of(self.ctx.engine) as session:
+            ids = [int(i) for i in session.scalars(select(PromptSetRow.id).where(PromptSetRow.status == "pending",
+                                                                                  PromptSetRow.created_at <= cutoff).order_by(PromptSetRow.id))]
+            if ids and not dry_run:
+                for table in (PromptRowRow, PurgedRowRow):
+                    session.execute(delete(table).where(table.set_id.in_(ids)))
+                session.execute(delete(PromptSetRow).where(PromptSetRow.id.in_(ids)))
+                self.ctx.audit(session, "gc_abandoned_writes", "store", self.ctx.store.location, {"pending_sets": ids})
+        return ids
 
     def purge_user(self, user: str, *, reason: str | None = None, dry_run: bool = False) -> PurgeReport:
         """Delete a user everywhere: remove their prompt rows from every set (derived ones

@@ -170,6 +170,5 @@ class SetReader:
                 stmt = stmt.where(PromptSetRow.id.in_(select(TagRow.set_id).where(TagRow.name == validation.label(tag, "tag name"))))
             if alias is not None:
                 stmt = stmt.where(PromptSetRow.id.in_(select(AliasRow.set_id).where(AliasRow.name == names.alias_or_task(alias, "alias name"))))
-            if not include_deleted:
-                stmt = stmt.where(PromptSetRow.status == "committed")
+            stmt = stmt.where(PromptSetRow.status == "committed") if not include_deleted else stmt.where(PromptSetRow.status != "pending")
             return mappers.set_entities(session, session.scalars(stmt).all())

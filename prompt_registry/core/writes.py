@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from .. import fileio, validation
@@ -24,10 +24,11 @@ from .._util import preview
 from ..db import lookups, mappers
 from ..db.bulk import count_active_users, insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
-from ..db.schema import BaseModelRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow
+from ..db.schema import BaseModelRow, PromptRowRow, PromptSetParentRow, PromptSetRow, RunRow, TagRow, UserRow
 from ..dtypes import BFLOAT16, from_torch, is_float
 from ..entities import PromptSet, ShardWrite
 from ..errors import (
+    ConflictError,
     DTypeError,
     IntegrityError,
     InvalidArgumentError,
@@ -299,6 +300,10 @@ class SetWriter:
             lookups.task_row(session, task)
             if key is not None:
                 done = session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+                if done is not None and done.status == "pending":
+                    raise ConflictError(f"a sharded write of the same inputs is in progress (pending set {done.id}): finish it by "
+                                        "rerunning its shards, or `prompt-registry gc` removes it once no shard has touched it "
+                                        "for the grace period")
                 if done is not None:
                     return mappers.set_entities(session, [done])[0]
             known = lookups.user_ids(session, user_ids, active_only=True)
@@ -355,14 +360,17 @@ class SetWriter:
 
         The users are split into ``n_shards`` contiguous, chunk-aligned ranges; this call writes
         its range (``produce(start, stop)`` as for ``write_prompts``) into the one array named by
-        ``key``, then stores its row digests as a write-once ``shard-`` object once the bytes are
-        durable. No catalogue row is written until every shard's digests are there: the call that
-        finds them all (the last to finish) commits the set in one transaction, the others return
-        with ``set`` None. A killed shard leaves no visible set; rerun, a shard whose digests are
-        stored and whose rows still match them is reused, not written again. Two calls committing
-        at once are settled by the unique idempotency key: both return the one set.
+        ``key``. The first shard makes the set's catalogue row as ``pending`` (no version; no reader
+        sees it); once its bytes are durable, each shard inserts its own users' ``prompt_rows`` in
+        one transaction, then stores its row digests as a write-once ``shard-`` object. The call
+        that finds every shard's digests (the last to finish) commits: it checks that every user
+        still has its row and turns the set ``committed`` with the next version, in one short
+        transaction (no row per user is written there); the others return with ``set`` None. A
+        killed shard leaves no visible set; rerun, a shard whose digests are stored and whose rows
+        still match them is reused, not written again. Two calls committing at once are serialised
+        on the model's row: the second returns the set the first committed. A pending set no shard
+        has touched for ``gc``'s grace period is removed by ``gc``.
         """
-        from sqlalchemy.exc import IntegrityError as DuplicateKey
         from tqdm.auto import tqdm
 
         validation.text(note, "note")
@@ -383,7 +391,7 @@ class SetWriter:
         def committed() -> PromptSet | None:
             with read_session(self.ctx.engine) as session:
                 done = session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
-                return mappers.set_entities(session, [done])[0] if done is not None else None
+                return mappers.set_entities(session, [done])[0] if done is not None and done.status != "pending" else None
 
         if (done := committed()) is not None:
             return ShardWrite(shard, n_shards, (start, stop), True, done, ())
@@ -405,6 +413,11 @@ class SetWriter:
         if store.array_info(store_key).shape != shape:
             raise IntegrityError(f"array {store_key} in {store.location} has shape {store.array_info(store_key).shape}, not {shape}: "
                                  "the shards were not given the same users and prompt length")
+        pending = self._pending_set(model, task, key, store_key, len(user_ids), prompt_len, width, dtype)
+        if pending is None:  # committed by another shard since the check above
+            done = committed()
+            assert done is not None
+            return ShardWrite(shard, n_shards, (start, stop), True, done, ())
 
         def manifest_key(i: int) -> str:
             return keys.new_key(self.ctx.catalog_id, "shard", hashlib.sha256(f"{key}:{n_shards}:{i}".encode()).hexdigest()[:32])
@@ -423,6 +436,9 @@ class SetWriter:
 
         mine = load_manifest(shard)
         reused = mine is not None and bool((digest_matrix(row_digests(store.read_rows(store_key, slice(start, stop)))) == mine).all())
+        left = self._shard_rows(pending, start, stop)  # rows an earlier run of this shard inserted
+        if reused and mine is not None and left != stop - start:
+            self._insert_shard_rows(pending, user_ids, start, stop, np.ascontiguousarray(mine).tobytes(), replace=True)
         if not reused:
             if mine is not None:
                 store.delete(manifest_key(shard))  # its rows no longer match: write them again
@@ -440,6 +456,9 @@ class SetWriter:
             from safetensors.numpy import save as save_tensors
 
             mine = digest_matrix(digests) if digests else np.zeros((0, 32), np.uint8)
+            # the shard's catalogue rows, once its bytes are durable, in one transaction (one per
+            # batch measured slower on SQLite: a commit's fsync each, and the shards' lock waits)
+            self._insert_shard_rows(pending, user_ids, start, stop, b"".join(digests), replace=left > 0)
             payload = save_tensors({"digests": mine, "meta": np.array([start, stop, n_shards], dtype=np.int64),
                                     "users": np.frombuffer(users_sha.encode(), dtype=np.uint8)})
             try:
@@ -454,30 +473,86 @@ class SetWriter:
         every = np.concatenate([m for m in manifests if m is not None])
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources, note=note)
         blob = np.ascontiguousarray(every, dtype=np.uint8).tobytes()  # one bytes object, not one per row: this is after the last shard
-        try:
-            made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(blob), bytes_ready=lambda: None,
-                                    store_key=store_key, shape=(prompt_len, width), dtype=dtype, source="shards", started=started,
-                                    started_at=started_at, idempotency_key=key)
-        except DuplicateKey:
-            if (done := committed()) is None:
-                raise
-            made = done  # another shard committed it at the same moment
+        made = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(blob), bytes_ready=lambda: None,
+                                store_key=store_key, shape=(prompt_len, width), dtype=dtype, source="shards", started=started,
+                                started_at=started_at, idempotency_key=key, pending=pending)
         for i in range(n_shards):
             store.delete(manifest_key(i))
         return ShardWrite(shard, n_shards, (start, stop), reused, made, ())
 
+    def _pending_set(self, model: str, task: str, key: str, store_key: str, n_rows: int, prompt_len: int, width: int,
+                     dtype: str) -> int | None:
+        """The id of the pending set of a sharded write under ``key``, made by the first shard to
+        ask; None if that set is committed already."""
+        from sqlalchemy.exc import IntegrityError as DuplicateKey
+
+        def existing() -> PromptSetRow | None:
+            with read_session(self.ctx.engine) as session:
+                return session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+
+        if (row := existing()) is None:
+            try:
+                with write_session(self.ctx.engine) as session:
+                    made = PromptSetRow(
+                        model_id=lookups.model_row(session, model).id, task_id=lookups.task_row(session, task).id, version=None,
+                        prompt_len=prompt_len, width=width, dtype=dtype, n_users=n_rows, n_rows=n_rows, store_key=store_key,
+                        sha256="pending", status="pending", idempotency_key=key, created_at=self.ctx.now(), created_by=self.ctx.actor)
+                    session.add(made)
+                    session.flush()
+                    return made.id
+            except DuplicateKey:  # another shard made it at the same moment
+                row = existing()
+                if row is None:
+                    raise
+        return row.id if row.status == "pending" else None
+
+    def _shard_rows(self, set_id: int, start: int, stop: int) -> int:
+        """How many catalogue rows the pending set ``set_id`` has in rows ``start..stop``."""
+        with read_session(self.ctx.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(PromptRowRow).where(
+                PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start, PromptRowRow.row_index < stop)) or 0)
+
+    def _insert_shard_rows(self, set_id: int, user_ids: Sequence[str], start: int, stop: int, digests: bytes, *,
+                           replace: bool) -> None:
+        """Catalogue rows ``start..stop`` of the pending set (``digests`` 32 bytes a row) in one
+        transaction; ``replace``: first delete what a killed run of the shard left there. Refreshes
+        the set's ``created_at``: ``gc`` takes a pending set no shard touched for its grace period."""
+        with write_session(self.ctx.engine) as session:
+            row = session.get(PromptSetRow, set_id)
+            if row is None or row.status != "pending":
+                raise ConflictError(f"the pending set {set_id} of this sharded write is gone" if row is None else
+                                    f"set {set_id} was committed while shard rows {start}..{stop} were being written")
+            conn = session.connection()
+            if replace:
+                conn.execute(delete(PromptRowRow).where(PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start,
+                                                        PromptRowRow.row_index < stop))
+            for lo, hi, blob in digests_in_batches(digests):
+                users = user_ids[start + lo : start + hi]
+                if insert_prompt_rows(conn, set_id, users, start + lo, blob) != len(users):
+                    self._raise_unusable_users(session, users)
+            row.created_at = self.ctx.now()
+
     def _commit_set(self, spec: _NewSet, *, user_ids: Sequence[str], batches: Iterable[tuple[int, int, bytes]],
                     bytes_ready: Callable[[], None], store_key: str, shape: tuple[int, int], dtype: str, source: str,
-                    started: float, started_at: dt.datetime, idempotency_key: str | None = None) -> PromptSet:
+                    started: float, started_at: dt.datetime, idempotency_key: str | None = None,
+                    pending: int | None = None) -> PromptSet:
         """The one transaction that makes written (and fsynced) bytes a visible version.
 
         ``batches`` yields ``(start, stop, sha256 of rows start..stop concatenated)`` in order
         (possibly while they are still being hashed); ``bytes_ready`` blocks until every byte of
-        ``store_key`` is durable and is called before anything commits.
+        ``store_key`` is durable and is called before anything commits. With ``pending`` (a
+        sharded write's pending set, whose shards inserted the rows), no row is inserted: the set
+        must hold one row per user, and is committed in place (or returned, if another shard
+        committed it first).
         """
         prompt_len, width = shape
         with write_session(self.ctx.engine) as session:
             model_row = lookups.model_row(session, spec.model, lock=True)  # serialises versions on Postgres
+            pending_row = session.get(PromptSetRow, pending) if pending is not None else None
+            if pending is not None and pending_row is None:
+                raise ConflictError(f"the pending set {pending} of this sharded write is gone (removed by gc?); rerun every shard")
+            if pending_row is not None and pending_row.status != "pending":
+                return mappers.set_entities(session, [pending_row])[0]  # another shard committed it first
             task_row = lookups.task_row(session, spec.task)
             base_row = lookups.resolve_set(session, self.ctx.caches.pair_ids, spec.base, model=spec.model, task=spec.task) if spec.base is not None else None
             if spec.create_users:
@@ -500,14 +575,21 @@ class SetWriter:
             source_rows = [lookups.resolve_set(session, self.ctx.caches.pair_ids, src) for src in spec.sources]
             head_row = lookups.artifact_for(session, spec.head, "head", model_row) if spec.head is not None else None
             adapter_row = lookups.artifact_for(session, spec.adapter, "adapter", model_row) if spec.adapter is not None else None
-            row = PromptSetRow(
+            fields = dict(
                 model_id=model_row.id, task_id=task_row.id, version=lookups.next_version(session, model_row.id, task_row.id),
                 base_id=base_row.id if base_row else None, prompt_len=prompt_len, width=width, dtype=dtype,
                 n_users=n_users, n_rows=len(user_ids), store_key=store_key, sha256="pending",
                 status="committed", note=spec.note, idempotency_key=idempotency_key, head_id=head_row.id if head_row else None,
                 adapter_id=adapter_row.id if adapter_row else None, created_at=self.ctx.now(), created_by=self.ctx.actor,
             )
-            session.add_all([run, row])
+            if pending_row is None:
+                row = PromptSetRow(**fields)
+                session.add(row)
+            else:
+                row = pending_row
+                for name, value in fields.items():
+                    setattr(row, name, value)
+            session.add(run)
             session.flush()
             row.run_id = run.id
             if base_row is not None:
@@ -519,9 +601,11 @@ class SetWriter:
             for start, stop, blob in batches:
                 users = user_ids[start:stop]
                 batch_json = users_json(users)  # once: for the statement and for the content hash
-                if insert_prompt_rows(conn, row.id, users, start, blob, batch_json) != len(users):
+                if pending_row is None and insert_prompt_rows(conn, row.id, users, start, blob, batch_json) != len(users):
                     self._raise_unusable_users(session, users)
                 content.update(batch_json, blob)
+            if pending_row is not None:
+                self._check_shard_rows(session, row.id, user_ids)
             row.sha256 = content.hexdigest()
             bytes_ready()
             check_bytes_present(self.ctx.store, store_key)
@@ -539,6 +623,22 @@ class SetWriter:
                 run.wall_seconds = time.perf_counter() - started
             session.flush()
             return mappers.set_entities(session, [row])[0]
+
+    def _check_shard_rows(self, session: Session, set_id: int, user_ids: Sequence[str]) -> None:
+        """Every user of a sharded write still has the row its shard inserted: a purge since then
+        removed it (and zeroed the bytes), and the set can no longer be committed whole."""
+        have = int(session.scalar(select(func.count()).select_from(PromptRowRow).where(PromptRowRow.set_id == set_id)) or 0)
+        if have == len(user_ids):
+            return
+        held = {u for (u,) in session.execute(select(UserRow.external_id).join(PromptRowRow, PromptRowRow.user_id == UserRow.id)
+                                                  .where(PromptRowRow.set_id == set_id))}
+        lost = [u for u in user_ids if u not in held]
+        active = lookups.user_ids(session, lost, active_only=True)
+        gone = [u for u in lost if u not in active]
+        if gone:
+            raise UnknownUserError(f"user(s) {preview(gone)} were purged while this sharded write ran; deleted users cannot "
+                                   "receive prompts again: apply again (the users are no longer in the source)")
+        raise IntegrityError(f"the shards wrote no catalogue row for {len(lost)} user(s) ({preview(lost)}); rerun every shard")
 
     def _raise_unusable_users(self, session: Session, users: Sequence[str]) -> None:
         """Name the users of a batch that cannot receive prompts: unknown, or deleted."""

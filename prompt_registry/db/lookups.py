@@ -96,7 +96,7 @@ def audited_set(session: Session, pair_ids: PairIds, ref: int | str | PromptSet)
     set_id = ref.id if isinstance(ref, PromptSet) else ref
     if isinstance(set_id, int) or validation.is_id_text(str(set_id).strip()):
         row = session.get(PromptSetRow, validation.as_id(set_id, "a set id"))
-        if row is None:
+        if row is None or row.status == "pending":  # a sharded write in progress has no history yet
             raise UnknownSetError(f"no prompt set with id {set_id}; list them with `prompt-registry prompt list`")
         return row
     return resolve_set(session, pair_ids, ref)
@@ -264,6 +264,8 @@ def resolve_set(session: Session, pair_ids: PairIds, ref: int | str | PromptSet,
         head, selector = text.rsplit("@", 1)
         model_name, task_name = head.rsplit("/", 1)
         row = select_set(session, pair_ids, model_name, task_name, selector)
+    if row.status == "pending":
+        raise UnknownSetError(f"no prompt set with id {row.id} yet: it is a sharded write whose shards are not all in")
     if row.status != "committed":
         raise UnknownSetError(f"prompt set {row.id} is {row.status}; it can no longer be read")
     if model is not None or task is not None:

@@ -125,14 +125,16 @@ class PromptSetRow(Base):
     __tablename__ = "prompt_sets"
     __table_args__ = (
         UniqueConstraint("model_id", "task_id", "version"),
-        CheckConstraint("status IN ('committed', 'deleted')", name="status"),
+        CheckConstraint("status IN ('pending', 'committed', 'deleted')", name="status"),
         Index("ix_prompt_sets_model_id_task_id_created_at", "model_id", "task_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), index=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
-    version: Mapped[int] = mapped_column(Integer)
+    # NULL only while ``pending`` (a sharded write whose shards are not all in: no reader sees
+    # it); every committed or deleted set has its version, so the attribute is typed as one
+    version: Mapped[int] = mapped_column(Integer, nullable=True)
     base_id: Mapped[int | None] = mapped_column(ForeignKey("prompt_sets.id"), index=True)
     prompt_len: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
@@ -143,7 +145,7 @@ class PromptSetRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # hash of the inputs that determine the rows (e.g. adapter + source sets): reruns are no-ops
     idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="committed")
+    status: Mapped[str] = mapped_column(String(20), default="committed")  # pending | committed | deleted
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), index=True)
     head_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
