@@ -8,7 +8,9 @@ store, and the audit queries on a catalogue of ``--catalogue-users`` users on Po
    span from the first start to the last end. Every run maps into a fresh registry copy (written
    back to disk with ``os.sync``, then 3 s for the kernel to reclaim the previous run's copy, before the
    clock starts), so no run reuses another's shards; 5 runs of each side, interleaved. ``apply_speedup_2proc`` = 1-process (1 thread) seconds / 2-process
-   seconds.
+   seconds. Then the same on **Postgres** + local Zarr (the catalogue many workers share; each run
+   in a fresh database made from a template, ``CREATE DATABASE ... TEMPLATE``, and a fresh copy of
+   the store): ``apply_speedup_2proc_postgres``. Skipped, loudly, when Postgres is unreachable.
 2. **S3** (``--s3-users`` x 1 x 576): ``import_prompts`` and a verified batch read of every user
    (``get_prompts``) into a registry whose store is ``s3://`` on a local moto server (127.0.0.1,
    started here), and into one on a local Zarr directory, in the same process; ratios S3 / local.
@@ -55,7 +57,7 @@ import torch
 torch.set_num_threads(int(sys.argv[5]))
 from prompt_registry import Registry
 location, adapter, shard, n_shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-with Registry.open(location) as reg:
+with Registry.open(location, store=sys.argv[8] or None) as reg:
     open(sys.argv[6], "w").close()  # ready
     while not __import__("os").path.exists(sys.argv[7]):
         time.sleep(0.005)
@@ -111,14 +113,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def apply_registry(folder: Path, n: int) -> int:
-    """A registry with ``n`` source prompts on A and a stored default-architecture adapter A -> B."""
+def apply_registry(folder: Path, n: int, pg: str | None = None) -> int:
+    """A registry with ``n`` source prompts on A and a stored default-architecture adapter A -> B:
+    in ``folder`` (SQLite), or on the Postgres URL ``pg`` with its store in ``folder``."""
     import torch
 
     from prompt_registry import Registry
     from prompt_registry.migration.puma.config import default_phi
 
-    with Registry.init(folder, actor="bench") as reg:
+    with (Registry.init(pg, store=str(folder), actor="bench") if pg else Registry.init(folder, actor="bench")) as reg:
         reg.register_model("A", make_model_dir(folder.parent / "model-a", WIDTH_A))
         reg.register_model("B", make_model_dir(folder.parent / "model-b", WIDTH_B))
         reg.add_task("rate", "rating")
@@ -130,11 +133,12 @@ def apply_registry(folder: Path, n: int) -> int:
                                 config={"adapter": phi.config.to_dict(), "head_id": head.id}).id
 
 
-def run_apply(base: Path, scratch: Path, adapter: int, processes: int, threads: int) -> dict[str, Any]:
+def run_apply(base: Path, scratch: Path, adapter: int, processes: int, threads: int, pg: PgCopies | None = None) -> dict[str, Any]:
     folder = scratch / f"apply-{processes}x{threads}"
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(base, folder)  # a fresh copy: no shard of an earlier run to reuse
+    location, store = (pg.fresh(), str(folder)) if pg else (str(folder), "")
     os.sync()  # the copy's dirty pages written back now, not inside the timed apply (its fsyncs would wait on them)
     time.sleep(SETTLE_S)  # and the previous run's deleted folder (800 MB) reclaimed by the kernel before the clock starts
     script = scratch / "child.py"
@@ -143,7 +147,7 @@ def run_apply(base: Path, scratch: Path, adapter: int, processes: int, threads: 
     go.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     readies = [scratch / f"ready-{processes}x{threads}-{i}" for i in range(processes)]
-    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(adapter), str(i), str(processes), str(threads), str(readies[i]), str(go)],
+    procs = [subprocess.Popen([sys.executable, str(script), location, str(adapter), str(i), str(processes), str(threads), str(readies[i]), str(go), store],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
     while not all(r.exists() for r in readies):
         if any(p.poll() not in (None, 0) for p in procs):
@@ -166,27 +170,80 @@ def run_apply(base: Path, scratch: Path, adapter: int, processes: int, threads: 
             "cpu_s": round(cpu, 3), "cores_busy": round(cpu / span, 2)}  # CPU seconds of every thread / wall: the cores it used
 
 
-def bench_apply(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    log(f"apply: building a registry with {args.apply_users:,} source prompts")
-    base = scratch / "apply-base" / "reg"
-    adapter = apply_registry(base, args.apply_users)
+class PgCopies:
+    """Fresh Postgres catalogues for the apply runs: a template database, copied per run."""
+
+    def __init__(self, url: str, prefix: str = "bench_scale_apply") -> None:
+        from sqlalchemy.engine import make_url
+
+        self.url, self.prefix, self.n = make_url(url), prefix, 0
+        self.admin = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def _sql(self, *statements: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def template(self) -> str:
+        self._sql(f"DROP DATABASE IF EXISTS {self.prefix}_base", f"CREATE DATABASE {self.prefix}_base")
+        return self.url.set(database=f"{self.prefix}_base").render_as_string(hide_password=False)
+
+    def fresh(self) -> str:
+        self._sql(f"DROP DATABASE IF EXISTS {self.prefix}_run", f"CREATE DATABASE {self.prefix}_run TEMPLATE {self.prefix}_base")
+        return self.url.set(database=f"{self.prefix}_run").render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        self._sql(f"DROP DATABASE IF EXISTS {self.prefix}_run", f"DROP DATABASE IF EXISTS {self.prefix}_base")
+
+
+def pg_reachable(url: str) -> bool:
+    try:
+        PgCopies(url)._sql("SELECT 1")
+        return True
+    except Exception as exc:  # noqa: BLE001  (any failure to connect: say so and skip)
+        log(f"apply on Postgres SKIPPED: {url} is unreachable ({type(exc).__name__}: {exc})")
+        return False
+
+
+def apply_runs(base: Path, scratch: Path, adapter: int, sides: tuple[tuple[int, int], ...], pg: PgCopies | None) -> dict[str, Any]:
     runs = []
-    # the two that make the ratio: 5 runs each, interleaved (one pair of runs of the same code has differed by 20% on this machine)
-    for processes, threads in ((1, 1), (1, 2), (2, 1), *(((1, 1), (2, 1)) * 4)):
-        figure = run_apply(base, scratch, adapter, processes, threads)
-        log(f"  {processes} process(es) x {threads} thread(s): {figure['seconds']:.2f} s")
+    for processes, threads in sides:
+        figure = run_apply(base, scratch, adapter, processes, threads, pg)
+        log(f"  {'postgres' if pg else 'sqlite'}: {processes} process(es) x {threads} thread(s): {figure['seconds']:.2f} s")
         runs.append(figure)
 
     def best(p: int, t: int) -> float:
         return min(r["seconds"] for r in runs if (r["processes"], r["threads_each"]) == (p, t))
 
-    one, one2, two = best(1, 1), best(1, 2), best(2, 1)
+    one, two = best(1, 1), best(2, 1)
+    out = {"runs": runs, "one_process_s": one, "two_processes_s": two, "speedup_2proc": round(one / two, 3)}
+    if any(r["threads_each"] == 2 for r in runs):
+        out.update(one_process_2_threads_s=best(1, 2), speedup_2proc_vs_2_threads=round(best(1, 2) / two, 3))
+    return out
+
+
+def bench_apply(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    log(f"apply: building a registry with {args.apply_users:,} source prompts")
+    base = scratch / "apply-base" / "reg"
+    adapter = apply_registry(base, args.apply_users)
+    # the two that make the ratio: 5 runs each, interleaved (one pair of runs of the same code has differed by 20% on this machine)
+    out = apply_runs(base, scratch, adapter, ((1, 1), (1, 2), (2, 1), *(((1, 1), (2, 1)) * 4)), None)
+    shutil.rmtree(base.parent)
+    if pg_reachable(args.pg_url):
+        pg = PgCopies(args.pg_url)
+        try:
+            log(f"apply on Postgres: building a catalogue with {args.apply_users:,} source prompts")
+            pg_base = scratch / "apply-pg" / "store"
+            pg_adapter = apply_registry(pg_base, args.apply_users, pg=pg.template())
+            out["postgres"] = apply_runs(pg_base, scratch, pg_adapter, ((1, 1), (2, 1)) * 5, pg)
+        finally:
+            pg.drop()
     ceiling = parallel_ceiling(scratch)
     log(f"  pure CPU work (sha256), 2 processes vs 1: {ceiling['speedup']}x")
-    return {"machine_2proc_ceiling": ceiling,
-            "users": args.apply_users, "widths": [WIDTH_A, WIDTH_B], "runs": runs, "one_process_s": one, "one_process_2_threads_s": one2,
-            "two_processes_s": two, "speedup_2proc": round(one / two, 3), "speedup_2proc_vs_2_threads": round(one2 / two, 3),
-            "users_per_s_2proc": round(args.apply_users / two)}
+    return {"machine_2proc_ceiling": ceiling, "users": args.apply_users, "widths": [WIDTH_A, WIDTH_B], **out,
+            "users_per_s_2proc": round(args.apply_users / out["two_processes_s"])}
 
 
 def bench_s3(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -274,14 +331,20 @@ def markdown(report: dict[str, Any]) -> str:
     a = report.get("apply")
     if a:
         lines += [f"## Sharded apply ({a['users']:,} users x 1 x {a['widths'][0]} -> {a['widths'][1]}, default PUMA architecture)", "",
-                  "| processes x torch threads | seconds (each run) | cores busy (CPU s of every thread / wall) |", "|---|---|---|"]
-        for p, t in ((1, 1), (1, 2), (2, 1)):
-            runs = [r for r in a["runs"] if (r["processes"], r["threads_each"]) == (p, t)]
-            lines.append(f"| {p} x {t} | {', '.join(str(r['seconds']) for r in runs)} | {', '.join(str(r.get('cores_busy', '-')) for r in runs)} |")
+                  "| catalogue: processes x torch threads | seconds (each run) | cores busy (CPU s of every thread / wall) |", "|---|---|---|"]
+        for backend, section in (("SQLite", a), ("Postgres", a.get("postgres"))):
+            for p, t in ((1, 1), (1, 2), (2, 1)):
+                runs = [r for r in (section or {}).get("runs", []) if (r["processes"], r["threads_each"]) == (p, t)]
+                if runs:
+                    lines.append(f"| {backend}: {p} x {t} | {', '.join(str(r['seconds']) for r in runs)} | "
+                                 f"{', '.join(str(r.get('cores_busy', '-')) for r in runs)} |")
         c0 = a["machine_2proc_ceiling"]
-        lines += ["", f"`apply_speedup_2proc` = {a['speedup_2proc']} (best 1 x 1 / best 2 x 1); against one process with 2 threads: "
-                  f"{a['speedup_2proc_vs_2_threads']}. The machine's own ceiling for 2 processes, pure CPU work split in two "
-                  f"({c0['work']}): {c0['one_process_s']} s in one process, {c0['two_processes_s']} s in two, **{c0['speedup']}x**.", ""]
+        pg = a.get("postgres")
+        lines += ["", f"`apply_speedup_2proc` (SQLite + local Zarr) = {a['speedup_2proc']} (best 1 x 1 / best 2 x 1); against one process "
+                  f"with 2 threads: {a['speedup_2proc_vs_2_threads']}. `apply_speedup_2proc_postgres` (Postgres + local Zarr) = "
+                  f"{pg['speedup_2proc'] if pg else 'not run (Postgres unreachable)'}. The machine's own ceiling for 2 processes, pure CPU "
+                  f"work split in two ({c0['work']}): {c0['one_process_s']} s in one process, {c0['two_processes_s']} s in two, "
+                  f"**{c0['speedup']}x**.", ""]
     s = report.get("s3")
     if s:
         lines += [f"## s3:// store on a local moto server vs the local Zarr store ({s['users']:,} x 1 x {s['width']}, "
@@ -341,12 +404,15 @@ def main(argv: list[str] | None = None) -> int:
                 report[section] = {**old[section], "from_run": old[section].get("from_run", old.get("started"))}  # the run that measured it
     c = report.get("catalogue", {})
     report["apply_speedup_2proc"] = report.get("apply", {}).get("speedup_2proc")
+    report["apply_speedup_2proc_postgres"] = report.get("apply", {}).get("postgres", {}).get("speedup_2proc")
     report["audit_user_p99_ms_10m"] = c.get("user_history", {}).get("p99_ms") if c.get("users") == 10_000_000 else None
     report["blast_radius_p99_ms_10m"] = c.get("blast_radius", {}).get("p99_ms") if c.get("users") == 10_000_000 else None
     report["users"] = c.get("users")
     report["targets"] = [
-        {"name": "2-process apply >= 1.6x one process", "value": report["apply_speedup_2proc"], "goal": ">= 1.6",
+        {"name": "2-process apply >= 1.6x one process (SQLite + local Zarr)", "value": report["apply_speedup_2proc"], "goal": ">= 1.6",
          "met": report["apply_speedup_2proc"] is not None and report["apply_speedup_2proc"] >= 1.6},
+        {"name": "2-process apply >= 1.6x one process (Postgres + local Zarr)", "value": report["apply_speedup_2proc_postgres"],
+         "goal": ">= 1.6", "met": report["apply_speedup_2proc_postgres"] is not None and report["apply_speedup_2proc_postgres"] >= 1.6},
         {"name": f"audit user p99 < 20 ms at {c.get('users') or 0:,} users", "value": c.get("user_history", {}).get("p99_ms"),
          "goal": "< 20 ms at 10M", "met": bool(c) and c["users"] >= 10_000_000 and c["user_history"]["p99_ms"] < 20},
         {"name": f"blast radius p99 < 200 ms at {c.get('users') or 0:,} users", "value": c.get("blast_radius", {}).get("p99_ms"),
