@@ -212,7 +212,10 @@ class AdminService:
         """Pending sets of sharded writes whose shards last inserted rows more than
         ``grace_seconds`` ago: their rows and the set row go (their bytes are orphans then, and
         go with the other orphans). A shard still running past that finds its set gone and says so."""
-        cutoff = now - dt.timedelta(seconds=grace_seconds)
+        try:
+            cutoff = now - dt.timedelta(seconds=grace_seconds)
+        except OverflowError:  # a grace period longer than the calendar: no write is that old
+            return []
         session_of = read_session if dry_run else write_session
         with session_of(self.ctx.engine) as session:
             ids = [int(i) for i in session.scalars(select(PromptSetRow.id).where(PromptSetRow.status == "pending",
