@@ -46,14 +46,15 @@ class ReadCaches:
 
     ``chains``: set id -> ``(set id, store key)`` up through its incremental bases; ``pair_ids``:
     (model name, task name) -> ids (never renamed or deleted); ``manifests``: LRU of resolved
-    versions, bounded by ``MANIFEST_CACHE_ROWS`` users in all. A purge or retention changes what
-    versions resolve to: ``forget`` drops everything.
+    versions (and windows of versions, ``resolution.window_manifest``), bounded by
+    ``MANIFEST_CACHE_ROWS`` users in all. A purge or retention changes what versions resolve to:
+    ``forget`` drops everything.
     """
 
     def __init__(self) -> None:
         self.chains: dict[int, tuple[tuple[int, str | None], ...]] = {}
         self.pair_ids: dict[tuple[str, str], tuple[int, int]] = {}
-        self.manifests: collections.OrderedDict[int, Manifest] = collections.OrderedDict()
+        self.manifests: collections.OrderedDict[int | tuple[int, str, str], Manifest] = collections.OrderedDict()
         self.lock = fresh_lock(self, "lock")  # a forked child gets it unheld
 
     def forget(self) -> None:

@@ -276,3 +276,65 @@ def test_torchrun_ranks_share_an_apply_and_a_sigkilled_rank_leaves_no_set(mapped
     assert made.n_rows == N_USERS
     np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=made.id), expected, rtol=1e-5, atol=1e-6)
     assert reg.doctor().ok
+
+
+@pytest.mark.registry
+def test_a_shard_resolves_only_its_own_window_of_the_source(mapped):
+    """A shard of many reads where its own users' rows live, not the whole source version's
+    (with N shards on N machines each would otherwise resolve every user)."""
+    reg, adapter, expected, location, store = mapped
+    source = reg.get_set("a/rate@production").id
+    with pr.Registry.open(location, store=store) as fresh:  # nothing cached yet
+        assert fresh.apply_adapter_shard(adapter, 1, 2, progress=False).set is None
+        assert list(fresh._ctx.caches.manifests) == [(source, "u512", f"u{N_USERS - 1}")]
+    done = reg.apply_adapter_shard(adapter, 0, 2, progress=False).set
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=done.id), expected, rtol=1e-5, atol=1e-6)
+
+
+# names whose order differs between code points and a language-aware collation (Postgres' default)
+ODD_NAMES = [f"{p}{i:03d}" for i in range(150) for p in ("A", "a", "a-", "_", "É", "e")][:800]
+
+
+@pytest.mark.registry
+def test_shards_of_an_incremental_source_with_odd_user_names_map_every_user(backend, tmp_path):
+    """Windows are taken in code point order (Python's sort; ``COLLATE "C"`` on Postgres), through
+    the source's incremental chain: three shards give every user its own mapped row."""
+    location, store = backend
+    reg = pr.Registry.init(location, store=store, actor="tester")
+    if location.startswith("postgresql"):
+        _language_collation(reg)
+    reg.register_model("a", make_fake_model(tmp_path / "a", 16, seed=1))
+    reg.register_model("b", make_fake_model(tmp_path / "b", 24, seed=2))
+    reg.add_task("rate", "rating")
+    base = reg.import_prompts("a", "rate", prompts(700, 16, seed=3), ODD_NAMES[:700], create_users=True)
+    changed = ODD_NAMES[650:]  # 50 users updated, 100 new
+    top = reg.import_prompts("a", "rate", prompts(len(changed), 16, seed=5), changed, create_users=True, base=base.id)
+    phi = default_phi((16,), 24, seed=4).eval()
+    head = reg.put_artifact("head", "b/rate", {"w": torch.zeros(24)}, task="rate", target_model="b")
+    adapter = reg.put_artifact("adapter", "a->b", phi.state_dict(), task="rate", target_model="b", source_models=["a"],
+                               config={"adapter": phi.config.to_dict(), "head_id": head.id}).id
+    everyone = sorted(ODD_NAMES)
+    with torch.no_grad():
+        expected = phi(reg.get_prompts(everyone, set=top.id)).numpy()
+    with pr.Registry.open(location, store=store) as fresh:
+        writes = [fresh.apply_adapter_shard(adapter, i, 3, progress=False) for i in (2, 0, 1)]
+        windows = {key: manifest.users for key, manifest in fresh._ctx.caches.manifests.items()}
+    ranges = [w.rows for w in writes]
+    assert windows == {(top.id, everyone[lo], everyone[hi - 1]): tuple(everyone[lo:hi]) for lo, hi in ranges}  # each its users only
+    done = writes[-1].set
+    assert done is not None and done.n_users == len(ODD_NAMES)
+    np.testing.assert_allclose(reg.get_prompts(everyone, set=done.id), expected, rtol=1e-5, atol=1e-6)
+    reg.close()
+
+
+def _language_collation(reg):
+    """Give the test schema's user ids an English collation (a database made with a locale has
+    one by default; CI's is C.UTF-8, which orders by code point and would hide the difference)."""
+    from sqlalchemy import text
+
+    with reg._ctx.engine.begin() as conn:
+        if conn.execute(text("SELECT 1 FROM pg_collation WHERE collname = 'en-x-icu'")).first() is None:
+            pytest.skip("this Postgres has no ICU collation 'en-x-icu' to order user ids by language")
+        conn.execute(text('ALTER TABLE users ALTER COLUMN external_id TYPE varchar(200) COLLATE "en-x-icu"'))
+        ordered = conn.execute(text("SELECT x FROM (VALUES ('a-1'), ('a0'), ('A1'), ('_1')) v(x) ORDER BY x COLLATE \"en-x-icu\"")).scalars().all()
+    assert ordered != sorted(ordered)  # the collation really orders otherwise than code points

@@ -75,16 +75,18 @@ class SetReader:
     def get_prompts(
         self, users: Sequence[str], model: str | None = None, task: str | None = None, *, alias: str | None = None,
         version: int | None = None, set: int | str | PromptSet | None = None, fingerprint: str | None = None,
-        verify: bool = True, scan: bool = False,
+        verify: bool = True, scan: bool = False, window: tuple[str, str] | None = None,
     ) -> Any:
         """Prompts of many users, ordered as asked: ``torch.Tensor`` ``(len(users), prompt_len, width)``.
         ``scan``: the caller streams through the set, reading each row once (an apply): the rows
-        are verified but not kept for later reads (``TensorStore.read_verified``)."""
+        are verified but not kept for later reads (``TensorStore.read_verified``). ``window``:
+        ``(first, last)`` user of the range of the version's sorted users the caller reads in
+        batches (an apply shard): only that range is resolved, not the whole version."""
         users = list(map(str, users))
         with read_session(self.ctx.engine) as session:
             row = self._read_target(session, model, task, alias, version, set)
             self._check_fingerprint(session, row, fingerprint)
-            _, data = resolution.read_users(self.ctx, session, row, users, verify, scan=scan)
+            _, data = resolution.read_users(self.ctx, session, row, users, verify, scan=scan, window=window)
         return to_torch(data)
 
     def forget_cached(self) -> None:
@@ -102,10 +104,18 @@ class SetReader:
         held = set(found)
         return [u in held for u in users], data
 
-    def list_set_users(self, ref: int | str | PromptSet) -> list[str]:
-        """Every user with a prompt in this version (through its incremental bases), sorted."""
+    def list_set_users(self, ref: int | str | PromptSet, *, resolve: bool = True) -> list[str]:
+        """Every user with a prompt in this version (through its incremental bases), sorted.
+        ``resolve=False``: only the names are fetched, and the version's manifest (where each
+        row lives, kept for the reads that follow) is neither built nor cached: for a caller
+        that reads only a part of the version (an apply shard)."""
         with read_session(self.ctx.engine) as session:
-            return sorted(resolution.manifest_for(self.ctx, session, lookups.resolve_set(session, self.ctx.caches.pair_ids, ref), None).users)
+            row = lookups.resolve_set(session, self.ctx.caches.pair_ids, ref)
+            with self.ctx.caches.lock:
+                cached = row.id in self.ctx.caches.manifests
+            if not resolve and not cached:
+                return sorted(lookups.set_user_names(session, [set_id for set_id, _ in resolution.chain_of(self.ctx, session, row)]))
+            return sorted(resolution.manifest_for(self.ctx, session, row, None).users)
 
     def export_prompts(self, ref: int | str | PromptSet, path: str | os.PathLike[str], *, verify: bool = True, format: str | None = None,
                        users: Sequence[str] | None = None) -> ExportResult:

@@ -63,20 +63,49 @@ def manifest_for(ctx: Context, session: Session, row: PromptSetRow, users: Seque
         return locate(ctx, session, row, users)
     else:
         manifest = locate(ctx, session, row, None)
-    with ctx.caches.lock:
-        ctx.caches.manifests[row.id] = manifest
-        total = sum(len(m) for m in ctx.caches.manifests.values())
-        while total > MANIFEST_CACHE_ROWS and len(ctx.caches.manifests) > 1:
-            total -= len(ctx.caches.manifests.popitem(last=False)[1])
+    _remember(ctx, row.id, manifest)
     return manifest
 
 
+def window_manifest(ctx: Context, session: Session, row: PromptSetRow, first: str, last: str) -> Manifest:
+    """The manifest of the version's users from ``first`` to ``last`` (code point order, both
+    included): the part of a huge version that one apply shard reads, resolved without the rest
+    (``lookups.window_records``). Cached beside the full manifests, under ``(id, first, last)``;
+    the version's full manifest, when cached, serves instead."""
+    with ctx.caches.lock:
+        for key in (row.id, (row.id, first, last)):
+            cached = ctx.caches.manifests.get(key)
+            if cached is not None:
+                ctx.caches.manifests.move_to_end(key)
+                return cached
+    chain_ids = [set_id for set_id, _ in chain_of(ctx, session, row)]
+    manifest = Manifest.resolve(row.id, chain_ids, lookups.window_records(session, chain_ids, first, last))
+    _remember(ctx, (row.id, first, last), manifest)
+    return manifest
+
+
+def _remember(ctx: Context, key: int | tuple[int, str, str], manifest: Manifest) -> None:
+    with ctx.caches.lock:
+        ctx.caches.manifests[key] = manifest
+        total = sum(len(m) for m in ctx.caches.manifests.values())
+        while total > MANIFEST_CACHE_ROWS and len(ctx.caches.manifests) > 1:
+            total -= len(ctx.caches.manifests.popitem(last=False)[1])
+
+
 def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequence[str] | None, verify: bool,
-               only_present: bool = False, scan: bool = False) -> tuple[list[str], np.ndarray]:
+               only_present: bool = False, scan: bool = False, window: tuple[str, str] | None = None) -> tuple[list[str], np.ndarray]:
     """The users read and their rows, in order (``None``: everyone, sorted); ``only_present`` skips
     the users without a prompt in the version instead of refusing them; ``scan``: the rows are read
-    once (``TensorStore.read_verified``)."""
-    manifest = manifest_for(ctx, session, row, users)
+    once (``TensorStore.read_verified``); ``window``: ``(first, last)`` of the range of the
+    version's sorted users the caller reads batch by batch (``window_manifest``; a user outside
+    it, or not found in it, is resolved the usual way)."""
+    manifest = None
+    if window is not None and users is not None:
+        manifest = window_manifest(ctx, session, row, *window)
+        if not all(u in manifest.index for u in users):
+            manifest = None
+    if manifest is None:
+        manifest = manifest_for(ctx, session, row, users)
     users = sorted(manifest.users) if users is None else list(users)
     if only_present:
         users = [u for u in users if u in manifest.index]

@@ -189,6 +189,19 @@ def _tag_items(tags: Mapping[str, str | None] | Iterable[str] | None) -> list[tu
     return [(str(t), None) for t in tags]
 
 
+def shard_bounds(n_users: int, shard: int, n_shards: int) -> list[int]:
+    """Where each of ``n_shards`` shards of a sharded write of ``n_users`` users starts (and the
+    last one stops): contiguous ranges of whole ``DEFAULT_CHUNK_ROWS``-row chunks, so that no two
+    shards write one chunk. Refuses a shard number out of range and more shards than chunks."""
+    if not (isinstance(n_shards, int) and isinstance(shard, int) and n_shards >= 1 and 0 <= shard < n_shards):
+        raise InvalidArgumentError(f"shard {shard!r} of {n_shards!r}: need 0 <= shard < n_shards, n_shards >= 1")
+    n_chunks = -(-n_users // DEFAULT_CHUNK_ROWS)
+    if n_shards > n_chunks:
+        raise InvalidArgumentError(f"{n_shards} shards for {n_users} users ({n_chunks} chunk(s) of {DEFAULT_CHUNK_ROWS}): "
+                                   f"use at most {n_chunks} shards, so that every shard writes whole chunks")
+    return [min(n_users, (i * n_chunks // n_shards) * DEFAULT_CHUNK_ROWS) for i in range(n_shards + 1)]
+
+
 class SetWriter:
     """New immutable versions: imports, streaming writes, the one commit transaction."""
 
@@ -378,13 +391,7 @@ class SetWriter:
         user_ids = check_user_ids(users, what="users to write")
         if not re.fullmatch(r"[0-9a-f]{16,64}", key):
             raise InvalidArgumentError(f"idempotency key {key!r} must be 16-64 lowercase hex characters")
-        if not (isinstance(n_shards, int) and isinstance(shard, int) and n_shards >= 1 and 0 <= shard < n_shards):
-            raise InvalidArgumentError(f"shard {shard!r} of {n_shards!r}: need 0 <= shard < n_shards, n_shards >= 1")
-        n_chunks = -(-len(user_ids) // DEFAULT_CHUNK_ROWS)
-        if n_shards > n_chunks:
-            raise InvalidArgumentError(f"{n_shards} shards for {len(user_ids)} users ({n_chunks} chunk(s) of {DEFAULT_CHUNK_ROWS}): "
-                                       f"use at most {n_chunks} shards, so that every shard writes whole chunks")
-        bounds = [min(len(user_ids), (i * n_chunks // n_shards) * DEFAULT_CHUNK_ROWS) for i in range(n_shards + 1)]
+        bounds = shard_bounds(len(user_ids), shard, n_shards)
         start, stop = bounds[shard], bounds[shard + 1]
         users_sha = hashlib.sha256("\n".join(user_ids).encode()).hexdigest()
 

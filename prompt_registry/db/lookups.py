@@ -8,6 +8,7 @@ running it: ~0.3 ms of a ~2.5 ms single-prompt read on Postgres).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,17 +62,39 @@ def set_records(session: Session, set_ids: Sequence[int]) -> Sequence[tuple[str,
     in the session's transaction: building SQLAlchemy rows cost more than the query (a
     100,000-user manifest, open to first 10,000-user batch read: 0.43-0.55 -> 0.24 s on SQLite,
     0.50 -> 0.30 s on Postgres)."""
+    return _fetch_rows(session, "u.external_id, r.set_id, r.row_index, r.sha256", set_ids)
+
+
+def window_records(session: Session, set_ids: Sequence[int], first: str, last: str) -> Sequence[tuple[str, int, int, bytes]]:
+    """``set_records`` of the users from ``first`` to ``last`` (both included) in code point
+    order, the order of Python's ``sorted``: SQLite compares text bytewise (UTF-8), Postgres is
+    told ``COLLATE "C"`` (its default collation may order text otherwise)."""
+    return _fetch_rows(session, "u.external_id, r.set_id, r.row_index, r.sha256", set_ids, (first, last))
+
+
+def set_user_names(session: Session, set_ids: Sequence[int]) -> list[str]:
+    """The users with a row in any of ``set_ids``, each once, unsorted: the names alone, without
+    the row locations and digests a manifest resolves."""
+    names = [row[0] for row in _fetch_rows(session, "u.external_id", set_ids)]
+    return list(dict.fromkeys(names)) if len(set_ids) > 1 else names  # a user is in a version's chain more than once
+
+
+def _fetch_rows(session: Session, columns: str, set_ids: Sequence[int], window: tuple[str, str] | None = None) -> Sequence[Any]:
     if not set_ids:
         return []
     ids = ", ".join(str(int(i)) for i in set_ids)  # integers from the catalogue, inlined
+    sql = f"SELECT {columns} FROM prompt_rows r JOIN users u ON u.id = r.user_id WHERE r.set_id IN ({ids})"
+    params: tuple[str, ...] = ()
+    if window is not None:
+        postgres = session.get_bind().dialect.name == "postgresql"
+        column, mark = ('u.external_id COLLATE "C"', "%s") if postgres else ("u.external_id", "?")
+        sql += f" AND {column} >= {mark} AND {column} <= {mark}"
+        params = window
     dbapi = session.connection().connection.dbapi_connection
     assert dbapi is not None  # None only for a connection that was invalidated
     cursor = dbapi.cursor()
     try:
-        cursor.execute(
-            "SELECT u.external_id, r.set_id, r.row_index, r.sha256 FROM prompt_rows r "
-            f"JOIN users u ON u.id = r.user_id WHERE r.set_id IN ({ids})"
-        )
+        cursor.execute(sql, params)
         return cursor.fetchall()
     finally:
         cursor.close()

@@ -63,10 +63,12 @@ def check(policy: str, cold_start: str) -> None:
 
 
 def plan_coverage(services: Services, sets: Sequence[PromptSet], policy: str, cold_start: str = "skip",
-                  data_users: Sequence[str] | None = None) -> Coverage:
-    """Who is mapped under ``policy``; ``data_users`` (the data set's users) name the cold ones."""
+                  data_users: Sequence[str] | None = None, *, resolve: bool = True) -> Coverage:
+    """Who is mapped under ``policy``; ``data_users`` (the data set's users) name the cold ones.
+    ``resolve=False``: list the sources' users by name only (``Reads.list_set_users``), for a
+    caller that then reads only a window of them (an apply shard)."""
     check(policy, cold_start)
-    listed = [services.reads.list_set_users(s.id) for s in sets]  # each sorted
+    listed = [services.reads.list_set_users(s.id, resolve=resolve) for s in sets]  # each sorted
     holders = [set(users) for users in listed]
     union = set().union(*holders)
     common = set.intersection(*holders) if holders else set()
@@ -85,19 +87,20 @@ def plan_coverage(services: Services, sets: Sequence[PromptSet], policy: str, co
 
 
 def gather(services: Services, sets: Sequence[PromptSet], users: Sequence[str], holders: Sequence[set[str]],
-           means: Sequence[torch.Tensor] | None, *, scan: bool = False) -> list[torch.Tensor]:
+           means: Sequence[torch.Tensor] | None, *, scan: bool = False, window: tuple[str, str] | None = None) -> list[torch.Tensor]:
     """One ``(len(users), prompt_len, width)`` table per source, in ``users`` order; a user missing
     from a source gets that source's mean prompt (``means``; None: every user must be in every source).
-    ``scan``: the caller streams every user once (an apply), so the rows are not kept for rereads."""
+    ``scan``: the caller streams every user once (an apply), so the rows are not kept for rereads;
+    ``window``: the first and last user of the caller's whole range (``Reads.get_prompts``)."""
     out = []
     for i, (s, have) in enumerate(zip(sets, holders)):
         if means is None:
-            out.append(services.reads.get_prompts(users, set=s.id, scan=scan).float())
+            out.append(services.reads.get_prompts(users, set=s.id, scan=scan, window=window).float())
             continue
         table = means[i].float().expand(len(users), *means[i].shape).clone()
         rows = [j for j, u in enumerate(users) if u in have]
         if rows:
-            table[rows] = services.reads.get_prompts([users[j] for j in rows], set=s.id, scan=scan).float()
+            table[rows] = services.reads.get_prompts([users[j] for j in rows], set=s.id, scan=scan, window=window).float()
         out.append(table)
     return out
 

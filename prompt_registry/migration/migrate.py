@@ -29,6 +29,7 @@ from ..backbones.heads import TaskHead
 from ..backbones.loader import Backbone, load_backbone, resolve_device
 from ..backbones.prompting import PromptEncoder
 from ..core.services import Services
+from ..core.writes import shard_bounds
 from ..data.dataset import Dataset
 from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run, ShardWrite
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
@@ -81,8 +82,9 @@ def _mapping_key(adapter: Artifact, sets: Sequence[PromptSet], users: Sequence[s
 
 def _producer(services: Services, method: MigrationMethod[Any], sets: Sequence[PromptSet], users: Sequence[str], device: str,
               batch_users: int, holders: Sequence[set[str]] | None, means: Sequence[torch.Tensor] | None,
-              overrides: dict[str, np.ndarray] | None) -> Callable[[int, int], np.ndarray]:
-    """``produce(start, stop)``: the mapped prompts of ``users[start:stop]`` (for a streaming write)."""
+              overrides: dict[str, np.ndarray] | None, window: tuple[str, str] | None = None) -> Callable[[int, int], np.ndarray]:
+    """``produce(start, stop)``: the mapped prompts of ``users[start:stop]`` (for a streaming write);
+    ``window``: the first and last user of every range that will be asked (an apply shard's)."""
     have = list(holders) if holders is not None else [set() for _ in sets]
 
     def produce(start: int, stop: int) -> np.ndarray:
@@ -91,7 +93,7 @@ def _producer(services: Services, method: MigrationMethod[Any], sets: Sequence[P
         for i in range(0, len(chunk), batch_users):
             part = chunk[i : i + batch_users]
             with torch.no_grad():
-                inputs = [t.to(device) for t in gather(services, sets, part, have, means, scan=True)]  # each user once
+                inputs = [t.to(device) for t in gather(services, sets, part, have, means, scan=True, window=window)]  # each user once
                 out.append(method.map(*inputs).cpu().numpy())
         rows = np.concatenate(out)
         if overrides:
@@ -357,7 +359,8 @@ class _Apply:
     means: Sequence[torch.Tensor] | None
 
 
-def _prepare_apply(services: Services, adapter_id: int, sources: Sequence[str | int] | None, users: Sequence[str] | None) -> _Apply:
+def _prepare_apply(services: Services, adapter_id: int, sources: Sequence[str | int] | None, users: Sequence[str] | None,
+                   resolve: bool = True) -> _Apply:
     adapter = services.artifacts.get_artifact(adapter_id)
     if adapter.kind != "adapter":
         raise ConflictError(f"artifact {adapter_id} is a {adapter.kind}, not an adapter")
@@ -367,7 +370,7 @@ def _prepare_apply(services: Services, adapter_id: int, sources: Sequence[str | 
     _, tensors = services.artifacts.load_artifact(adapter_id, fingerprint=target_info.fingerprint, source_fingerprints=source_fps)
     means = stored_means(tensors, len(source_sets))  # an adapter fitted with imputed sources imputes the same way
     method = load_method(adapter.config, tensors)  # the recorded method (none recorded: PUMA)
-    cover = plan_coverage(services, source_sets, "impute" if means is not None else "common")
+    cover = plan_coverage(services, source_sets, "impute" if means is not None else "common", resolve=resolve)
     everyone = cover.mapped
     chosen = list(users) if users is not None else everyone
     covered = set(everyone)  # once: a set built per user made apply quadratic (50,000 users: 72 s)
@@ -413,15 +416,17 @@ def apply_adapter_shard(services: Services, adapter_id: int, shard: int, n_shard
     set, which no one sees before every shard is written. A killed shard leaves no visible set,
     and a rerun reuses the shards already written. Each call records its own ``apply`` run with
     its shard and rows; the set names the run of the shard that committed it."""
-    job = _prepare_apply(services, adapter_id, sources, None)
+    job = _prepare_apply(services, adapter_id, sources, None, resolve=n_shards == 1)  # a shard of many resolves only its window
     adapter, source_sets, chosen = job.adapter, job.source_sets, job.users
+    bounds = shard_bounds(len(chosen), shard, n_shards)
+    window = (chosen[bounds[shard]], chosen[bounds[shard + 1] - 1]) if n_shards > 1 and bounds[shard + 1] > bounds[shard] else None
     run = services.runs.start_run("apply", model=adapter.target_model, task=adapter.task,
                                   config={"adapter_id": adapter_id, "sources": [s.id for s in source_sets], "n_users": len(chosen),
                                           "base": None, "shard": shard, "n_shards": n_shards})
     started = time.perf_counter()
     dev = resolve_device(device)
     try:
-        produce = _producer(services, job.method.to(dev), source_sets, chosen, dev, 4096, job.holders, job.means, None)
+        produce = _producer(services, job.method.to(dev), source_sets, chosen, dev, 4096, job.holders, job.means, None, window)
         written = services.writes.write_prompt_shard(
             adapter.target_model, adapter.task, chosen, produce, prompt_len=source_sets[0].prompt_len,
             key=_mapping_key(adapter, source_sets, chosen, None), shard=shard, n_shards=n_shards, run_id=run.id,
