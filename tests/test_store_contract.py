@@ -71,6 +71,20 @@ class TestZarrStore(TensorStoreContract):
         np.testing.assert_array_equal(store.read_rows("a", idx), arr.get_orthogonal_selection((idx,)))
         np.testing.assert_array_equal(store.read_rows("a", idx), data[idx])
 
+    def test_runs_of_consecutive_rows_read_by_slices_across_files(self, store, monkeypatch):
+        """A scan asks consecutive rows: they are copied slice by slice out of each file (no
+        fancy-indexed temporary); every run, across file boundaries too, reads what was written."""
+        data = self._filled(store, n=37)
+        fancy = []
+        by_file = ZarrStore._by_file
+        monkeypatch.setattr(ZarrStore, "_by_file", staticmethod(lambda *a: fancy.append(1) or by_file(*a)))
+        for lo, hi in ((0, 37), (3, 4), (5, 30), (7, 9), (36, 37)):
+            np.testing.assert_array_equal(store.read_rows("a", np.arange(lo, hi)), data[lo:hi])
+        assert fancy == []
+        np.testing.assert_array_equal(store.read_rows("a", np.array([4, 3, 9])), data[[4, 3, 9]])  # not consecutive: by file
+        np.testing.assert_array_equal(store.read_rows("a", np.array([2, 3, 5])), data[[2, 3, 5]])
+        assert fancy == [1, 1]
+
     def test_truncated_chunk_is_reported_with_its_path(self, store):
         self._filled(store, n=10)
         chunk = self._file(store, 5)
