@@ -397,7 +397,7 @@ def apply_adapter_run(services: Services, adapter_id: int, *, sources: Sequence[
     try:
         result = map_users(services, job.method, adapter, source_sets, chosen, target=adapter.target_model, task=adapter.task,
                            head_id=int(adapter.config["head_id"]), run_id=run.id, device=resolve_device(device),
-                           batch_users=4096, base=base, progress=progress, holders=job.holders, means=job.means)
+                           batch_users=MigrationConfig().apply_batch_users, base=base, progress=progress, holders=job.holders, means=job.means)
         if alias:
             services.aliases.set_alias(alias, result.id, reason=f"adapter {adapter_id} applied")
         finished = services.runs.finish_run(run.id, ledger=CostLedger(round(time.perf_counter() - started, 3), resolve_device(device),
@@ -426,7 +426,8 @@ def apply_adapter_shard(services: Services, adapter_id: int, shard: int, n_shard
     started = time.perf_counter()
     dev = resolve_device(device)
     try:
-        produce = _producer(services, job.method.to(dev), source_sets, chosen, dev, 4096, job.holders, job.means, None, window)
+        produce = _producer(services, job.method.to(dev), source_sets, chosen, dev, MigrationConfig().apply_batch_users, job.holders,
+                            job.means, None, window)
         written = services.writes.write_prompt_shard(
             adapter.target_model, adapter.task, chosen, produce, prompt_len=source_sets[0].prompt_len,
             key=_mapping_key(adapter, source_sets, chosen, None), shard=shard, n_shards=n_shards, run_id=run.id,
