@@ -11,6 +11,8 @@ store, and the audit queries on a catalogue of ``--catalogue-users`` users on Po
    seconds. Then the same on **Postgres** + local Zarr (the catalogue many workers share; each run
    in a fresh database made from a template, ``CREATE DATABASE ... TEMPLATE``, and a fresh copy of
    the store): ``apply_speedup_2proc_postgres``. Skipped, loudly, when Postgres is unreachable.
+   Beside them, the machine's own 2-process ceilings: sha256 in cache (the cores) and large array
+   copies (the memory bandwidth the cores share).
 2. **S3** (``--s3-users`` x 1 x 576): ``import_prompts`` and a verified batch read of every user
    (``get_prompts``) into a registry whose store is ``s3://`` on a local moto server (127.0.0.1,
    started here), and into one on a local Zarr directory, in the same process; ratios S3 / local.
@@ -73,23 +75,32 @@ print(json.dumps({"start": start, "end": end, "cpu_s": cpu_s, "rows": list(writt
 
 CEILING = """
 import hashlib, os, sys, time
-n = int(sys.argv[1])
+import numpy as np
+n, kind = int(sys.argv[1]), sys.argv[4]
 block = os.urandom(1 << 20)
+src = np.frombuffer(os.urandom(256 << 20), dtype=np.uint8) if kind == "copy" else None
+dst = np.empty_like(src) if kind == "copy" else None
 open(sys.argv[2], "w").close()
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.005)
 start = time.time()
 for _ in range(n):
-    hashlib.sha256(block).digest()
+    if kind == "copy":
+        np.copyto(dst, src)  # 256 MB, far past the caches: memory bandwidth
+    else:
+        hashlib.sha256(block).digest()  # 1 MB, in cache: the cores alone
 print(start, time.time())
 """
 
 
-def parallel_ceiling(scratch: Path, total_mb: int = 1500) -> dict[str, Any]:
-    """What two processes gain over one on this machine for pure CPU work (sha256 of ``total_mb``
-    MB, split in two halves): the ceiling any 2-process speedup measured here runs into."""
+def parallel_ceiling(scratch: Path, total_mb: int = 1500, kind: str = "sha256") -> dict[str, Any]:
+    """What two processes gain over one on this machine for work split in two halves: ``sha256``
+    of ``total_mb`` MB (a 1 MB block, in cache: the cores alone), or ``copy``, ``total_mb`` / 256
+    copies of a 256 MB array (memory bandwidth, which the cores share). An apply streams every
+    source row and every mapped row through memory several times, so it runs into both."""
     script = scratch / "ceiling.py"
     script.write_text(CEILING)
+    n = total_mb if kind == "sha256" else total_mb // 256
     spans = {}
     for processes in (1, 2, 1, 2):
         go = scratch / f"ceiling-go-{processes}"
@@ -97,7 +108,7 @@ def parallel_ceiling(scratch: Path, total_mb: int = 1500) -> dict[str, Any]:
         readies = [scratch / f"ceiling-ready-{processes}-{i}" for i in range(processes)]
         for r in readies:
             r.unlink(missing_ok=True)
-        procs = [subprocess.Popen([sys.executable, str(script), str(total_mb // processes), str(r), str(go)], stdout=subprocess.PIPE, text=True)
+        procs = [subprocess.Popen([sys.executable, str(script), str(n // processes), str(r), str(go), kind], stdout=subprocess.PIPE, text=True)
                  for r in readies]
         while not all(r.exists() for r in readies):
             time.sleep(0.01)
@@ -105,7 +116,8 @@ def parallel_ceiling(scratch: Path, total_mb: int = 1500) -> dict[str, Any]:
         times = [tuple(map(float, p.communicate(timeout=600)[0].split())) for p in procs]
         span = max(t[1] for t in times) - min(t[0] for t in times)
         spans[processes] = min(spans.get(processes, span), span)
-    return {"work": f"sha256 of {total_mb} MB", "one_process_s": round(spans[1], 3), "two_processes_s": round(spans[2], 3),
+    work = f"sha256 of {total_mb} MB" if kind == "sha256" else f"{n} copies of a 256 MB array"
+    return {"work": work, "one_process_s": round(spans[1], 3), "two_processes_s": round(spans[2], 3),
             "speedup": round(spans[1] / spans[2], 3)}
 
 
@@ -254,7 +266,9 @@ def bench_apply(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             pg.drop()
     ceiling = parallel_ceiling(scratch)
     log(f"  pure CPU work (sha256), 2 processes vs 1: {ceiling['speedup']}x")
-    return {"machine_2proc_ceiling": ceiling, "users": args.apply_users, "widths": [WIDTH_A, WIDTH_B], **out,
+    memory = parallel_ceiling(scratch, 256 * 24, "copy")
+    log(f"  memory streaming (array copies), 2 processes vs 1: {memory['speedup']}x")
+    return {"machine_2proc_ceiling": ceiling, "machine_2proc_memory_ceiling": memory, "users": args.apply_users, "widths": [WIDTH_A, WIDTH_B], **out,
             "users_per_s_2proc": round(args.apply_users / out["two_processes_s"])}
 
 
@@ -359,7 +373,9 @@ def markdown(report: dict[str, Any]) -> str:
                   f"process with 2 threads: {a['speedup_2proc_vs_2_threads']}. `apply_speedup_2proc_postgres` (Postgres + local Zarr) = "
                   + (f"{pg['speedup_2proc']} ({med(pg)})" if pg else "not run (Postgres unreachable)")
                   + f". The machine's own ceiling for 2 processes, pure CPU work split in two ({c0['work']}): {c0['one_process_s']} s in one "
-                  f"process, {c0['two_processes_s']} s in two, **{c0['speedup']}x**.", ""]
+                  f"process, {c0['two_processes_s']} s in two, **{c0['speedup']}x**"
+                  + (f"; memory streaming split in two ({m0['work']}): {m0['one_process_s']} s in one, {m0['two_processes_s']} s in two, "
+                     f"**{m0['speedup']}x**" if (m0 := a.get("machine_2proc_memory_ceiling")) else "") + ".", ""]
     s = report.get("s3")
     if s:
         lines += [f"## s3:// store on a local moto server vs the local Zarr store ({s['users']:,} x 1 x {s['width']}, "
