@@ -372,12 +372,14 @@ def _prepare_apply(services: Services, adapter_id: int, sources: Sequence[str | 
     method = load_method(adapter.config, tensors)  # the recorded method (none recorded: PUMA)
     cover = plan_coverage(services, source_sets, "impute" if means is not None else "common", resolve=resolve)
     everyone = cover.mapped
-    chosen = list(users) if users is not None else everyone
-    covered = set(everyone)  # once: a set built per user made apply quadratic (50,000 users: 72 s)
-    missing = [u for u in chosen if u not in covered]
-    if missing:
-        need = "any source set" if means is not None else "every source set (this adapter was fitted with coverage='common')"
-        raise UnknownSetError(f"{len(missing)} user(s) have no prompt in {need}: {missing[:5]}")
+    chosen = everyone  # everyone the sources cover (a shard of many: names only, read before its window)
+    if users is not None:
+        chosen = list(users)
+        covered = set(everyone)  # once: a set built per user made apply quadratic (50,000 users: 72 s)
+        missing = [u for u in chosen if u not in covered]
+        if missing:
+            need = "any source set" if means is not None else "every source set (this adapter was fitted with coverage='common')"
+            raise UnknownSetError(f"{len(missing)} user(s) have no prompt in {need}: {missing[:5]}")
     return _Apply(adapter, method, list(source_sets), chosen, cover.holders, means)
 
 
