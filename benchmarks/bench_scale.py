@@ -269,7 +269,7 @@ def bench_apply(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     memory = parallel_ceiling(scratch, 256 * 64, "copy")
     log(f"  memory streaming (array copies), 2 processes vs 1: {memory['speedup']}x")
     return {"machine_2proc_ceiling": ceiling, "machine_2proc_memory_ceiling": memory, "users": args.apply_users, "widths": [WIDTH_A, WIDTH_B], **out,
-            "users_per_s_2proc": round(args.apply_users / out["two_processes_s"])}
+            "users_per_s_1proc": round(args.apply_users / out["one_process_s"]), "users_per_s_2proc": round(args.apply_users / out["two_processes_s"])}
 
 
 def bench_s3(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

@@ -338,3 +338,40 @@ def _language_collation(reg):
         conn.execute(text('ALTER TABLE users ALTER COLUMN external_id TYPE varchar(200) COLLATE "en-x-icu"'))
         ordered = conn.execute(text("SELECT x FROM (VALUES ('a-1'), ('a0'), ('A1'), ('_1')) v(x) ORDER BY x COLLATE \"en-x-icu\"")).scalars().all()
     assert ordered != sorted(ordered)  # the collation really orders otherwise than code points
+
+
+@pytest.mark.registry
+def test_a_shards_rows_go_in_batch_by_batch_beside_the_mapping(mapped, monkeypatch):
+    """Each durable batch's catalogue rows are inserted on a thread of their own while the next
+    batch is mapped; together the inserts cover the shard's rows once, in order, and a failed
+    insert fails the shard (nothing visible), which a rerun finishes."""
+    import threading
+
+    from prompt_registry.core import writes
+
+    reg, adapter, expected, _, _ = mapped
+    monkeypatch.setattr(writes, "WRITE_BATCH_ROWS", 256)  # one chunk: 2 batches a shard
+    calls = []
+    real = writes.SetWriter._insert_shard_rows
+    fail = {"once": True}
+
+    def spy(self, set_id, users, start, stop, digests, *, replace):
+        calls.append((start, stop, threading.current_thread().name))
+        if start == 256 and fail.pop("once", False):  # the second batch: the first one's rows are in
+            raise OSError("catalogue unreachable")
+        return real(self, set_id, users, start, stop, digests, replace=replace)
+
+    monkeypatch.setattr(writes.SetWriter, "_insert_shard_rows", spy)
+    with pytest.raises(OSError, match="catalogue unreachable"):
+        reg.apply_adapter_shard(adapter, 0, 2, progress=False)
+    assert _sets_on_b(reg) == [] and [c[:2] for c in calls] == [(0, 256), (256, 512)]
+    assert _pending(reg).popitem()[1] == 256  # a failed shard's first batch: replaced by the rerun
+    calls.clear()
+    assert reg.apply_adapter_shard(adapter, 0, 2, progress=False).set is None
+    assert _pending(reg).popitem()[1] == 512
+    ranges = [c[:2] for c in calls]
+    assert ranges[0] == (0, 256) and ranges[-1][1] == 512 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert "shard-rows" in calls[0][2]  # the first batch's rows went in beside the mapping of the next
+    done = reg.apply_adapter_shard(adapter, 1, 2, progress=False).set
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=done.id), expected, rtol=1e-5, atol=1e-6)
+    assert reg.doctor().ok
