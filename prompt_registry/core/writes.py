@@ -313,7 +313,7 @@ class SetWriter:
             model_row = lookups.model_row(session, model)
             lookups.task_row(session, task)
             if key is not None:
-                done = session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+                done = lookups.set_by_key(session, key)
                 if done is not None and done.status == "pending":
                     raise ConflictError(f"a sharded write of the same inputs is in progress (pending set {done.id}): finish it by "
                                         "rerunning its shards, or `prompt-registry gc` removes it once no shard has touched it "
@@ -399,7 +399,7 @@ class SetWriter:
 
         def committed() -> PromptSet | None:
             with read_session(self.ctx.engine) as session:
-                done = session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+                done = lookups.set_by_key(session, key)
                 return mappers.set_entities(session, [done])[0] if done is not None and done.status != "pending" else None
 
         if (done := committed()) is not None:
@@ -515,7 +515,7 @@ class SetWriter:
 
         def existing() -> PromptSetRow | None:
             with read_session(self.ctx.engine) as session:
-                return session.scalars(select(PromptSetRow).where(PromptSetRow.idempotency_key == key)).one_or_none()
+                return lookups.set_by_key(session, key)
 
         if (row := existing()) is None:
             try:

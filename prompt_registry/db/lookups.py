@@ -57,6 +57,14 @@ _SET_RECORDS = (
 USER_RECORDS = _SET_RECORDS.where(UserRow.external_id.in_(bindparam("users", expanding=True)))
 
 
+_SET_BY_KEY = select(PromptSetRow).where(PromptSetRow.idempotency_key == bindparam("key"))
+
+
+def set_by_key(session: Session, key: str) -> PromptSetRow | None:
+    """The set written under idempotency ``key`` (committed, deleted or a pending sharded write), if any."""
+    return session.scalars(_SET_BY_KEY, {"key": key}).one_or_none()
+
+
 def set_records(session: Session, set_ids: Sequence[int]) -> Sequence[tuple[str, int, int, bytes]]:
     """Every ``(user, set id, row index, sha256)`` of ``set_ids``, fetched with the driver's cursor
     in the session's transaction: building SQLAlchemy rows cost more than the query (a
