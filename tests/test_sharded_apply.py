@@ -375,3 +375,30 @@ def test_a_shards_rows_go_in_batch_by_batch_beside_the_mapping(mapped, monkeypat
     done = reg.apply_adapter_shard(adapter, 1, 2, progress=False).set
     np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=done.id), expected, rtol=1e-5, atol=1e-6)
     assert reg.doctor().ok
+
+
+def test_write_batches_are_bounded_by_bytes_as_well_as_rows():
+    from prompt_registry.core.writes import WRITE_BATCH_BYTES, WRITE_BATCH_ROWS, write_batch_rows
+
+    assert write_batch_rows(576 * 4) == WRITE_BATCH_ROWS  # small rows: the row cap
+    assert write_batch_rows(20 * 4096 * 4) == 256  # 16,384 such rows would be 5.4 GB: one chunk
+    big = write_batch_rows(4096 * 4)
+    assert big % 256 == 0 and big * 4096 * 4 <= WRITE_BATCH_BYTES < (big + 256) * 4096 * 4
+
+
+@pytest.mark.registry
+def test_a_streaming_write_of_wide_rows_writes_smaller_batches(mapped, monkeypatch):
+    """The rows a streaming write (an apply; a shard likewise) produces and writes at once are
+    capped in bytes: a 16 KB cap holds 170 rows of 24 float32, less than a chunk, so each write is
+    one 256-row chunk, and the set still holds every mapped row."""
+    from prompt_registry.core import writes
+    from prompt_registry.store.zarr_store import ZarrStore
+
+    reg, adapter, expected, _, _ = mapped
+    monkeypatch.setattr(writes, "WRITE_BATCH_BYTES", 16 << 10)
+    sizes = []
+    original = ZarrStore.write_rows
+    monkeypatch.setattr(ZarrStore, "write_rows", lambda self, key, start, data: (sizes.append(len(data)), original(self, key, start, data))[1])
+    made = reg.apply_adapter(adapter, progress=False)
+    assert sizes == [256, 256, 256, 232]
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=made.id), expected, rtol=1e-5, atol=1e-6)

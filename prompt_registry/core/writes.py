@@ -48,8 +48,19 @@ from . import resolution
 from .aliases import move_alias
 from .users import check_user_ids
 
-# Rows per store write: whole chunks, bounded memory, and a natural progress step.
+# Rows per store write of a streaming write (``write_batch_rows``): whole chunks, a natural
+# progress step, and bounded memory: at most WRITE_BATCH_ROWS rows and WRITE_BATCH_BYTES bytes
+# (16,384 rows of 20 x 4,096 float32 would be 5.4 GB in one batch; capped, 256 rows, 84 MB).
 WRITE_BATCH_ROWS = 64 * DEFAULT_CHUNK_ROWS
+WRITE_BATCH_BYTES = 64 << 20
+
+
+def write_batch_rows(row_nbytes: int) -> int:
+    """Rows per batch of a streaming write whose rows are ``row_nbytes`` each: whole
+    ``DEFAULT_CHUNK_ROWS`` chunks, at most ``WRITE_BATCH_ROWS`` rows, and at most
+    ``WRITE_BATCH_BYTES`` unless one chunk alone is bigger (then one chunk)."""
+    fit = WRITE_BATCH_BYTES // max(1, row_nbytes) // DEFAULT_CHUNK_ROWS * DEFAULT_CHUNK_ROWS
+    return max(DEFAULT_CHUNK_ROWS, min(WRITE_BATCH_ROWS, fit))
 
 PromptInput = Mapping[str, Any] | np.ndarray | Any  # Mapping user->tensor, array/tensor, or a path
 
@@ -336,8 +347,9 @@ class SetWriter:
         digests: list[bytes] = []
         bar = tqdm(total=len(user_ids), disable=not progress, desc=f"write {model}/{task}", unit="user")
         try:
-            for start in range(0, len(user_ids), WRITE_BATCH_ROWS):
-                stop = min(start + WRITE_BATCH_ROWS, len(user_ids))
+            step = write_batch_rows(prompt_len * width * np.dtype(dtype).itemsize)
+            for start in range(0, len(user_ids), step):
+                stop = min(start + step, len(user_ids))
                 saved = journal.load(start, stop)
                 if saved is not None and saved == row_digests(self.ctx.store.read_rows(store_key, slice(start, stop))):
                     digests += saved  # written and fsynced before the interruption
@@ -466,8 +478,9 @@ class SetWriter:
                 self._insert_shard_rows(pending, user_ids, lo, hi, b"".join(digests[lo - start : hi - start]), replace=False)
 
             try:
-                for lo in range(start, stop, WRITE_BATCH_ROWS):
-                    hi = min(lo + WRITE_BATCH_ROWS, stop)
+                step = write_batch_rows(prompt_len * width * np.dtype(dtype).itemsize)
+                for lo in range(start, stop, step):
+                    hi = min(lo + step, stop)
                     rows = _check_prompt_array(_to_numpy(produce(lo, hi), "produced rows"), user_ids[lo:hi], model_row, prompt_len, dtype)
                     store.write_rows(store_key, lo, rows)  # durable on return: its rows may go in
                     digests += row_digests(rows)

@@ -93,8 +93,8 @@ class MigrationConfig:
     # set's users without any source prompt the mapped centroid; ``"skip"`` lists them only.
     coverage: str = "impute"
     cold_start: str = "skip"
-    # users mapped per forward pass when a set is applied: one write batch (``WRITE_BATCH_ROWS``,
-    # 64 chunks), so the outputs are not concatenated again; 200,000 users x 576 -> 384 on 2
+    # users mapped per forward pass when a set is applied: a whole write batch (``write_batch_rows``:
+    # up to 64 chunks, capped in bytes), so the outputs are not concatenated again; 200,000 users x 576 -> 384 on 2
     # cores: 1 process 3.0-3.1 -> 2.75-2.9 s, 2 shards 1.9-2.0 -> 1.7-1.8 s against 4,096
     apply_batch_users: int = 16384
     distributed: bool = False  # data parallel fit under torchrun: every rank fits, rank 0 stores (``migration.migrate``)
