@@ -402,3 +402,18 @@ def test_a_streaming_write_of_wide_rows_writes_smaller_batches(mapped, monkeypat
     made = reg.apply_adapter(adapter, progress=False)
     assert sizes == [256, 256, 256, 232]
     np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=made.id), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.registry
+def test_a_window_read_of_a_user_outside_the_window_is_resolved_the_usual_way(mapped):
+    reg, _, _, location, store = mapped
+    source = reg.get_set("a/rate@production").id
+    with pr.Registry.open(location, store=store) as fresh:
+        reads = fresh._s.reads
+        inside = reads.get_prompts(["u010", "u000"], set=source, window=("u000", "u100"))
+        np.testing.assert_array_equal(inside.numpy(), reg.get_prompts(["u010", "u000"], set=source).numpy())
+        assert list(fresh._ctx.caches.manifests) == [(source, "u000", "u100")]
+        mixed = reads.get_prompts(["u000", "u900"], set=source, window=("u000", "u100"))
+        np.testing.assert_array_equal(mixed.numpy(), reg.get_prompts(["u000", "u900"], set=source).numpy())
+        with pytest.raises(pr.UnknownUserError, match="nobody"):
+            reads.get_prompts(["u000", "nobody"], set=source, window=("u000", "u100"))

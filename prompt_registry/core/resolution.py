@@ -17,6 +17,7 @@ from .._context import MANIFEST_CACHE_ROWS, MANIFEST_MIN_USERS, Context
 from .._util import batched
 from ..db import lookups
 from ..db.schema import PromptSetRow
+from ..errors import UnknownUserError
 from ..manifest import Manifest
 
 
@@ -97,20 +98,22 @@ def read_users(ctx: Context, session: Session, row: PromptSetRow, users: Sequenc
     """The users read and their rows, in order (``None``: everyone, sorted); ``only_present`` skips
     the users without a prompt in the version instead of refusing them; ``scan``: the rows are read
     once (``TensorStore.read_verified``); ``window``: ``(first, last)`` of the range of the
-    version's sorted users the caller reads batch by batch (``window_manifest``; a user outside
-    it, or not found in it, is resolved the usual way)."""
-    manifest = None
-    if window is not None and users is not None:
+    version's sorted users the caller reads batch by batch (``window_manifest``; when a user is
+    not in it, the read is resolved the usual way)."""
+    if window is not None and users is not None and not only_present:
         manifest = window_manifest(ctx, session, row, *window)
-        if not all(u in manifest.index for u in users):
-            manifest = None
-    if manifest is None:
+        users = list(users)
+        try:
+            positions = manifest.positions(users)  # the lookup the read needs anyway
+        except UnknownUserError:  # someone outside the window (or not in the version: then the usual error below)
+            return read_users(ctx, session, row, users, verify, scan=scan)
+    else:
         manifest = manifest_for(ctx, session, row, users)
-    users = sorted(manifest.users) if users is None else list(users)
-    if only_present:
-        users = [u for u in users if u in manifest.index]
-        if not users:
-            return users, np.zeros((0, row.prompt_len, row.width), dtype=row.dtype)
-    positions = manifest.positions(users)
+        users = sorted(manifest.users) if users is None else list(users)
+        if only_present:
+            users = [u for u in users if u in manifest.index]
+            if not users:
+                return users, np.zeros((0, row.prompt_len, row.width), dtype=row.dtype)
+        positions = manifest.positions(users)
     keys = dict(chain_of(ctx, session, row))
     return users, manifest.read(ctx.store, keys, positions, (row.prompt_len, row.width), row.dtype, verify=verify, scan=scan)
