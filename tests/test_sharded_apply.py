@@ -355,11 +355,11 @@ def test_a_shards_rows_go_in_batch_by_batch_beside_the_mapping(mapped, monkeypat
     real = writes.SetWriter._insert_shard_rows
     fail = {"once": True}
 
-    def spy(self, set_id, users, start, stop, digests, *, replace):
+    def spy(self, set_id, users, start, stop, digests):
         calls.append((start, stop, threading.current_thread().name))
         if start == 256 and fail.pop("once", False):  # the second batch: the first one's rows are in
             raise OSError("catalogue unreachable")
-        return real(self, set_id, users, start, stop, digests, replace=replace)
+        return real(self, set_id, users, start, stop, digests)
 
     monkeypatch.setattr(writes.SetWriter, "_insert_shard_rows", spy)
     with pytest.raises(OSError, match="catalogue unreachable"):

@@ -459,7 +459,9 @@ class SetWriter:
         reused = mine is not None and bool((digest_matrix(row_digests(store.read_rows(store_key, slice(start, stop)))) == mine).all())
         left = self._shard_rows(pending, start, stop)  # rows an earlier run of this shard inserted
         if reused and mine is not None and left != stop - start:
-            self._insert_shard_rows(pending, user_ids, start, stop, np.ascontiguousarray(mine).tobytes(), replace=True)
+            if left:
+                self._delete_shard_rows(pending, start, stop)
+            self._insert_shard_rows(pending, user_ids, start, stop, np.ascontiguousarray(mine).tobytes())
         if not reused:
             if mine is not None:
                 store.delete(manifest_key(shard))  # its rows no longer match: write them again
@@ -475,7 +477,7 @@ class SetWriter:
             handed = start  # rows start..handed are in, or being inserted
 
             def insert(lo: int, hi: int) -> None:
-                self._insert_shard_rows(pending, user_ids, lo, hi, b"".join(digests[lo - start : hi - start]), replace=False)
+                self._insert_shard_rows(pending, user_ids, lo, hi, b"".join(digests[lo - start : hi - start]))
 
             try:
                 step = write_batch_rows(prompt_len * width * np.dtype(dtype).itemsize)
@@ -546,32 +548,32 @@ class SetWriter:
                     raise
         return row.id if row.status == "pending" else None
 
+    @staticmethod
+    def _in_rows(set_id: int, start: int, stop: int) -> tuple[Any, ...]:
+        """The catalogue rows ``start..stop`` of set ``set_id``, as WHERE conditions."""
+        return PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start, PromptRowRow.row_index < stop
+
     def _shard_rows(self, set_id: int, start: int, stop: int) -> int:
         """How many catalogue rows the pending set ``set_id`` has in rows ``start..stop``."""
         with read_session(self.ctx.engine) as session:
-            return int(session.scalar(select(func.count()).select_from(PromptRowRow).where(
-                PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start, PromptRowRow.row_index < stop)) or 0)
+            return int(session.scalar(select(func.count()).select_from(PromptRowRow).where(*self._in_rows(set_id, start, stop))) or 0)
 
     def _delete_shard_rows(self, set_id: int, start: int, stop: int) -> None:
-        """Remove the catalogue rows ``start..stop`` of the pending set ``set_id`` (a killed run's)."""
+        """Remove the catalogue rows ``start..stop`` of the pending set ``set_id`` (a killed run's;
+        the set is pending, so no reader sees the rows missing until they are inserted again)."""
         with write_session(self.ctx.engine) as session:
-            session.execute(delete(PromptRowRow).where(PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start,
-                                                       PromptRowRow.row_index < stop))
+            session.execute(delete(PromptRowRow).where(*self._in_rows(set_id, start, stop)))
 
-    def _insert_shard_rows(self, set_id: int, user_ids: Sequence[str], start: int, stop: int, digests: bytes, *,
-                           replace: bool) -> None:
+    def _insert_shard_rows(self, set_id: int, user_ids: Sequence[str], start: int, stop: int, digests: bytes) -> None:
         """Catalogue rows ``start..stop`` of the pending set (``digests`` 32 bytes a row) in one
-        transaction; ``replace``: first delete what a killed run of the shard left there. Refreshes
-        the set's ``created_at``: ``gc`` takes a pending set no shard touched for its grace period."""
+        transaction. Refreshes the set's ``created_at``: ``gc`` takes a pending set no shard touched
+        for its grace period."""
         with write_session(self.ctx.engine) as session:
             row = session.get(PromptSetRow, set_id)
             if row is None or row.status != "pending":
                 raise ConflictError(f"the pending set {set_id} of this sharded write is gone" if row is None else
                                     f"set {set_id} was committed while shard rows {start}..{stop} were being written")
             conn = session.connection()
-            if replace:
-                conn.execute(delete(PromptRowRow).where(PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start,
-                                                        PromptRowRow.row_index < stop))
             for lo, hi, blob in digests_in_batches(digests):
                 users = user_ids[start + lo : start + hi]
                 if insert_prompt_rows(conn, set_id, users, start + lo, blob) != len(users):
