@@ -371,11 +371,12 @@ class ZarrStore(TensorStore):
         if not layout.direct:
             return np.asarray(self._open_zarr(key).get_orthogonal_selection((idx,))).view(info.dtype)
         out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
-        if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (len(idx) == 1 or bool((np.diff(idx) == 1).all())):
+        if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and bool((np.diff(idx) == 1).all()):
             # consecutive rows (a scan): one slice copy per file, no fancy-indexed temporary of every row
-            for f in range(int(idx[0]) // layout.file_rows, int(idx[-1]) // layout.file_rows + 1):
-                lo, hi = max(int(idx[0]), f * layout.file_rows), min(int(idx[-1]) + 1, (f + 1) * layout.file_rows)
-                out[lo - int(idx[0]) : hi - int(idx[0])] = self._file_view(key, layout, f)[1][lo - f * layout.file_rows : hi - f * layout.file_rows]
+            first, end, per_file = int(idx[0]), int(idx[-1]) + 1, layout.file_rows
+            for f in range(first // per_file, (end - 1) // per_file + 1):
+                lo, hi = max(first, f * per_file), min(end, (f + 1) * per_file)
+                out[lo - first : hi - first] = self._file_view(key, layout, f)[1][lo - f * per_file : hi - f * per_file]
             return out
         for f, places, local in self._by_file(layout, idx):
             out[places] = self._file_view(key, layout, f)[1][local]
