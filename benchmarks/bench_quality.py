@@ -4,6 +4,8 @@ seeds, with a paired user bootstrap, seen/unseen users and token-pass cost.
     python benchmarks/bench_quality.py                         # synthetic: tiny pair, 2,000 users x 40, 3 seeds
     python benchmarks/bench_quality.py --users 500 --seeds 0   # a quicker look
     python benchmarks/bench_quality.py --setting movielens     # MiniLM -> MPNet on MovieLens-100k (CPU: long)
+    python benchmarks/bench_quality.py --merge results/a.partial.json results/b.partial.json --name x
+                                                               # one result from one process per seed
 
 Per seed and setting: source prompts are trained on the source model; on the target, random-init
 (prompts frozen at init, head fitted on cached features), a full retrain, then every migration row
@@ -288,6 +290,36 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+# the arguments that may differ between the runs one merged result summarises
+MERGE_FREE = ("seeds", "name", "out", "workdir", "merge")
+
+
+def merged(paths: list[Path], args: argparse.Namespace, default: dict[str, str]) -> dict[str, Any]:
+    """One report from the partial files of runs that differ only in their seeds (and where they wrote)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    fixed = {k: v for k, v in first["args"].items() if k not in MERGE_FREE}
+    for path, part in zip(paths, parts):
+        if part["setting"] != first["setting"]:
+            raise SystemExit(f"{path} is a {part['setting']!r} run, {paths[0]} a {first['setting']!r} one: merge one setting at a time")
+        differ = sorted(k for k in set(fixed) | set(part["args"]) if k not in MERGE_FREE and part["args"].get(k) != fixed.get(k))
+        if differ:
+            raise SystemExit(f"{path} ran with other arguments than {paths[0]} ({', '.join(differ)}): only --seeds may differ")
+    seeds = sorted((s for part in parts for s in part["seeds"]), key=lambda s: s["seed"])
+    numbers = [s["seed"] for s in seeds]
+    if len(set(numbers)) != len(numbers):
+        raise SystemExit(f"seed(s) {sorted({n for n in numbers if numbers.count(n) > 1})} appear in more than one file: keep one run per seed")
+    setting = first["setting"]
+    results = {setting: summarize(setting, seeds)}
+    torch.set_num_threads(int(fixed.get("threads", 1)))  # the machine record then names the runs' thread count
+    runs = [part.get("command") or "python benchmarks/bench_quality.py (seeds " + part["args"]["seeds"] + ")" for part in parts]
+    return {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
+            "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]) + " (merging: " + "; ".join(runs) + ")",
+            "machine": first.get("machine") or {**machine_info(), "load": os.getloadavg()},
+            "args": {**fixed, "seeds": numbers}, "merged_from": [str(p) for p in paths],
+            "default_migration": default["synthetic"], "settings_run": [setting], **results, "targets": targets(results, default)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", action="append", choices=("synthetic", "movielens", "click"), help="repeatable; default synthetic")
@@ -297,6 +329,9 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--phis", nargs="+", default=list(PHIS), choices=PHIS)
     parser.add_argument("--retarget", type=Path, help="recompute the targets (for the library's default Phi) of a results JSON, run nothing")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="PARTIAL",
+                        help="summarise the .partial.json files of runs that differ only in --seeds (e.g. one process per seed) "
+                             "into one result named --name, run nothing")
     parser.add_argument("--min-steps", type=int, default=MigrationConfig().min_steps)
     parser.add_argument("--train-epochs", type=int, default=15)
     parser.add_argument("--train-lr", type=float, default=5e-3)
@@ -321,6 +356,12 @@ def main() -> None:
         args.retarget.with_suffix(".md").write_text(markdown(report))
         print(markdown(report))
         return
+    if args.merge:
+        report = merged(args.merge, args, default)
+        write_results(args.out, args.name, report, markdown(report))
+        plot(report, args.out / f"{args.name}.png")
+        print(markdown(report))
+        return
     torch.set_num_threads(args.threads)
     settings = args.setting or ["synthetic"]
     results, raw = {}, {}
@@ -331,7 +372,9 @@ def main() -> None:
             # each finished seed is kept: a long real-model run killed later loses only the seed it was on
             partial = args.out / f"{args.name}.partial.json"
             partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps({"setting": setting, "args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds}, default=float))
+            partial.write_text(json.dumps({"setting": setting, "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]),
+                                           "machine": {**machine_info(), "load": os.getloadavg()},
+                                           "args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds}, default=float))
         raw[setting] = seeds
         results[setting] = summarize(setting, seeds)
     report = {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
