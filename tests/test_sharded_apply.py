@@ -417,3 +417,63 @@ def test_a_window_read_of_a_user_outside_the_window_is_resolved_the_usual_way(ma
         np.testing.assert_array_equal(mixed.numpy(), reg.get_prompts(["u000", "u900"], set=source).numpy())
         with pytest.raises(pr.UnknownUserError, match="nobody"):
             reads.get_prompts(["u000", "nobody"], set=source, window=("u000", "u100"))
+
+
+@pytest.mark.registry
+def test_a_retry_of_a_shard_beside_its_live_run_breaks_neither(mapped, monkeypatch):
+    """A scheduler retries shard 0 while its first run is alive (a lease that expired on a slow
+    worker): the retry overwrites the live run's rows instead of deleting them first, so the
+    live run still commits, and the retry, finding the set committed, returns it untouched."""
+    import threading
+
+    from prompt_registry.core import writes
+    from prompt_registry.migration import migrate as migrate_module
+
+    reg, adapter, expected, location, store = mapped
+    monkeypatch.setattr(writes, "WRITE_BATCH_ROWS", 256)  # 2 batches a shard
+    assert reg.apply_adapter_shard(adapter, 1, 2, progress=False).missing == (0,)
+    gates = {name: (threading.Event(), threading.Event()) for name in ("live", "retry")}  # (blocked, go)
+    real_producer = migrate_module._producer
+
+    def gated(*args, **kwargs):
+        produce = real_producer(*args, **kwargs)
+
+        def wrapped(start, stop):
+            name = threading.current_thread().name
+            if (name == "live" and start == 256) or name == "retry":  # live: after its first batch is in
+                blocked, go = gates[name]
+                blocked.set()
+                assert go.wait(60)
+            return produce(start, stop)
+
+        return wrapped
+
+    monkeypatch.setattr(migrate_module, "_producer", gated)
+    out = {}
+
+    def run(name):
+        with pr.Registry.open(location, store=store) as mine:
+            try:
+                out[name] = mine.apply_adapter_shard(adapter, 0, 2, progress=False)
+            except Exception as exc:  # reported below
+                out[name] = exc
+
+    threads = {name: threading.Thread(target=run, args=(name,), name=name) for name in gates}
+    threads["live"].start()
+    assert gates["live"][0].wait(60)
+    threads["retry"].start()
+    assert gates["retry"][0].wait(60)
+    assert list(_pending(reg).values()) == [488 + 256]  # shard 1's rows and the live run's first batch, none deleted
+    gates["live"][1].set()
+    threads["live"].join(60)
+    live = out["live"]
+    assert not isinstance(live, Exception), live
+    assert live.set is not None and live.missing == ()
+    gates["retry"][1].set()
+    threads["retry"].join(60)
+    retry = out["retry"]
+    assert not isinstance(retry, Exception), retry
+    assert retry.set.id == live.set.id and retry.reused
+    assert [s.id for s in _sets_on_b(reg)] == [live.set.id]
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=live.set.id), expected, rtol=1e-5, atol=1e-6)
+    assert reg.doctor().ok

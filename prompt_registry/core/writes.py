@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import fileio, validation
@@ -457,16 +457,13 @@ class SetWriter:
 
         mine = load_manifest(shard)
         reused = mine is not None and bool((digest_matrix(row_digests(store.read_rows(store_key, slice(start, stop)))) == mine).all())
-        left = self._shard_rows(pending, start, stop)  # rows an earlier run of this shard inserted
-        if reused and mine is not None and left != stop - start:
-            if left:
-                self._delete_shard_rows(pending, start, stop)
+        # rows an earlier run of this shard inserted (killed, or still running: a retry beside a
+        # live run) are overwritten, never deleted first: a live run's rows never go missing
+        if reused and mine is not None and self._shard_rows(pending, start, stop) != stop - start:
             self._insert_shard_rows(pending, user_ids, start, stop, np.ascontiguousarray(mine).tobytes())
         if not reused:
             if mine is not None:
                 store.delete(manifest_key(shard))  # its rows no longer match: write them again
-            if left:
-                self._delete_shard_rows(pending, start, stop)  # what a killed run of this shard inserted
             digests: list[bytes] = []
             bar = tqdm(total=stop - start, disable=not progress, desc=f"write {model}/{task} shard {shard}/{n_shards}", unit="user")
             # the catalogue rows of the batches already durable go in on a thread of their own while
@@ -484,6 +481,8 @@ class SetWriter:
                 for lo in range(start, stop, step):
                     hi = min(lo + step, stop)
                     rows = _check_prompt_array(_to_numpy(produce(lo, hi), "produced rows"), user_ids[lo:hi], model_row, prompt_len, dtype)
+                    if (done := committed()) is not None:  # another run of this shard finished and the set committed:
+                        return ShardWrite(shard, n_shards, (start, stop), True, done, ())  # its bytes are not touched again
                     store.write_rows(store_key, lo, rows)  # durable on return: its rows may go in
                     digests += row_digests(rows)
                     bar.update(hi - lo)
@@ -495,6 +494,10 @@ class SetWriter:
                     inserting.result()
                 if handed < stop:
                     insert(handed, stop)
+            except ConflictError:
+                if (done := committed()) is None:  # the pending set is gone (gc), not committed by another run
+                    raise
+                return ShardWrite(shard, n_shards, (start, stop), True, done, ())
             finally:
                 inserter.shutdown(wait=True)  # no insert outlives the call, even a failed one
                 bar.close()
@@ -548,26 +551,17 @@ class SetWriter:
                     raise
         return row.id if row.status == "pending" else None
 
-    @staticmethod
-    def _in_rows(set_id: int, start: int, stop: int) -> tuple[Any, ...]:
-        """The catalogue rows ``start..stop`` of set ``set_id``, as WHERE conditions."""
-        return PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start, PromptRowRow.row_index < stop
-
     def _shard_rows(self, set_id: int, start: int, stop: int) -> int:
         """How many catalogue rows the pending set ``set_id`` has in rows ``start..stop``."""
         with read_session(self.ctx.engine) as session:
-            return int(session.scalar(select(func.count()).select_from(PromptRowRow).where(*self._in_rows(set_id, start, stop))) or 0)
-
-    def _delete_shard_rows(self, set_id: int, start: int, stop: int) -> None:
-        """Remove the catalogue rows ``start..stop`` of the pending set ``set_id`` (a killed run's;
-        the set is pending, so no reader sees the rows missing until they are inserted again)."""
-        with write_session(self.ctx.engine) as session:
-            session.execute(delete(PromptRowRow).where(*self._in_rows(set_id, start, stop)))
+            return int(session.scalar(select(func.count()).select_from(PromptRowRow).where(
+                PromptRowRow.set_id == set_id, PromptRowRow.row_index >= start, PromptRowRow.row_index < stop)) or 0)
 
     def _insert_shard_rows(self, set_id: int, user_ids: Sequence[str], start: int, stop: int, digests: bytes) -> None:
         """Catalogue rows ``start..stop`` of the pending set (``digests`` 32 bytes a row) in one
-        transaction. Refreshes the set's ``created_at``: ``gc`` takes a pending set no shard touched
-        for its grace period."""
+        transaction, overwriting those an earlier or concurrent run of the shard inserted.
+        Refreshes the set's ``created_at``: ``gc`` takes a pending set no shard touched for its
+        grace period."""
         with write_session(self.ctx.engine) as session:
             row = session.get(PromptSetRow, set_id)
             if row is None or row.status != "pending":
@@ -576,7 +570,7 @@ class SetWriter:
             conn = session.connection()
             for lo, hi, blob in digests_in_batches(digests):
                 users = user_ids[start + lo : start + hi]
-                if insert_prompt_rows(conn, set_id, users, start + lo, blob) != len(users):
+                if insert_prompt_rows(conn, set_id, users, start + lo, blob, replace=True) != len(users):
                     self._raise_unusable_users(session, users)
             row.created_at = self.ctx.now()
 

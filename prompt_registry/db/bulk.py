@@ -34,18 +34,23 @@ def users_json(users: Sequence[str]) -> str:
 
 
 def insert_prompt_rows(conn: Connection, set_id: int, users: Sequence[str], start: int, digests: bytes,
-                       users_json_text: str | None = None) -> int:
+                       users_json_text: str | None = None, *, replace: bool = False) -> int:
     """Insert the catalogue rows of ``users`` (rows ``start...`` of the set's array) in one
     statement that also maps external ids to user ids; returns how many rows it inserted.
 
     Users that are unknown or deleted get no row: the caller compares the count with
     ``len(users)`` and names them. ``digests`` is the rows' sha256 concatenated (32 bytes each);
-    ``users_json_text`` is ``users_json(users)`` if the caller already has it.
+    ``users_json_text`` is ``users_json(users)`` if the caller already has it. ``replace``: a
+    user's existing row in the set is overwritten (an upsert, atomic against a concurrent
+    writer of the same rows) and counts as inserted: a pending sharded write's rows, which a
+    killed or concurrent run of the same shard may have inserted already.
     """
     if len(digests) != 32 * len(users):
         raise InvalidArgumentError(f"{len(digests)} digest bytes for {len(users)} users")
     # the ids travel as one JSON text: the driver's per-element array quoting costs more than the query
     sql = _POSTGRES_INSERT if conn.dialect.name == "postgresql" else _SQLITE_INSERT
+    if replace:  # both dialects' upsert; the SELECT's WHERE keeps SQLite's parser from reading ON as a join's
+        sql += " ON CONFLICT (set_id, user_id) DO UPDATE SET row_index = excluded.row_index, sha256 = excluded.sha256"
     text = users_json(users) if users_json_text is None else users_json_text
     result = conn.exec_driver_sql(sql, (set_id, start, digests, text))
     return result.rowcount
