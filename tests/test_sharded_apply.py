@@ -386,6 +386,33 @@ def test_write_batches_are_bounded_by_bytes_as_well_as_rows():
     assert big % 256 == 0 and big * 4096 * 4 <= WRITE_BATCH_BYTES < (big + 256) * 4096 * 4
 
 
+def test_a_migrations_map_of_wide_prompts_takes_smaller_batches():
+    """``migrate`` maps every candidate in ``apply_batch_users`` batches, fewer users a pass when
+    their inputs would pass the write batches' byte cap (what a wide real model puts on a GPU)."""
+    from prompt_registry.core.writes import WRITE_BATCH_BYTES
+    from prompt_registry.migration.migrate import _map_table
+
+    class Sizes:
+        def __init__(self):
+            self.seen = []
+
+        def to(self, device):
+            return self
+
+        def map(self, *inputs):
+            self.seen.append([len(t) for t in inputs])
+            return inputs[0][:, :1] * 2
+
+    narrow, wide = Sizes(), Sizes()
+    small = torch.ones(1000, 1, 8)
+    assert torch.equal(_map_table(narrow, [small, small], "cpu", 300), small[:, :1] * 2)
+    assert narrow.seen == [[300, 300], [300, 300], [300, 300], [100, 100]]  # the users cap
+    per_user = WRITE_BATCH_BYTES // 4 // 3 + 1  # floats: 3 users' inputs pass the cap, 2 do not
+    rows = torch.arange(5, dtype=torch.float32)[:, None, None].expand(5, 1, per_user).contiguous()
+    mapped = _map_table(wide, [rows], "cpu", 16384)
+    assert wide.seen == [[2], [2], [1]] and torch.equal(mapped, rows[:, :1] * 2)
+
+
 @pytest.mark.registry
 def test_a_streaming_write_of_wide_rows_writes_smaller_batches(mapped, monkeypatch):
     """The rows a streaming write (an apply; a shard likewise) produces and writes at once are
