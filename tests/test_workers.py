@@ -171,3 +171,99 @@ def test_three_workers_share_plans_and_a_sigkilled_workers_step_is_finished_by_a
         for proc in [w for w in locals().get("workers", []) if w.poll() is None]:
             proc.kill()
         reg.close()
+
+
+def _skewed(reg, seconds):
+    """``reg``'s clock moved ``seconds`` away from the database's (a worker on another machine)."""
+    from prompt_registry._util import utcnow
+
+    reg._s.ctx.now = lambda: utcnow() + dt.timedelta(seconds=seconds)
+    return reg
+
+
+@pytest.mark.postgres
+def test_leases_are_reckoned_by_the_databases_clock_not_the_workers(pg_url, tmp_path):
+    """Workers on machines whose clocks disagree by more than a lease: one 90 s ahead does not
+    take a live 60 s lease, one 90 s behind keeps its own lease alive by renewing it."""
+    reg = _fake_world(pg_url, str(tmp_path / "store"), tmp_path)
+    try:
+        plan = reg.planner.plan("b", "rate", sources=["a"], strategy="direct")
+        plans = reg._s.plans
+        with pr.Registry.open(pg_url, store=str(tmp_path / "store")) as ahead, pr.Registry.open(pg_url, store=str(tmp_path / "store")) as behind:
+            _skewed(ahead, 90)
+            _skewed(behind, -90)
+            assert behind._s.plans.claim_step("slow-clock", 60)[1] == 0
+            assert ahead._s.plans.claim_step("fast-clock", 60) is None  # the lease is live by the database's clock
+            assert behind._s.plans.renew_step(plan.id, 0, "slow-clock", 60)
+            assert ahead._s.plans.claim_step("fast-clock", 60) is None and plans.claim_step("w", 60) is None
+            with write_session(reg._s.ctx.engine) as session:  # the worker dies: its lease runs out by the database's clock
+                session.get(PlanStepRow, (plan.id, 0)).lease_expires_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+            assert ahead._s.plans.claim_step("fast-clock", 60)[2]  # taken over
+    finally:
+        reg.close()
+
+
+@pytest.mark.postgres
+def test_a_plan_run_and_the_workers_never_both_record_a_step(pg_url, tmp_path):
+    """A worker stalled past its lease cannot record the step once a resumed plan run took the
+    plan; a plan run that refuses (no --resume) leaves the workers' plan as it was; a plan run
+    judged gone whose plan the workers took over records nothing."""
+    from prompt_registry.data.synthetic import make_synthetic
+
+    reg = _fake_world(pg_url, str(tmp_path / "store"), tmp_path)
+    try:
+        chain = reg.planner.plan("c", "rate", sources=["a"], via="b", strategy="chain")
+        plans = reg._s.plans
+        data = make_synthetic(tmp_path / "data", n_users=10, n_items=10, per_user=5, seed=0)
+        assert plans.claim_step("w1", 60)[1] == 0 and plans.finish_step(chain.id, 0, "w1", "done", result={"set_id": 1})
+        before = reg.planner.get(chain.id)
+        with pytest.raises(pr.ConflictError, match="rerun with --resume"):
+            reg.planner.run(chain.id, data)  # step 0 is done: refused, and the plan stays the workers'
+        after = reg.planner.get(chain.id)
+        assert after.status == before.status == "running" and plans.steps_left(plan_id=chain.id) == 1
+        assert plans.claim_step("w2", 60)[1] == 1  # w2 stalls on step 1 past its lease
+        with write_session(reg._s.ctx.engine) as session:
+            session.get(PlanStepRow, (chain.id, 1)).lease_expires_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+        run = reg._s.runs.start_run("plan", model="c", task="rate", config={"plan_id": chain.id})
+        plans.acquire(chain.id, run.id)  # a resumed plan run takes the plan
+        assert not plans.renew_step(chain.id, 1, "w2", 60) and not plans.finish_step(chain.id, 1, "w2", "done", result={"set_id": 7})
+        assert plans.claim_step("w3", 60) is None  # the plan run is alive
+        # the plan run is judged gone (its run finished without releasing): a worker takes the plan over
+        reg._s.runs.finish_run(run.id, status="failed", error="lost")
+        assert plans.claim_step("w3", 60)[1] == 1
+        with pytest.raises(pr.ConflictError, match=f"no longer held by run {run.id}"):
+            plans.mark_step(chain.id, 1, "done", holder=run.id, result={"set_id": 8})
+        assert plans.finish_step(chain.id, 1, "w3", "done", result={"set_id": 9})
+        final = reg.planner.get(chain.id)
+        assert final.status == "done" and final.steps[1].result == {"set_id": 9}
+    finally:
+        reg.close()
+
+
+@pytest.mark.postgres
+def test_an_interrupted_workers_heartbeat_stops(pg_url, tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside a step (a notebook, a service that goes on) stops the lease's
+    heartbeat: the step's lease runs out and another worker can take it."""
+    import threading
+
+    from prompt_registry.data.synthetic import make_synthetic
+    from prompt_registry.planning import worker as worker_module
+
+    reg = _fake_world(pg_url, str(tmp_path / "store"), tmp_path)
+    try:
+        plan = reg.planner.plan("b", "rate", sources=["a"], strategy="direct")
+        data = make_synthetic(tmp_path / "data", n_users=10, n_items=10, per_user=5, seed=0)
+
+        def interrupted(*args, **kwargs):
+            time.sleep(0.6)  # a few heartbeats
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(worker_module, "execute_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            reg.planner.work(data, plan_id=plan.id, worker=WorkerConfig(lease_seconds=0.6, poll_seconds=0.1))
+        assert not [t for t in threading.enumerate() if t.name.startswith("prompt-registry-lease")]
+        time.sleep(0.8)
+        taken = reg._s.plans.claim_step("w2", 60)
+        assert taken is not None and taken[2]  # the lease ran out: taken over
+    finally:
+        reg.close()

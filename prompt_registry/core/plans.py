@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from .. import liveness, validation
@@ -81,6 +81,17 @@ class PlanService:
             return [_entity(session, r) for r in session.scalars(stmt)]
 
     # -- execution bookkeeping: the lease and the steps' status ---------------------------------
+    def _lease_now(self, session: Session) -> dt.datetime:
+        """The clock every lease is reckoned by: the database's on Postgres, so that workers on
+        machines whose clocks disagree see the same expiries (a worker 40 s ahead took live
+        60 s leases; one 40 s behind wrote renewals that looked expired already), this
+        process's on SQLite (one machine)."""
+        if session.get_bind().dialect.name == "postgresql":
+            now = session.scalar(text("SELECT clock_timestamp()"))
+            assert isinstance(now, dt.datetime)
+            return now
+        return self.ctx.now()
+
     def acquire(self, plan_id: int, run_id: int) -> Plan:
         """Take the plan's lease for run ``run_id`` (status ``running``). Refused with
         ``ConflictError`` while another live run holds it; a lease whose run finished or whose
@@ -92,8 +103,12 @@ class PlanService:
                 raise UnknownPlanError(f"no migration plan with id {plan_id}; see `prompt-registry migrate plan list`")
             if row.status == "done":
                 raise ConflictError(f"plan {plan_id} is done; its sets are in `migrate plan show {plan_id}`")
-            leased = session.scalars(select(PlanStepRow).where(PlanStepRow.plan_id == row.id, PlanStepRow.status == "running",
-                                                               PlanStepRow.lease_expires_at > self.ctx.now())).first()
+            now = self._lease_now(session)
+            # the steps locked too: a worker claiming one now (it locks the step) is waited for, not missed
+            steps = session.scalars(select(PlanStepRow).where(PlanStepRow.plan_id == row.id).order_by(PlanStepRow.position)
+                                    .with_for_update()).all()
+            leased = next((st for st in steps if st.status == "running" and st.lease_expires_at is not None
+                           and aware(st.lease_expires_at) > now), None)
             if leased is not None:
                 raise ConflictError(f"step {leased.position} of plan {plan_id} is being run by worker {leased.lease_token} (lease until "
                                     f"{aware(leased.lease_expires_at)}); the workers finish the plan, or rerun once that lease has expired")
@@ -104,13 +119,17 @@ class PlanService:
                     assert holder is not None
                     raise ConflictError(f"plan {plan_id} is being run by run {holder.id} (process {holder.pid} on {holder.host}); "
                                         "wait for it to finish, or rerun once it is gone: finished steps are never redone")
+            for st in steps:  # a worker whose lease expired (stalled, not dead) can no longer renew or record its step
+                if st.status == "running" and st.lease_token is not None:
+                    st.lease_token, st.lease_expires_at = None, None
             row.lease_token, row.status = str(run_id), "running"
-            row.lease_expires_at = self.ctx.now() + dt.timedelta(seconds=liveness.STALE_AFTER_SECONDS)
+            row.lease_expires_at = now + dt.timedelta(seconds=liveness.STALE_AFTER_SECONDS)
             self.ctx.audit(session, "acquire_plan", "plan", row.id, {"run": run_id})
             return _entity(session, row)
 
     def release(self, plan_id: int, run_id: int, status: str) -> Plan:
-        """Give the lease back, the plan ``done`` or ``failed``."""
+        """Give the lease back, the plan ``done`` or ``failed`` (or the status it had, for a run
+        that refused to go on)."""
         with write_session(self.ctx.engine) as session:
             row = session.get(PlanRow, plan_id)
             assert row is not None
@@ -119,9 +138,17 @@ class PlanService:
             self.ctx.audit(session, "release_plan", "plan", row.id, {"run": run_id, "status": status})
             return _entity(session, row)
 
-    def mark_step(self, plan_id: int, position: int, status: str, *, run_id: int | None = None, result: dict[str, Any] | None = None) -> None:
-        """Record a step's status (``running``, ``done``, ``failed``), the run that executed it, what it made."""
+    def mark_step(self, plan_id: int, position: int, status: str, *, holder: int, run_id: int | None = None,
+                  result: dict[str, Any] | None = None) -> None:
+        """Record a step's status (``running``, ``done``, ``failed``), the run that executed it, what
+        it made, for the plan run ``holder``, which must still hold the plan's lease: a plan run
+        judged gone whose plan a worker took over gets ``ConflictError`` and records nothing."""
         with write_session(self.ctx.engine) as session:
+            plan = session.scalars(select(PlanRow).where(PlanRow.id == plan_id).with_for_update()).one()
+            if plan.lease_token != str(holder):
+                raise ConflictError(f"plan {plan_id} is no longer held by run {holder} (taken over by "
+                                    + (f"run {plan.lease_token}" if plan.lease_token else "the workers")
+                                    + f"); step {position} was not recorded as {status}")
             step = session.get(PlanStepRow, (plan_id, position))
             assert step is not None
             step.status = status
@@ -144,21 +171,25 @@ class PlanService:
         LOCKED``: concurrent claimers never wait on each other and never get the same step. The
         step becomes ``running`` under a lease of ``lease_seconds``. Returns (plan, position,
         taken over from a dead worker) or ``None`` when nothing is runnable now."""
-        now = self.ctx.now()
         prior = aliased(PlanStepRow)
         blocked = select(prior.position).where(prior.plan_id == PlanStepRow.plan_id, prior.position < PlanStepRow.position,
                                                prior.status != "done").exists()
         stmt = (select(PlanStepRow, PlanRow).join(PlanRow, PlanRow.id == PlanStepRow.plan_id)
                 .where(PlanRow.status.in_(("planned", "running")), PlanStepRow.status.in_(("pending", "running")),
-                       or_(PlanStepRow.lease_expires_at.is_(None), PlanStepRow.lease_expires_at < now), ~blocked)
+                       or_(PlanStepRow.lease_expires_at.is_(None), PlanStepRow.lease_expires_at < bindparam("now")), ~blocked)
                 .order_by(PlanStepRow.plan_id, PlanStepRow.position).limit(20)
-                .with_for_update(of=PlanStepRow, skip_locked=True))
+                # the plan row locked too: a plan run acquiring the plan (it locks the plan, then its
+                # steps) and a claim never both win; a plan row locked by either is skipped
+                .with_for_update(of=(PlanStepRow, PlanRow), skip_locked=True))
         if plan_id is not None:
             stmt = stmt.where(PlanStepRow.plan_id == validation.as_id(plan_id, "a plan id"))
         with write_session(self.ctx.engine) as session:
-            for step, plan in session.execute(stmt).all():
+            now = self._lease_now(session)
+            for step, plan in session.execute(stmt, {"now": now}).all():
                 if plan.lease_token is not None and self._plan_lease_live(session, plan):
                     continue
+                if plan.lease_token is not None:  # a plan run that is gone: the workers take the plan over
+                    plan.lease_token, plan.lease_expires_at = None, None
                 taken_over = step.status == "running"
                 step.status, step.lease_token = "running", worker
                 step.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
@@ -184,9 +215,10 @@ class PlanService:
         """Push ``worker``'s lease on a step forward (its heartbeat); ``False`` if the lease is no
         longer ``worker``'s (it expired and another worker took the step over)."""
         with write_session(self.ctx.engine) as session:
+            now = self._lease_now(session)
             done = session.execute(update(PlanStepRow).where(PlanStepRow.plan_id == plan_id, PlanStepRow.position == position,
                                                              PlanStepRow.lease_token == worker, PlanStepRow.status == "running")
-                                   .values(lease_expires_at=self.ctx.now() + dt.timedelta(seconds=lease_seconds)))
+                                   .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds)))
             return bool(done.rowcount)  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
 
     def finish_step(self, plan_id: int, position: int, worker: str, status: str, *, run_id: int | None = None,

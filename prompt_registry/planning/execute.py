@@ -51,7 +51,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
         services.plans.acquire(plan_id, run.id)
         started = [s for s in plan.steps if s.status != "pending"]
         if started and not resume:
-            services.plans.release(plan_id, run.id, "failed")
+            services.plans.release(plan_id, run.id, plan.status)  # as it was: workers may be partway through it
             stop = next((s for s in plan.steps if s.status != "done"), started[-1])
             why = stop.result.get("error") if stop.status == "failed" and stop.result else None
             raise ConflictError(f"plan {plan_id} was started before and stopped at step {stop.position} ({stop.status}"
@@ -61,12 +61,12 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
             if step.status == "done":
                 current[step.target] = int(step.result["set_id"])
                 continue
-            services.plans.mark_step(plan_id, step.position, "running")
+            services.plans.mark_step(plan_id, step.position, "running", holder=run.id)
             last = step.position == plan.steps[-1].position
             result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress,
                               alias if last else None, gate if last else None, resume and step.status == "running")
             current[step.target] = int(result["set_id"])
-            services.plans.mark_step(plan_id, step.position, "done", run_id=result["run_id"], result=result)
+            services.plans.mark_step(plan_id, step.position, "done", holder=run.id, run_id=result["run_id"], result=result)
             done_now.append(step.position)
         step = None
         finished = services.plans.release(plan_id, run.id, "done")
@@ -74,7 +74,10 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
         return finished
     except BaseException as exc:
         if step is not None:
-            services.plans.mark_step(plan_id, step.position, "failed", result={"error": f"{type(exc).__name__}: {exc}"})
+            try:
+                services.plans.mark_step(plan_id, step.position, "failed", holder=run.id, result={"error": f"{type(exc).__name__}: {exc}"})
+            except ConflictError:
+                pass  # the workers took the plan over: this run has nothing left to record
         if not isinstance(exc, ConflictError) or step is not None:
             services.plans.release(plan_id, run.id, "failed")
         services.runs.finish_run(run.id, status="failed", error=f"{type(exc).__name__}: {exc}", results={"steps_run": done_now})

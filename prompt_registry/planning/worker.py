@@ -130,15 +130,16 @@ def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id:
         beat = _Heartbeat(services, plan.id, position, me, settings.lease_seconds)  # type: ignore[arg-type]  # stored plans have ids
         record: dict[str, Any] = {"plan_id": plan.id, "position": position, "kind": step.kind, "target": step.target, "taken_over": taken_over}
         try:
-            result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress, None, None, taken_over)
+            try:
+                result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress, None, None, taken_over)
+            finally:  # whatever ends the step (a KeyboardInterrupt too, in a process that goes on): no more renewals
+                beat.stop()
         except Exception as exc:
-            beat.stop()
             error = f"{type(exc).__name__}: {exc}"
             recorded = services.plans.finish_step(plan.id, position, me, "failed", result={"error": error})  # type: ignore[arg-type]
             steps.append({**record, "status": "failed", "error": error, "recorded": recorded})
             _log.error("step %d of plan %s failed: %s", position, plan.id, error)
             continue
-        beat.stop()
         recorded = services.plans.finish_step(plan.id, position, me, "done", run_id=result["run_id"], result=result)  # type: ignore[arg-type]
         steps.append({**record, "status": "done" if recorded else "lost", "set_id": result["set_id"], "run_id": result["run_id"],
                       "recorded": recorded})
