@@ -456,9 +456,14 @@ class S3Store(TensorStore):
     # -- both ---------------------------------------------------------------------------------
     def exists(self, key):
         check_key(key)
-        if key in self._infos or self._head(self._meta_path(key)) is not None or self._head(f"{_BLOBS}/{key}") is not None:
+        # asked of the bucket, never of this handle's cache: another process's gc may have removed
+        # the array since this one created it, and a commit checking its bytes must see that
+        if self._head(self._meta_path(key)) is not None or self._head(f"{_BLOBS}/{key}") is not None:
             return True
-        return bool(self._list(f"{_ARRAYS}/{key}/"))  # chunks of an array whose metadata is gone
+        if self._list(f"{_ARRAYS}/{key}/"):
+            return True  # chunks of an array whose metadata is gone
+        self._infos.pop(key, None)  # gone: what this handle knew of it is stale
+        return False
 
     def delete(self, key):
         check_key(key)

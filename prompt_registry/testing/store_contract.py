@@ -47,6 +47,19 @@ class TensorStoreContract:
         data = self._filled(store)
         np.testing.assert_array_equal(self.reopen(store).read_rows("a", slice(None)), data)
 
+    def test_exists_sees_a_delete_by_another_handle(self, store):
+        """``exists`` asks the store, not this handle's cache: another process's ``gc`` may have
+        removed the array, and a commit that checks its bytes are still there must see it."""
+        self._filled(store)
+        store.array_info("a")  # whatever this handle caches about the array
+        other = self.reopen(store)
+        if other is store:
+            pytest.skip("a store without a second handle over the same data")
+        other.delete("a")
+        assert not store.exists("a")
+        with pytest.raises(MissingDataError):
+            store.read_rows("a", slice(None))
+
     def test_info_reports_shape_dtype_chunks(self, store):
         self._filled(store, n=10)
         info = store.array_info("a")
