@@ -200,3 +200,18 @@ def test_repair_does_not_rewrite_a_valid_shard_another_writer_laid_out(two_versi
     report = reg.doctor(repair=True)
     assert any("laid out differently" in line for line in report.repair.unreadable), report.repair
     assert path.read_bytes() == before
+
+
+def test_a_missing_chunk_under_a_purged_row_does_not_block_the_erasure_of_the_rest_or_gc(two_versions):
+    """The chunk under u550's row of v1 is gone: the purge still zeroes every other row of u550
+    (v2's) and the next purges' rows, and gc runs; the lost chunk held no bytes to erase."""
+    reg, v1, v2, p1, _ = two_versions
+    _file(reg, v1, 2).unlink()  # rows 512-599 of v1
+    report = reg.purge_user("u550", reason="gdpr")
+    assert sorted(report.sets) == sorted([v1.id, v2.id])
+    assert not reg.store.read_rows(v2.store_key, [550]).any()  # v2's copy is erased
+    reg.purge_user("u100", reason="gdpr")  # a later purge is not held up by v1's damage
+    assert not reg.store.read_rows(v1.store_key, [100]).any() and not reg.store.read_rows(v2.store_key, [100]).any()
+    reg.gc(grace_seconds=0)
+    assert [p.kind for p in reg.doctor().problems] == ["damaged"]  # the lost file is still reported
+    np.testing.assert_array_equal(_read_v1(reg, "u101"), p1[101])

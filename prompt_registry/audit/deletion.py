@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from ..db.schema import BaseModelRow, PromptRowRow, PromptSetRow, PurgedRowRow, UserMetricRow, UserRow
 from ..errors import ConflictError, IntegrityError, MissingDataError
-from ..store.base import TensorStore
+from ..store.base import ArrayInfo, TensorStore
 from .entities import PurgeReport
 from .queries import aware, visible_sets
 
@@ -97,20 +97,37 @@ def pending_count(session: Session) -> int:
 
 
 def zero_rows(store: TensorStore, store_key: str, rows: Sequence[int]) -> None:
-    """Overwrite rows with zeros, read them back and check that no byte of the old data is left."""
+    """Overwrite rows with zeros, read them back and check that no byte of the old data is left.
+    Rows whose chunk is missing from the store hold no bytes to erase: they are skipped, and the
+    rest are still zeroed (one damaged chunk must not keep every other purge pending and block
+    ``gc``; ``doctor`` reports the missing chunk)."""
     try:
         info = store.array_info(store_key)
     except MissingDataError:
         return  # the bytes are gone already (`doctor` reports the missing array)
     index = np.asarray(sorted(rows), dtype=np.int64)
+    try:
+        parts = [_zeroed(store, store_key, info, index)]
+    except MissingDataError:
+        parts = []
+        for chunk in np.unique(index // info.chunk_rows):
+            try:
+                parts.append(_zeroed(store, store_key, info, index[index // info.chunk_rows == chunk]))
+            except MissingDataError:
+                continue  # no bytes of this chunk left anywhere in the store
+    for part in parts:
+        back = store.read_rows(store_key, part)
+        if np.ascontiguousarray(back).view(np.uint8).any():
+            raise IntegrityError(
+                f"rows {part.tolist()} of array {store_key!r} in {store.location} still hold data after being "
+                "overwritten with zeros; the user is already out of every set, the erasure is pending: check the store's "
+                "storage and run the purge (or `prompt-registry gc`) again"
+            )
+
+
+def _zeroed(store: TensorStore, store_key: str, info: ArrayInfo, index: np.ndarray) -> np.ndarray:
     store.overwrite_rows(store_key, index, np.zeros((len(index), *info.shape[1:]), dtype=info.dtype))
-    back = store.read_rows(store_key, index)
-    if np.ascontiguousarray(back).view(np.uint8).any():
-        raise IntegrityError(
-            f"rows {index.tolist()} of array {store_key!r} in {store.location} still hold data after being "
-            "overwritten with zeros; the user is already out of every set, the erasure is pending: check the store's "
-            "storage and run the purge (or `prompt-registry gc`) again"
-        )
+    return index
 
 
 def zero_digest(row_nbytes: int) -> bytes:
