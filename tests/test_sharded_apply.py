@@ -504,3 +504,39 @@ def test_a_retry_of_a_shard_beside_its_live_run_breaks_neither(mapped, monkeypat
     assert [s.id for s in _sets_on_b(reg)] == [live.set.id]
     np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=live.set.id), expected, rtol=1e-5, atol=1e-6)
     assert reg.doctor().ok
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("mode", ["stream", "shard"])
+def test_a_user_purged_while_a_write_holds_their_rows_leaves_no_bytes(backend, tmp_path, mode):
+    """The purge lands after the write has the user's rows in hand and before it writes them: it
+    finds no row of theirs to erase, so the write itself must not leave their bytes behind when
+    it refuses the deleted user (the stream discards its array, the shard zeroes their rows)."""
+    reg = pr.Registry.init(backend[0], store=backend[1])
+    other = pr.Registry.open(backend[0], store=backend[1])
+    try:
+        reg.register_model("m", make_fake_model(tmp_path / "m", 16, seed=1))
+        reg.add_task("t", "rating")
+        users = user_ids(600)
+        reg.add_users(users)
+        data = prompts(600, 16, seed=7)
+
+        def produce(start, stop):
+            rows = data[start:stop].copy()
+            if start <= 7 < stop:
+                other.purge_user(users[7], reason="erasure request")
+            return rows
+
+        with pytest.raises(pr.UnknownUserError, match="deleted|purged"):
+            if mode == "stream":
+                reg.write_prompts("m", "t", users, produce, prompt_len=1)
+            else:
+                reg._s.writes.write_prompt_shard("m", "t", users, produce, prompt_len=1, key="ab" * 16, shard=0, n_shards=2)
+        arrays = [o.key for o in reg.store.list_objects() if o.kind == "array"]
+        assert len(arrays) == (0 if mode == "stream" else 1)
+        for key in arrays:
+            assert not reg.store.read_rows(key, [7]).any()  # zeroed
+            np.testing.assert_array_equal(reg.store.read_rows(key, [8])[0], data[8])  # the others stay for a rerun
+    finally:
+        other.close()
+        reg.close()

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from .. import fileio, validation
 from .._context import Context
 from .._util import preview
+from ..audit import deletion
 from ..db import lookups, mappers
 from ..db.bulk import count_active_users, insert_prompt_rows, users_json
 from ..db.engine import read_session, write_session
@@ -369,9 +370,16 @@ class SetWriter:
             bar.close()
         spec = _NewSet(model=model, task=task, base=base, run_id=run_id, head=head, adapter=adapter, sources=sources,
                        alias=alias, tags=tags, note=note, reason=reason, create_users=create_users)
-        result = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(digests), bytes_ready=lambda: None, store_key=store_key,
-                                  shape=(prompt_len, width), dtype=dtype, source="stream", started=started,
-                                  started_at=started_at, idempotency_key=key)
+        try:
+            result = self._commit_set(spec, user_ids=user_ids, batches=digests_in_batches(digests), bytes_ready=lambda: None,
+                                      store_key=store_key, shape=(prompt_len, width), dtype=dtype, source="stream", started=started,
+                                      started_at=started_at, idempotency_key=key)
+        except UnknownUserError:
+            # a user was deleted (purged) while the rows were written: the purge found no row of
+            # theirs here, so nothing else would erase these bytes; a rerun must leave them out
+            self.ctx.store.delete(store_key)
+            journal.clear()
+            raise
         journal.clear()
         return result
 
@@ -498,6 +506,9 @@ class SetWriter:
                 if (done := committed()) is None:  # the pending set is gone (gc), not committed by another run
                     raise
                 return ShardWrite(shard, n_shards, (start, stop), True, done, ())
+            except UnknownUserError:
+                self._erase_deleted_rows(store_key, user_ids, start, stop)
+                raise
             finally:
                 inserter.shutdown(wait=True)  # no insert outlives the call, even a failed one
                 bar.close()
@@ -550,6 +561,16 @@ class SetWriter:
                 if row is None:
                     raise
         return row.id if row.status == "pending" else None
+
+    def _erase_deleted_rows(self, store_key: str, user_ids: Sequence[str], start: int, stop: int) -> None:
+        """Zero a shard's rows ``start..stop`` of users deleted (purged) while it ran: the purge
+        found no row of theirs in the pending set, so nothing else erases the bytes written for them."""
+        mine = user_ids[start:stop]
+        with read_session(self.ctx.engine) as session:
+            active = lookups.user_ids(session, mine, active_only=True)
+        gone = [start + i for i, user in enumerate(mine) if user not in active]
+        if gone:
+            deletion.zero_rows(self.ctx.store, store_key, gone)
 
     def _shard_rows(self, set_id: int, start: int, stop: int) -> int:
         """How many catalogue rows the pending set ``set_id`` has in rows ``start..stop``."""
