@@ -540,3 +540,27 @@ def test_a_user_purged_while_a_write_holds_their_rows_leaves_no_bytes(backend, t
     finally:
         other.close()
         reg.close()
+
+
+@pytest.mark.registry
+def test_gc_keeps_a_finished_shards_digests_while_its_write_is_pending(mapped):
+    """Shard 0 finished long ago, shard 1 is still inserting rows (the pending set was touched
+    within the grace period): gc keeps shard 0's digests, and shard 1 commits the set."""
+    import datetime as dt
+
+    from prompt_registry._util import utcnow
+    from prompt_registry.db.engine import write_session
+    from prompt_registry.db.schema import PromptSetRow
+
+    reg, adapter, expected, _, _ = mapped
+    assert reg.apply_adapter_shard(adapter, 0, 2, progress=False).missing == (1,)
+    later = utcnow() + dt.timedelta(seconds=60)
+    [pending] = _pending(reg)
+    with write_session(reg._s.ctx.engine) as session:  # shard 1 touched the set just now, a minute after shard 0
+        session.get(PromptSetRow, pending).created_at = later
+    reg._s.ctx.now = lambda: later + dt.timedelta(seconds=1)
+    report = reg.gc(grace_seconds=30)
+    assert report.abandoned_sets == () and not [k for k in report.removed if k.startswith("shard-")]
+    done = reg.apply_adapter_shard(adapter, 1, 2, progress=False)
+    assert done.set is not None and done.missing == ()
+    np.testing.assert_allclose(reg.get_prompts(user_ids(N_USERS), set=done.set.id), expected, rtol=1e-5, atol=1e-6)

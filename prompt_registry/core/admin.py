@@ -190,7 +190,11 @@ class AdminService:
                 self.ctx.store.delete(obj.key)
         with read_session(self.ctx.engine) as session:
             orphans, foreign = self._unreferenced(session)
-        young = tuple(o.key for o in orphans if (now - o.modified_at).total_seconds() < grace_seconds)
+            # a finished shard's digests are written once, early: they stay while any sharded write
+            # is still pending (touched within the grace period), or its last shard could not commit
+            live_shards = bool(session.scalar(select(func.count()).select_from(PromptSetRow).where(PromptSetRow.status == "pending")))
+        young = tuple(o.key for o in orphans if (now - o.modified_at).total_seconds() < grace_seconds
+                      or (live_shards and o.key.startswith("shard-")))
         doomed = [o for o in orphans if o.key not in young]
         if not dry_run and doomed:
             # re-check under a write transaction: a writer may have committed since the listing
