@@ -150,3 +150,44 @@ def test_no_batch_mixes_two_versions_while_refreshes_swap_them(served):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.registry
+def test_a_batch_in_flight_across_a_purge_and_refresh_does_not_put_the_user_back(backend, tmp_path):
+    """LRU mode: a batch read u003 before the purge and finishes after the refresh (the purge
+    keeps the set id): it must not put u003 into the new state's cache, which would serve it."""
+    from conftest import make_fake_model
+
+    reg = pr.Registry.init(backend[0], store=backend[1])
+    dpo = pr.Registry.open(backend[0], store=backend[1])
+    try:
+        reg.register_model("m", make_fake_model(tmp_path / "m", 16, seed=1))
+        reg.add_task("t", "rating")
+        data = prompts(50, 16)
+        reg.import_prompts("m", "t", data, user_ids(50), create_users=True, alias="production")
+        reader = reg.reader("m", "t", config=ReaderConfig(memory_budget_bytes=0, check_every_seconds=None))
+        real = reader._s.reads.read_members
+        inside, go = threading.Event(), threading.Event()
+
+        def slow(set_id, users, **kwargs):
+            out = real(set_id, users, **kwargs)  # read before the purge
+            if "u003" in users:
+                inside.set()
+                assert go.wait(30)  # ... and handed back after the refresh
+            return out
+
+        reader._s.reads.read_members = slow
+        flight = threading.Thread(target=lambda: reader.batch(["u003"]))
+        flight.start()
+        assert inside.wait(30)
+        dpo.purge_user("u003", reason="erasure request")
+        assert reader.refresh()
+        go.set()
+        flight.join(30)
+        reader._s.reads.read_members = real
+        with pytest.raises(pr.UnknownUserError, match="u003"):
+            reader.batch(["u003"])
+        np.testing.assert_array_equal(reader.batch(["u004"]).numpy(), data[4:5])
+    finally:
+        dpo.close()
+        reg.close()

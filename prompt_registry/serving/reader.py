@@ -105,6 +105,9 @@ class PromptReader:
         self._model_lock = threading.Lock()
         self._lru: collections.OrderedDict[str, torch.Tensor | None] = collections.OrderedDict()
         self._lru_set: int | None = None
+        # bumped whenever the LRU is emptied for a new state: a batch that read users before (e.g.
+        # before a purge, whose refresh keeps the set id) must not put them back afterwards
+        self._lru_epoch = 0
         self._backbone: Backbone | None = None
         self._models: dict[tuple[int, str | None, int | None], SetModel] = {}
         self._checked = time.monotonic()
@@ -212,6 +215,8 @@ class PromptReader:
             if self._lru_set != state.set.id:
                 self._lru.clear()
                 self._lru_set = state.set.id
+                self._lru_epoch += 1
+            epoch = self._lru_epoch
             found = {u: self._lru[u] for u in wanted if u in self._lru}  # None: known to have no prompt in the set
             for u in found:
                 self._lru.move_to_end(u)
@@ -222,7 +227,7 @@ class PromptReader:
             fetched = {u: (next(got) if here else None) for u, here in zip(cold, present)}
             found.update(fetched)
             with self._lock:
-                if self._lru_set == state.set.id:
+                if self._lru_set == state.set.id and self._lru_epoch == epoch:
                     self._lru.update(fetched)
                     while len(self._lru) > self.config.lru_users:
                         self._lru.popitem(last=False)
@@ -295,4 +300,5 @@ class PromptReader:
             self._state = state
             self._lru.clear()
             self._lru_set = current.id
+            self._lru_epoch += 1
         return True
