@@ -177,6 +177,31 @@ def test_a_purge_whose_old_versions_cannot_be_deleted_says_why(s3, monkeypatch):
         store.overwrite_rows("a", np.array([0]), np.zeros((1, 1, 6), np.float32))
 
 
+def test_a_delete_refused_on_a_versioned_bucket_is_found_again_by_the_next_one(s3, monkeypatch):
+    """Old versions that cannot be deleted keep their array listed, so a later delete (gc)
+    retries them once the permission is granted, instead of stranding their bytes unlisted."""
+    bucket = s3.make_bucket(versioning=True)
+    store = _store(s3, bucket)
+    store.create_array("a", (4, 1, 6), "float32", 4)
+    store.write_rows("a", 0, prompts(4, width=6))
+    store.write_rows("a", 0, prompts(4, width=6, seed=1))
+    client = store._versions()
+    real = client.delete_objects
+
+    def refused(**kw):
+        return {"Errors": [{"Key": o["Key"], "Message": "Access Denied"} for o in kw["Delete"]["Objects"]]}
+
+    monkeypatch.setattr(client, "delete_objects", refused)
+    with pytest.raises(IntegrityError, match="DeleteObjectVersion"):
+        store.delete("a")
+    assert [o.key for o in store.list_objects()] == ["a"]  # still listed: gc will find it again
+    monkeypatch.setattr(client, "delete_objects", real)
+    store.delete("a")
+    assert store.list_objects() == []
+    left = s3.client().list_object_versions(Bucket=bucket, Prefix=f"{store.prefix}/arrays/a/")
+    assert not left.get("Versions") and not left.get("DeleteMarkers")
+
+
 def test_a_lost_chunk_object_is_reported_and_rebuilt(s3, bucket):
     store = _store(s3, bucket)
     data = prompts(8, width=6)

@@ -471,8 +471,15 @@ class S3Store(TensorStore):
         paths = [m["path"] for m in self._list(f"{_ARRAYS}/{key}/")]
         if self._head(f"{_BLOBS}/{key}") is not None:
             paths.append(f"{_BLOBS}/{key}")
-        if paths:
+        if not paths:
+            return
+        if self.versioning() == "off":
             obstore.delete(self._os, paths)
+        else:
+            # every version by its id, the current one too (no delete marker is left behind). If
+            # some cannot be deleted, their object is still listed (or an older version is current
+            # again), so the next gc finds it and tries again: deleting the current objects first
+            # stranded the old versions, with their bytes, where no listing finds them
             self._drop_old_versions(paths, keep_latest=False, why="were deleted")
 
     def list_objects(self):
