@@ -585,3 +585,31 @@ def test_purging_every_user_of_a_chunk_keeps_the_set_readable(populated):
     np.testing.assert_array_equal(populated.get_prompts(users[:256], set=s.id).numpy(), data[:256])
     with pytest.raises(pr.UnknownUserError):
         populated.get_prompt("c256", set=s.id)
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("incremental", [False, True])
+def test_another_process_sees_a_purge_through_its_cached_manifests(backend, tmp_path, incremental):
+    """A long-lived registry cached the version's manifest before another process purged u003:
+    it no longer lists u003, and reading u003 says the user has no prompt (not a checksum failure,
+    not zeros); everyone else still reads."""
+    reg = Registry.init(backend[0], store=backend[1])
+    dpo = Registry.open(backend[0], store=backend[1])
+    try:
+        reg.register_model("m", make_fake_model(tmp_path / "m", 8, seed=1))
+        reg.add_task("t", "rating")
+        data = prompts(300, 8)
+        made = reg.import_prompts("m", "t", data, user_ids(300), create_users=True)
+        if incremental:
+            made = reg.import_prompts("m", "t", data[:10] + 1, user_ids(10), base=made.id)
+        assert "u003" in reg.list_set_users(made.id)
+        reg.get_prompts(user_ids(300), set=made.id)  # the full manifest is cached now
+        dpo.purge_user("u003", reason="erasure request")
+        assert "u003" not in reg.list_set_users(made.id) and len(reg.list_set_users(made.id)) == 299
+        for verify in (True, False):
+            with pytest.raises(pr.UnknownUserError, match="u003"):
+                reg.get_prompts(["u003"], set=made.id, verify=verify)
+        np.testing.assert_array_equal(reg.get_prompts(["u200"], set=made.id).numpy()[0], data[200])
+    finally:
+        dpo.close()
+        reg.close()

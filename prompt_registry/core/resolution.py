@@ -54,15 +54,21 @@ def manifest_for(ctx: Context, session: Session, row: PromptSetRow, users: Seque
     a small one for just these users (single reads stay cheap on huge sets)."""
     with ctx.caches.lock:
         cached = ctx.caches.manifests.get(row.id)
-        if cached is not None:
+        # a purge in any process keeps the set id but lowers its n_users (read fresh with the row):
+        # a cached manifest of another size lists a purged user, whose read would then fail its
+        # checksum (zeroed bytes) or, unverified, return zeros as if they were the user's prompt
+        if cached is not None and len(cached) == row.n_users:
             ctx.caches.manifests.move_to_end(row.id)
             return cached
         base = ctx.caches.manifests.get(row.base_id) if row.base_id is not None else None
+    manifest = None
     if base is not None:
         manifest = base.overlay(row.id, lookups.set_records(session, [row.id]))
-    elif users is not None and len(users) < MANIFEST_MIN_USERS:
-        return locate(ctx, session, row, users)
-    else:
+        if len(manifest) != row.n_users:
+            manifest = None  # the cached base predates a purge: resolve through the catalogue
+    if manifest is None:
+        if users is not None and len(users) < MANIFEST_MIN_USERS:
+            return locate(ctx, session, row, users)
         manifest = locate(ctx, session, row, None)
     _remember(ctx, row.id, manifest)
     return manifest
