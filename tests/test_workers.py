@@ -104,7 +104,7 @@ location, store, data = sys.argv[1:4]
 config = MigrationConfig(lr=3e-3, head_lr=1e-2, min_steps=60, max_fit_epochs=None, valid_every=30, selection=SelectionConfig(budget=20),
                          cost_budget=None)  # each step ends with its mapped set
 with Registry.open(location, store=store, actor="worker") as reg:
-    report = reg.planner.work(data, config=config, worker=WorkerConfig(lease_seconds=3, poll_seconds=0.2))
+    report = reg.planner.work(data, config=config, worker=WorkerConfig(lease_seconds=5, poll_seconds=0.2))
 print(json.dumps(report.to_dict()))
 """
 
@@ -265,5 +265,31 @@ def test_an_interrupted_workers_heartbeat_stops(pg_url, tmp_path, monkeypatch):
         time.sleep(0.8)
         taken = reg._s.plans.claim_step("w2", 60)
         assert taken is not None and taken[2]  # the lease ran out: taken over
+    finally:
+        reg.close()
+
+
+@pytest.mark.postgres
+def test_a_step_whose_workers_keep_dying_is_failed_not_handed_on(pg_url, tmp_path):
+    """Each claimer of the step vanishes (its lease runs out): after max_attempts claims the next
+    claim fails the step and its plan, saying what to do, instead of taking down another worker."""
+    reg = _fake_world(pg_url, str(tmp_path / "store"), tmp_path)
+    try:
+        plan = reg.planner.plan("b", "rate", sources=["a"], strategy="direct")
+        plans = reg._s.plans
+
+        def expire():
+            with write_session(reg._s.ctx.engine) as session:
+                session.get(PlanStepRow, (plan.id, 0)).lease_expires_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+
+        for attempt in range(3):
+            claimed = plans.claim_step(f"w{attempt}", 60, max_attempts=3)
+            assert claimed is not None and claimed[2] == (attempt > 0)
+            expire()
+        assert plans.claim_step("w3", 60, max_attempts=3) is None
+        failed = reg.planner.get(plan.id)
+        assert failed.status == "failed" and failed.steps[0].status == "failed"
+        assert "stopped without finishing it 3 times" in failed.steps[0].result["error"] and "--resume" in failed.steps[0].result["error"]
+        assert plans.steps_left() == 0  # the workers stop serving it
     finally:
         reg.close()

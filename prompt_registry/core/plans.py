@@ -164,13 +164,16 @@ class PlanService:
         holder = session.get(RunRow, int(plan.lease_token)) if plan.lease_token and plan.lease_token.isdigit() else None
         return holder is not None and holder.status == "running" and liveness.stale_reason(holder, self.ctx.now(), me=liveness.current()) is None
 
-    def claim_step(self, worker: str, lease_seconds: float, *, plan_id: int | None = None) -> tuple[Plan, int, bool] | None:
+    def claim_step(self, worker: str, lease_seconds: float, *, plan_id: int | None = None,
+                   max_attempts: int | None = None) -> tuple[Plan, int, bool] | None:
         """Claim the first runnable step for ``worker``: pending, or running under a lease that
         has expired (its worker died), every earlier step of its plan done, the plan neither
         finished nor failed nor held by a live ``plan run`` process. ``SELECT ... FOR UPDATE SKIP
         LOCKED``: concurrent claimers never wait on each other and never get the same step. The
         step becomes ``running`` under a lease of ``lease_seconds``. Returns (plan, position,
-        taken over from a dead worker) or ``None`` when nothing is runnable now."""
+        taken over from a dead worker) or ``None`` when nothing is runnable now. A step to be taken
+        over that has had ``max_attempts`` claims already is failed instead (with its plan): its
+        workers keep dying on it."""
         prior = aliased(PlanStepRow)
         blocked = select(prior.position).where(prior.plan_id == PlanStepRow.plan_id, prior.position < PlanStepRow.position,
                                                prior.status != "done").exists()
@@ -191,6 +194,15 @@ class PlanService:
                 if plan.lease_token is not None:  # a plan run that is gone: the workers take the plan over
                     plan.lease_token, plan.lease_expires_at = None, None
                 taken_over = step.status == "running"
+                if taken_over and max_attempts is not None and (step.attempts or 0) >= max_attempts:
+                    error = (f"its worker stopped without finishing it {step.attempts} times (killed, out of memory, or lost its "
+                             "lease); look at the workers' logs, then rerun it with `prompt-registry migrate run --plan "
+                             f"{plan.id} --resume`")
+                    step.status, step.lease_token, step.lease_expires_at, step.result = "failed", None, None, {"error": error}
+                    plan.status = "failed"
+                    self.ctx.audit(session, "plan_step", "plan", plan.id, {"position": step.position, "status": "failed",
+                                                                            "worker": worker, "attempts": step.attempts})
+                    continue
                 step.status, step.lease_token = "running", worker
                 step.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
                 step.attempts = (step.attempts or 0) + 1

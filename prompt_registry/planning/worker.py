@@ -56,12 +56,17 @@ class WorkerConfig:
     poll_seconds: float = 5.0  # how often to look again when nothing is runnable yet
     max_steps: int | None = None  # exit after this many steps (None: until the work is done)
     idle_exit_seconds: float | None = None  # exit after this long without a claim (None: wait while work remains)
+    # a step whose worker vanished this many times (killed by the host's OOM killer, a segfault)
+    # is failed instead of handed to the next worker: a poison step would take down every worker
+    max_attempts: int = 3
 
     def __post_init__(self) -> None:
         if not self.lease_seconds > 0 or not self.poll_seconds > 0:
             raise InvalidArgumentError(f"lease_seconds and poll_seconds must be positive (got {self.lease_seconds}, {self.poll_seconds})")
         if self.max_steps is not None and self.max_steps < 1:
             raise InvalidArgumentError(f"max_steps must be at least 1 (got {self.max_steps})")
+        if self.max_attempts < 1:
+            raise InvalidArgumentError(f"max_attempts must be at least 1 (got {self.max_attempts})")
 
 
 def worker_token() -> str:
@@ -112,7 +117,7 @@ def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id:
     last_claim = started
     steps: list[dict[str, Any]] = []
     while settings.max_steps is None or len(steps) < settings.max_steps:
-        claimed = services.plans.claim_step(me, settings.lease_seconds, plan_id=plan_id)
+        claimed = services.plans.claim_step(me, settings.lease_seconds, plan_id=plan_id, max_attempts=settings.max_attempts)
         if claimed is None:
             if not services.plans.steps_left(plan_id=plan_id):
                 break
