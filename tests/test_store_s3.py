@@ -161,25 +161,10 @@ def test_a_purge_on_a_versioned_bucket_leaves_no_version_with_the_old_bytes(s3):
     assert not left.get("Versions") and not left.get("DeleteMarkers")
 
 
-def test_a_purge_whose_old_versions_cannot_be_deleted_says_why(s3, monkeypatch):
-    bucket = s3.make_bucket(versioning=True)
-    store = _store(s3, bucket)
-    store.create_array("a", (4, 1, 6), "float32", 4)
-    store.write_rows("a", 0, prompts(4, width=6))
-    store.write_rows("a", 0, prompts(4, width=6, seed=1))
-    client = store._versions()
-
-    def refused(**kw):
-        return {"Errors": [{"Key": o["Key"], "Message": "Access Denied"} for o in kw["Delete"]["Objects"]]}
-
-    monkeypatch.setattr(client, "delete_objects", refused)
-    with pytest.raises(IntegrityError, match="DeleteObjectVersion"):
-        store.overwrite_rows("a", np.array([0]), np.zeros((1, 1, 6), np.float32))
-
-
-def test_a_delete_refused_on_a_versioned_bucket_is_found_again_by_the_next_one(s3, monkeypatch):
-    """Old versions that cannot be deleted keep their array listed, so a later delete (gc)
-    retries them once the permission is granted, instead of stranding their bytes unlisted."""
+def _versioned_array_whose_old_versions_cannot_be_deleted(s3, monkeypatch):
+    """A versioned bucket holding array ``a`` written twice (an old version of its chunk), and a
+    versions client that refuses every delete (as without s3:DeleteObjectVersion); returns the
+    store, the bucket and the client's real ``delete_objects``."""
     bucket = s3.make_bucket(versioning=True)
     store = _store(s3, bucket)
     store.create_array("a", (4, 1, 6), "float32", 4)
@@ -192,10 +177,23 @@ def test_a_delete_refused_on_a_versioned_bucket_is_found_again_by_the_next_one(s
         return {"Errors": [{"Key": o["Key"], "Message": "Access Denied"} for o in kw["Delete"]["Objects"]]}
 
     monkeypatch.setattr(client, "delete_objects", refused)
+    return store, bucket, real
+
+
+def test_a_purge_whose_old_versions_cannot_be_deleted_says_why(s3, monkeypatch):
+    store, _, _ = _versioned_array_whose_old_versions_cannot_be_deleted(s3, monkeypatch)
+    with pytest.raises(IntegrityError, match="DeleteObjectVersion"):
+        store.overwrite_rows("a", np.array([0]), np.zeros((1, 1, 6), np.float32))
+
+
+def test_a_delete_refused_on_a_versioned_bucket_is_found_again_by_the_next_one(s3, monkeypatch):
+    """Old versions that cannot be deleted keep their array listed, so a later delete (gc)
+    retries them once the permission is granted, instead of stranding their bytes unlisted."""
+    store, bucket, real = _versioned_array_whose_old_versions_cannot_be_deleted(s3, monkeypatch)
     with pytest.raises(IntegrityError, match="DeleteObjectVersion"):
         store.delete("a")
     assert [o.key for o in store.list_objects()] == ["a"]  # still listed: gc will find it again
-    monkeypatch.setattr(client, "delete_objects", real)
+    monkeypatch.setattr(store._versions(), "delete_objects", real)
     store.delete("a")
     assert store.list_objects() == []
     left = s3.client().list_object_versions(Bucket=bucket, Prefix=f"{store.prefix}/arrays/a/")
