@@ -293,3 +293,42 @@ def test_a_step_whose_workers_keep_dying_is_failed_not_handed_on(pg_url, tmp_pat
         assert plans.steps_left() == 0  # the workers stop serving it
     finally:
         reg.close()
+
+
+@pytest.mark.postgres
+def test_a_plan_run_acquiring_while_a_worker_finishes_waits_instead_of_deadlocking(pg_url, tmp_path):
+    """finish_step locks the plan row before the step, in the order acquire does: a plan run
+    acquiring the plan while the worker records its last step waits, then finds the plan done."""
+    import threading
+
+    reg = _fake_world(pg_url, str(tmp_path / "store"), tmp_path)
+    try:
+        plan = reg.planner.plan("b", "rate", sources=["a"], strategy="direct")
+        plans = reg._s.plans
+        assert plans.claim_step("w1", 60)[1] == 0
+        real_audit = plans.ctx.audit
+
+        def slow_audit(session, action, *args, **kwargs):
+            if action == "plan_step":
+                time.sleep(1.0)  # inside finish_step's transaction, its locks held
+            return real_audit(session, action, *args, **kwargs)
+
+        plans.ctx.audit = slow_audit
+        out = {}
+
+        def finish():
+            try:
+                out["finish"] = plans.finish_step(plan.id, 0, "w1", "done", result={"set_id": 1})
+            except BaseException as exc:  # reported below
+                out["finish"] = exc
+
+        run = reg._s.runs.start_run("plan", model="b", task="rate", config={"plan_id": plan.id})
+        worker = threading.Thread(target=finish)
+        worker.start()
+        time.sleep(0.3)
+        with pytest.raises(pr.ConflictError, match="is done"):
+            plans.acquire(plan.id, run.id)
+        worker.join(30)
+        assert out["finish"] is True
+    finally:
+        reg.close()

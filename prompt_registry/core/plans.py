@@ -240,6 +240,9 @@ class PlanService:
         lease: ``False`` (nothing recorded) when the step is no longer ``worker``'s, so a step
         completes once however many workers ran it."""
         with write_session(self.ctx.engine) as session:
+            # the plan row first, then the step: the order acquire and mark_step lock them in (a
+            # step locked first deadlocked with a plan run acquiring the plan)
+            plan = session.scalars(select(PlanRow).where(PlanRow.id == plan_id).with_for_update()).one()
             step = session.scalars(select(PlanStepRow).where(PlanStepRow.plan_id == plan_id, PlanStepRow.position == position)
                                    .with_for_update()).one()
             if step.lease_token != worker or step.status != "running":
@@ -249,8 +252,6 @@ class PlanService:
                 step.run_id = run_id
             if result is not None:
                 step.result = _plain(result)
-            plan = session.get(PlanRow, plan_id)
-            assert plan is not None
             last = session.scalar(select(PlanStepRow.position).where(PlanStepRow.plan_id == plan_id).order_by(PlanStepRow.position.desc()).limit(1))
             if status == "failed" or (status == "done" and position == last):
                 plan.status = status
