@@ -332,3 +332,33 @@ def test_a_plan_run_acquiring_while_a_worker_finishes_waits_instead_of_deadlocki
         assert out["finish"] is True
     finally:
         reg.close()
+
+
+@pytest.mark.postgres
+def test_a_worker_records_its_step_again_when_the_catalogue_was_busy(pg_url, tmp_path, monkeypatch):
+    """The step's work is done and recording it is refused once as busy (a deadlock Postgres
+    resolved by aborting the worker's transaction): the worker tries again instead of dying."""
+    from prompt_registry.data.synthetic import make_synthetic
+    from prompt_registry.planning import worker as worker_module
+
+    reg = _fake_world(pg_url, str(tmp_path / "store"), tmp_path)
+    try:
+        plan = reg.planner.plan("b", "rate", sources=["a"], strategy="direct")
+        data = make_synthetic(tmp_path / "data", n_users=10, n_items=10, per_user=5, seed=0)
+        monkeypatch.setattr(worker_module, "execute_step", lambda *args, **kwargs: {"set_id": 1, "run_id": None})
+        plans = reg._s.plans
+        real = plans.finish_step
+        calls = []
+
+        def busy_once(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise pr.BusyError("the catalogue was busy: deadlock detected; run it again")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(plans, "finish_step", busy_once)
+        report = reg.planner.work(data, plan_id=plan.id, worker=WorkerConfig(lease_seconds=5, poll_seconds=0.1))
+        assert [(s["status"], s["recorded"]) for s in report.steps] == [("done", True)] and len(calls) == 2
+        assert reg.planner.get(plan.id).status == "done"
+    finally:
+        reg.close()

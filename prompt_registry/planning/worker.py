@@ -40,7 +40,7 @@ from typing import Any
 from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import WorkerReport
-from ..errors import ConflictError, InvalidArgumentError
+from ..errors import BusyError, ConflictError, InvalidArgumentError
 from ..migration.config import MigrationConfig
 from ..training.config import TrainConfig
 from .execute import execute_step
@@ -99,6 +99,24 @@ class _Heartbeat:
         self._thread.join()
 
 
+FINISH_TRIES = 3
+
+
+def _finish(services: Services, plan_id: int, position: int, worker: str, status: str, **kwargs: Any) -> bool:
+    """``finish_step``, tried again when the catalogue reports itself busy (a lock timeout, a
+    deadlock Postgres resolved by aborting us): the step's work is done, and a worker that died
+    here would leave it unrecorded until its lease ran out and another worker redid it."""
+    for attempt in range(1, FINISH_TRIES + 1):
+        try:
+            return services.plans.finish_step(plan_id, position, worker, status, **kwargs)
+        except BusyError:
+            if attempt == FINISH_TRIES:
+                raise
+            _log.warning("recording step %d of plan %d was refused as busy (attempt %d); trying again", position, plan_id, attempt)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id: int | None = None, config: MigrationConfig | None = None,
          train_config: TrainConfig | None = None, worker: WorkerConfig | None = None, device: str = "auto",
          progress: bool = False) -> WorkerReport:
@@ -141,11 +159,11 @@ def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id:
                 beat.stop()
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            recorded = services.plans.finish_step(plan.id, position, me, "failed", result={"error": error})  # type: ignore[arg-type]
+            recorded = _finish(services, plan.id, position, me, "failed", result={"error": error})  # type: ignore[arg-type]
             steps.append({**record, "status": "failed", "error": error, "recorded": recorded})
             _log.error("step %d of plan %s failed: %s", position, plan.id, error)
             continue
-        recorded = services.plans.finish_step(plan.id, position, me, "done", run_id=result["run_id"], result=result)  # type: ignore[arg-type]
+        recorded = _finish(services, plan.id, position, me, "done", run_id=result["run_id"], result=result)  # type: ignore[arg-type]
         steps.append({**record, "status": "done" if recorded else "lost", "set_id": result["set_id"], "run_id": result["run_id"],
                       "recorded": recorded})
     return WorkerReport(me, tuple(steps), round(time.monotonic() - started, 3))
