@@ -290,11 +290,29 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def command_line() -> str:
+    """How this process was started, as the results record it."""
+    return "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
+
+
+def machine_record() -> dict[str, Any]:
+    """What the runs ran on, and how loaded it was when recorded."""
+    return {**machine_info(), "load": os.getloadavg()}
+
+
+def report_of(command: str, machine: dict[str, Any], args: dict[str, Any], results: dict[str, Any], default: dict[str, str],
+              **extra: Any) -> dict[str, Any]:
+    """The results JSON of a run (or a merge of runs): one object per setting and the targets."""
+    return {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
+            "command": command, "machine": machine, "args": args, **extra,
+            "default_migration": default["synthetic"], "settings_run": list(results), **results, "targets": targets(results, default)}
+
+
 # the arguments that may differ between the runs one merged result summarises
 MERGE_FREE = ("seeds", "name", "out", "workdir", "merge")
 
 
-def merged(paths: list[Path], args: argparse.Namespace, default: dict[str, str]) -> dict[str, Any]:
+def merged(paths: list[Path], default: dict[str, str]) -> dict[str, Any]:
     """One report from the partial files of runs that differ only in their seeds (and where they wrote)."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
@@ -313,11 +331,8 @@ def merged(paths: list[Path], args: argparse.Namespace, default: dict[str, str])
     results = {setting: summarize(setting, seeds)}
     torch.set_num_threads(int(fixed.get("threads", 1)))  # the machine record then names the runs' thread count
     runs = [part.get("command") or "python benchmarks/bench_quality.py (seeds " + part["args"]["seeds"] + ")" for part in parts]
-    return {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
-            "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]) + " (merging: " + "; ".join(runs) + ")",
-            "machine": first.get("machine") or {**machine_info(), "load": os.getloadavg()},
-            "args": {**fixed, "seeds": numbers}, "merged_from": [str(p) for p in paths],
-            "default_migration": default["synthetic"], "settings_run": [setting], **results, "targets": targets(results, default)}
+    return report_of(command_line() + " (merging: " + "; ".join(runs) + ")", first.get("machine") or machine_record(),
+                     {**fixed, "seeds": numbers}, results, default, merged_from=[str(p) for p in paths])
 
 
 def main() -> None:
@@ -357,7 +372,7 @@ def main() -> None:
         print(markdown(report))
         return
     if args.merge:
-        report = merged(args.merge, args, default)
+        report = merged(args.merge, default)
         write_results(args.out, args.name, report, markdown(report))
         plot(report, args.out / f"{args.name}.png")
         print(markdown(report))
@@ -372,16 +387,11 @@ def main() -> None:
             # each finished seed is kept: a long real-model run killed later loses only the seed it was on
             partial = args.out / f"{args.name}.partial.json"
             partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps({"setting": setting, "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]),
-                                           "machine": {**machine_info(), "load": os.getloadavg()},
+            partial.write_text(json.dumps({"setting": setting, "command": command_line(), "machine": machine_record(),
                                            "args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds}, default=float))
         raw[setting] = seeds
         results[setting] = summarize(setting, seeds)
-    report = {"what": "migration quality vs retrain and random-init, paired user bootstrap, token-pass cost",
-              "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]),
-              "machine": {**machine_info(), "load": os.getloadavg()},
-              "args": args_record(args),
-              "default_migration": default["synthetic"], "settings_run": list(results), **results, "targets": targets(results, default)}
+    report = report_of(command_line(), machine_record(), args_record(args), results, default)
     write_results(args.out, args.name, report, markdown(report))
     plot(report, args.out / f"{args.name}.png")
     print(markdown(report))
