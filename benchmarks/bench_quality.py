@@ -106,7 +106,7 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
     root.mkdir(parents=True)
     models, data, source, target = world(setting, root, args, seed)
     kind = "rating" if setting != "click" else "click"
-    train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr, seed=seed, patience=args.patience)
+    train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr, seed=seed, patience=args.patience, precision=args.precision)
     out: dict[str, Any] = {"seed": seed, "rows": {}}
     with Registry.init(root / "registry", actor="bench") as reg:
         for name, path in models.items():
@@ -138,7 +138,7 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
             head_lr = args.head_lr or (1e-3 if setting == "movielens" else 1e-2)
             # the cost budget's reference is this setting's retrain (its epochs), as the cost column's
             config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, head_lr=head_lr,
-                                     reference_epochs=args.train_epochs, **spec)
+                                     reference_epochs=args.train_epochs, precision=args.precision, **spec)
             started = time.perf_counter()
             result = reg.migrate([source], target, "task", data, config=config, progress=False)
             final = result.final
@@ -357,6 +357,8 @@ def main() -> None:
     parser.add_argument("--rows", help="run only the migration rows whose name matches this regular expression (baselines always run)")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="the backbones' passes in every row (bf16: autocast; 2x faster on an AVX512-BF16 CPU)")
     parser.add_argument("--workdir", type=Path, default=HERE / ".work" / "quality")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="bench_quality")

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._util import echo
 from ..entities import ModelInfo
-from ..errors import InvalidFileError, ModelMismatchError
+from ..errors import InvalidArgumentError, InvalidFileError, ModelMismatchError
 from ..modelinfo import describe_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,6 +31,29 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products natively (CUDA with bf16 support; a CPU
+    with AVX512-BF16 or AMX, as oneDNN reports it): where autocast to bf16 is a speed-up."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``fp32`` or ``bf16`` for a config's ``precision`` on ``device``: ``auto`` is bf16 where the
+    device has it natively, else fp32. ``bf16`` runs anywhere (emulated, slower, where not native)."""
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"unknown precision {echo(precision)}; use {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def is_decoder(info: ModelInfo) -> bool:
     return info.architecture.endswith("ForCausalLM") or info.architecture.endswith("LMHeadModel")
 
@@ -45,6 +68,9 @@ class Backbone:
     device: str
     decoder: bool
     token_norm: float  # mean L2 norm of the token embedding rows
+    # the backbone's forward passes: fp32, or bf16 autocast (weights stay fp32; prompts, heads and
+    # adapters, which live outside the backbone, stay fp32 and so do their gradients)
+    precision: str = "fp32"
 
     @property
     def name(self) -> str:
@@ -61,9 +87,17 @@ class Backbone:
     def embed(self, input_ids: Any) -> Any:
         return self.model.get_input_embeddings()(input_ids)
 
+    def autocast(self) -> Any:
+        """The context the backbone's forward passes run in (a no-op at fp32)."""
+        import torch
 
-def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True) -> Backbone:
-    """Load ``info``'s folder frozen on ``device``; with ``verify``, refuse changed weights."""
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True, precision: str = "fp32") -> Backbone:
+    """Load ``info``'s folder frozen on ``device``; with ``verify``, refuse changed weights.
+    ``precision`` (``PRECISIONS``) is how its forward passes run (``Backbone.autocast``)."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -76,6 +110,7 @@ def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True)
                 "the new weights under a new name"
             )
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     decoder = is_decoder(info)
     loader = AutoModelForCausalLM if decoder else AutoModel
     try:
@@ -90,4 +125,5 @@ def load_backbone(info: ModelInfo, *, device: str = "auto", verify: bool = True)
         weight = model.get_input_embeddings().weight
         assert isinstance(weight, torch.Tensor)  # nn.Module attributes are typed Tensor | Module
         token_norm = float(weight.norm(dim=-1).mean())
-    return Backbone(info=info, model=model, tokenizer=tokenizer, device=device, decoder=decoder, token_norm=token_norm)
+    return Backbone(info=info, model=model, tokenizer=tokenizer, device=device, decoder=decoder, token_norm=token_norm,
+                    precision=precision)

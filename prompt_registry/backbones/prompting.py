@@ -157,15 +157,20 @@ class PromptEncoder:
         cols = (batch["slot_start"].to(device)[:, None] + torch.arange(self.prompt_len, device=device)).reshape(-1)
         embeds = embeds.index_put((rows, cols), prompts.reshape(-1, prompts.shape[-1]).to(embeds.dtype))
         model = self.backbone.model
+        # the backbone runs in its precision; what leaves it is fp32, as the heads read it
         if self.backbone.decoder:
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            states = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-            head = model.get_output_embeddings()
-            logits = states[:, -1] @ head.weight[self.answer_ids].T
+            with self.backbone.autocast():
+                states = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+                head = model.get_output_embeddings()
+                logits = states[:, -1] @ head.weight[self.answer_ids].T
+            states, logits = states.float(), logits.float()
             if getattr(head, "bias", None) is not None:
                 logits = logits + head.bias[self.answer_ids]
             return self._with_prior(self._with_scoring(logits, states, mask, batch), batch)
-        hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        with self.backbone.autocast():
+            hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = hidden.float()
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self._with_prior(self._with_scoring(pooled, hidden, mask, batch), batch)

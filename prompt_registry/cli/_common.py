@@ -63,6 +63,15 @@ def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")(func)
 
 
+def precision_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--precision`` for the verbs that train through a model (default: the configs' own)."""
+    from prompt_registry.backbones.loader import PRECISIONS
+    from prompt_registry.training.config import TrainConfig
+
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision, show_default=True,
+                        help="The backbone's passes: fp32, bf16 (autocast) or auto (bf16 where the device has it natively).")(func)
+
+
 def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None) -> None:
     """Print entities (or lists of them) as JSON or a human table/record."""
     plain = [d.to_dict() for d in data] if isinstance(data, list) else (data.to_dict() if hasattr(data, "to_dict") else data)

@@ -21,7 +21,7 @@ from prompt_registry.migration.puma.selection import ALLOCATIONS, METHODS, Selec
 from prompt_registry.serving import MISSING, ReaderConfig
 from prompt_registry.training.config import TrainConfig
 
-from ._common import Context, device_option, emit, json_option, pass_ctx, print_json, print_table
+from ._common import Context, device_option, emit, json_option, pass_ctx, precision_option, print_json, print_table
 
 _TRAIN = TrainConfig()
 _MIGRATION = MigrationConfig()  # what every method shares (head lr, batch, refine, seed)
@@ -55,6 +55,7 @@ def _result_rows(metrics: dict) -> list[dict]:
               help="The head scores the user-candidate match (default: on for click tasks).")
 @click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @device_option
+@precision_option
 @click.option("--resume", is_flag=True, help="Continue from this configuration's checkpoint after a crash.")
 @click.option("--alias", help="Point this alias at the new set.")
 @click.option("--eval/--no-eval", "evaluate", default=True, show_default=True, help="Evaluate on the test split afterwards.")
@@ -64,7 +65,7 @@ def _result_rows(metrics: dict) -> list[dict]:
 @pass_ctx
 def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file: str | None, epochs: int, lr: float,
                  head_lr: float, batch_size: int, prompt_len: int, history_len: int, item_prior: bool | None,
-                 candidate_scoring: bool | None, seed: int, device: str, resume: bool, alias: str | None, evaluate: bool,
+                 candidate_scoring: bool | None, seed: int, device: str, precision: str, resume: bool, alias: str | None, evaluate: bool,
                  distributed: bool, as_json: bool) -> None:
     """Train every user's prompt (and the task head) from scratch on a frozen model."""
     rank = 0
@@ -76,7 +77,7 @@ def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file:
         rank = join_from_env(device)[0]
     config = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, prompt_len=prompt_len,
                          history_len=history_len, item_prior=item_prior, candidate_scoring=candidate_scoring, seed=seed,
-                         distributed=distributed)
+                         distributed=distributed, precision=precision)
     result = obj.registry.train_prompts(
         model, task, data_dir, users=read_users_csv(users_file) if users_file else None, config=config,
         device=device, resume=resume, alias=alias, progress=not as_json and rank == 0, evaluate_split="test" if evaluate else None,
@@ -244,6 +245,7 @@ def _cost_budget(text: str) -> float | str | None:
               help="Data-set users on no source: listed only, or given the mapped centroid.")
 @click.option("--seed", type=int, default=_MIGRATION.seed, show_default=True, help="Seeds the selection and the adapter training.")
 @device_option
+@precision_option
 @click.option("--alias", help="Point this alias at the result (subject to --gate).")
 @click.option("--gate", type=float, help="Refuse the alias if the result is worse than the reference by more than this.")
 @click.option("--no-eval", is_flag=True, help="Skip the quality report.")
@@ -259,7 +261,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
                 phi_init: str | None,
                 min_steps: int, warmup_steps: int, head_lr: float, batch_size: int, hidden: int | None, norm_match: bool,
                 validate_on: str, no_head_refit: bool, refine_epochs: int, refine_share: float, refine_lr: float, cost_budget: str, coverage: str,
-                cold_start: str, seed: int, device: str,
+                cold_start: str, seed: int, device: str, precision: str,
                 alias: str | None, gate: float | None, no_eval: bool, resume: bool, distributed: bool, as_json: bool) -> None:
     """Migrate prompts FROM source model(s) TO a target model (PUMA by default), and report quality and cost; or run a --plan."""
     if plan_id is not None:
@@ -290,7 +292,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
         epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, hidden=hidden, norm_match=norm_match or None,
         min_steps=min_steps, warmup_steps=warmup_steps, validate_on=validate_on, head_refit=not no_head_refit,
         refine_epochs=refine_epochs, refine_share=refine_share, refine_lr=refine_lr, cost_budget=_cost_budget(cost_budget),
-        coverage=coverage, cold_start=cold_start, seed=seed,
+        coverage=coverage, cold_start=cold_start, seed=seed, precision=precision,
         selection=SelectionConfig(method=selection, budget=budget, n_clusters=clusters, min_per_cluster=min_per_cluster,
                                   allocation=allocation, seed=seed),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..backbones.loader import PRECISIONS
 from ..backbones.prompting import DEFAULT_TEMPLATE, Template
 from ..errors import InvalidArgumentError
 from ..training.config import TrainConfig, on_for_clicks
@@ -100,6 +101,9 @@ class MigrationConfig:
     distributed: bool = False  # data parallel fit under torchrun: every rank fits, rank 0 stores (``migration.migrate``)
     checkpoint_every: int = 200
     eval_batch_size: int = 128
+    # the target backbone's passes (fit, head refit, refinement, the report's evaluations): "fp32",
+    # "bf16" (autocast) or "auto", as ``TrainConfig.precision``
+    precision: str = "fp32"
     # shorthands for fields of the method's config, so that flat PUMA configs
     # (``MigrationConfig(epochs=8, lr=1e-3, norm_match=True)``: the CLI, scripts) keep working
     epochs: dataclasses.InitVar[int | None] = None
@@ -139,6 +143,7 @@ class MigrationConfig:
             (self.apply_batch_users >= 1, "apply_batch_users must be >= 1"),
             (0 < self.test_fraction < 1 and 0 <= self.valid_fraction < 1, "split fractions out of range"),
             (self.history_len >= 0, "history_len must be >= 0"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -150,7 +150,7 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     position = {u: i for i, u in enumerate(candidates)}
     picked = np.array([position[u] for u in selection.users], dtype=np.int64)
 
-    backbone = load_backbone(target_info, device=device)
+    backbone = load_backbone(target_info, device=device, precision=config.precision)
     template = config.template_obj()
     encoder = PromptEncoder(backbone, template, source_sets[0].prompt_len, task_kind, config.max_length,
                             item_prior=config.uses_item_prior(task_kind), scoring=config.uses_scoring(task_kind))
@@ -334,7 +334,7 @@ def _fit_ledger(ctx: FitContext, loop: TrainingLoop, device: str, refit: HeadRef
                            "best_epoch": r.best_epoch, "wall_seconds": r.wall_seconds, "users": refinement.users,
                            "head_trained": refinement.head_trained, "kept_mapped": refinement.set is None,
                            **_refine_validation(r)}
-    base = loop.ledger(device, **extra)
+    base = loop.ledger(device, precision=ctx.backbone.precision, **extra)
     return dataclasses.replace(base, wall_seconds=round(wall, 3), examples_seen=examples, forward_tokens=forward,
                                backward_tokens=backward, extra={**base.extra, **parts})
 

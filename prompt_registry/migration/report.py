@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.loader import resolve_device, resolve_precision
 from ..core.services import Services
 from ..data.dataset import Dataset
 from ..entities import Evaluation, MigrationReport, PromptSet
@@ -32,9 +33,10 @@ def _evaluate(services: Services, prompt_set: PromptSet, dataset: Dataset, confi
     for earlier in services.runs.list_evaluations(prompt_set.id, split="test"):
         recorded = services.runs.get_run(earlier.run_id).config if earlier.run_id is not None else {}
         if earlier.dataset == dataset_label and recorded.get("test_fraction") == config.test_fraction \
-                and recorded.get("valid_fraction") == config.valid_fraction:
+                and recorded.get("valid_fraction") == config.valid_fraction \
+                and recorded.get("precision", "fp32") == resolve_precision(config.precision, resolve_device(device)):
             return services.runs.get_evaluation(earlier.id)
-    split_config = TrainConfig(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction)
+    split_config = TrainConfig(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, precision=config.precision)
     evaluation = evaluate_set(services, prompt_set.id, dataset, split="test", config=split_config, device=device)
     return services.runs.get_evaluation(evaluation.id)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..backbones.loader import PRECISIONS
 from ..backbones.prompting import DEFAULT_TEMPLATE, Template
 from ..errors import InvalidArgumentError
 from .loop import SCHEDULES
@@ -56,6 +57,10 @@ class TrainConfig:
     # data parallel under torchrun (``train_prompts``): every rank trains on its share of each
     # global batch, rank 0 stores the set and the run
     distributed: bool = False
+    # the backbone's forward and backward passes: "fp32", "bf16" (autocast; prompts, head and
+    # optimizer state stay fp32) or "auto" (bf16 where the device has it natively). MPNet-base on
+    # one core of an AVX512-BF16 CPU: 3.1 -> 1.5 s a step (batch 32 x 24 tokens)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         checks = [
@@ -73,6 +78,7 @@ class TrainConfig:
             (self.min_steps >= 0 and self.warmup_steps >= 0 and self.valid_every >= 0, "min_steps, warmup_steps, valid_every must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.final_lr <= 1, "final_lr must be in [0, 1]"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -62,7 +62,8 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
                  config: TrainConfig | None = None, device: str = "auto", backbone: Backbone | None = None,
                  batch_size: int = 128) -> Evaluation:
     """RMSE/MAE (rating) or AUC/uAUC (click) of a set on ``split``, overall and per user, next to
-    the baselines (global and per-user mean, or popularity), recorded as an ``eval`` run."""
+    the baselines (global and per-user mean, or popularity), recorded as an ``eval`` run. The
+    backbone runs at ``config.precision`` unless one is given (it keeps its own)."""
     started = time.perf_counter()
     prompt_set = services.reads.get_set(ref)
     require_head(prompt_set, "evaluated")
@@ -70,8 +71,9 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
     test_fraction, valid_fraction = split_fractions(services, prompt_set.run_id, config)
     parts = dataset.split(test_fraction=test_fraction, valid_fraction=valid_fraction)
     rows = parts.part(split)
-    head, template, encoder = set_head(services, prompt_set, backbone or load_backbone(services.models.get_model(prompt_set.model), device=device),
-                                       purpose="evaluated")
+    backbone = backbone or load_backbone(services.models.get_model(prompt_set.model), device=device,
+                                        precision=config.precision if config else "fp32")
+    head, template, encoder = set_head(services, prompt_set, backbone, purpose="evaluated")
     backbone = encoder.backbone
 
     wanted = list(dict.fromkeys(dataset.users[rows].tolist()))
@@ -84,7 +86,8 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
     examples = build_examples(dataset, rows, index, encoder, template, user_histories(dataset, parts.train, template.history_len), priors)
     run = services.runs.start_run("eval", model=prompt_set.model, task=prompt_set.task,
                              config={"set_id": prompt_set.id, "data": dataset.root, "data_fingerprint": dataset.fingerprint,
-                                     "split": split, "test_fraction": test_fraction, "valid_fraction": valid_fraction})
+                                     "split": split, "test_fraction": test_fraction, "valid_fraction": valid_fraction,
+                                     "precision": backbone.precision})
     pred, tokens = run_batches(encoder, head, lambda idx: prompts[idx], examples, batch_size)
     overall: dict[str, Any] = dict(metrics.summarize(examples.users, pred, examples.labels, head.task_kind))  # plus baselines (nested), counts
     train = parts.train

@@ -109,7 +109,7 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
     info = services.models.get_model(model)
     split = dataset.split(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, users=users)
     train_users = list(dict.fromkeys(dataset.users[split.train].tolist()))
-    backbone = load_backbone(info, device=device)
+    backbone = load_backbone(info, device=device, precision=config.precision)
     key = checkpoint_key(info.fingerprint, task, dataset.fingerprint, train_users, config.to_dict())
     checkpoint = Path(checkpoint_dir or services.ctx.scratch_dir() / "checkpoints") / f"train-{key}.safetensors"
     if not resume:
@@ -147,10 +147,11 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
         prompts = loop.best_provider["rows.weight"].reshape(len(train_users), config.prompt_len, -1)
         prompt_set = services.writes.import_prompts(model, task, prompts.numpy(), train_users, create_users=True,
                                              run_id=run.id, head=head_artifact.id, alias=alias, note=f"trained by run {run.id}")
-        finished = services.runs.finish_run(run.id, ledger=loop.ledger(backbone.device),
+        finished = services.runs.finish_run(run.id, ledger=loop.ledger(backbone.device, precision=backbone.precision),
                                        results={"best_epoch": loop.state.best_epoch, "history": loop.state.history})
     except BaseException as exc:
-        services.runs.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device), error=f"{type(exc).__name__}: {exc}")
+        services.runs.finish_run(run.id, status="failed", ledger=loop.ledger(backbone.device, precision=backbone.precision),
+                                 error=f"{type(exc).__name__}: {exc}")
         if config.distributed:
             send_ids([-1, -1, -1])  # the followers wait on rank 0's ids: say there are none
         raise
