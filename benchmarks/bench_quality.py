@@ -310,17 +310,20 @@ def report_of(command: str, machine: dict[str, Any], args: dict[str, Any], resul
 
 # the arguments that may differ between the runs one merged result summarises
 MERGE_FREE = ("seeds", "name", "out", "workdir", "merge")
+# arguments added after partial files were first written: a file without one ran at this value
+LATER_ARGS = {"precision": "fp32"}
 
 
 def merged(paths: list[Path], default: dict[str, str]) -> dict[str, Any]:
     """One report from the partial files of runs that differ only in their seeds (and where they wrote)."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
-    fixed = {k: v for k, v in first["args"].items() if k not in MERGE_FREE}
+    fixed = {k: v for k, v in {**LATER_ARGS, **first["args"]}.items() if k not in MERGE_FREE}
     for path, part in zip(paths, parts):
         if part["setting"] != first["setting"]:
             raise SystemExit(f"{path} is a {part['setting']!r} run, {paths[0]} a {first['setting']!r} one: merge one setting at a time")
-        differ = sorted(k for k in set(fixed) | set(part["args"]) if k not in MERGE_FREE and part["args"].get(k) != fixed.get(k))
+        args = {**LATER_ARGS, **part["args"]}
+        differ = sorted(k for k in set(fixed) | set(args) if k not in MERGE_FREE and args.get(k) != fixed.get(k))
         if differ:
             raise SystemExit(f"{path} ran with other arguments than {paths[0]} ({', '.join(differ)}): only --seeds may differ")
     seeds = sorted((s for part in parts for s in part["seeds"]), key=lambda s: s["seed"])

@@ -118,10 +118,11 @@ class Registry:
             progress=progress, alias=alias, evaluate_split=evaluate_split, on_step=on_step)
 
     def evaluate(self, ref: int | str | PromptSet, data: str | os.PathLike[str] | Dataset, *, split: str = "test", config: TrainConfig | None = None,
-            device: str = "auto", backbone: Backbone | None = None, batch_size: int = 128) -> Evaluation:
+            device: str = "auto", backbone: Backbone | None = None, batch_size: int = 128, precision: str = "fp32") -> Evaluation:
         """Evaluate a set (with its head) on a data split; stored as an ``eval`` run + evaluation."""
         from .training.evaluate import evaluate_set
-        return evaluate_set(self._s, ref, data, split=split, config=config, device=device, backbone=backbone, batch_size=batch_size)
+        return evaluate_set(self._s, ref, data, split=split, config=config, device=device, backbone=backbone, batch_size=batch_size,
+                            precision=precision)
 
     def migrate(self, sources: Sequence[str | int], target: str, task: str, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
             device: str = "auto", alias: str | None = None, gate: float | None = None, evaluate: bool = True, resume: bool = False,

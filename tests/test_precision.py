@@ -94,8 +94,8 @@ def test_bf16_training_learns_records_its_precision_and_evaluates_at_it(reg, ass
     assert result.run.cost["precision"] == "bf16" and result.run.config["precision"] == "bf16"
     ev_run = reg.get_run(result.evaluation.run_id)
     assert ev_run.config["precision"] == "bf16"
-    # an evaluation of its own loads the backbone at the config's precision (fp32 by default)
-    again = reg.evaluate(result.set.id, assets["rating"], config=TrainConfig(precision="fp32"))
+    # an evaluation of its own loads the backbone at its precision (fp32 by default)
+    again = reg.evaluate(result.set.id, assets["rating"])
     assert reg.get_run(again.run_id).config["precision"] == "fp32"
     assert abs(again.metrics["rmse"] - m["rmse"]) < 0.02
 
@@ -112,6 +112,67 @@ def test_a_bf16_migration_records_it_and_its_report_does_not_reuse_fp32_evaluati
     assert sorted(reg.get_run(e.run_id).config["precision"] for e in source_evals) == ["bf16", "fp32"]
     for e in reg.list_evaluations(result.final.id, split="test"):
         assert reg.get_run(e.run_id).config["precision"] == "bf16"
+
+
+def test_auto_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    """oneDNN runs bf16 on any AVX512 CPU, emulated and slower than fp32: not a reason to pick it."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not loader.native_bf16("cpu") and resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert loader.native_bf16("cpu") and resolve_precision("auto", "cpu") == "bf16"
+
+
+def test_a_decoders_answer_logits_leave_the_bf16_backbone_in_fp32(reg):
+    """The answer projection is the decoder head's whole input: done in bf16 it would round every
+    feature to bf16 (8 bits of mantissa), several times the error of the backbone's own passes."""
+    info = reg.get_model("llama")
+    exact, half = load_backbone(info, precision="fp32"), load_backbone(info, precision="bf16")
+    texts = [Template().suffix(f"movie number {i}") for i in range(8)]
+    got = []
+    for backbone in (exact, half):
+        encoder = PromptEncoder(backbone, Template(), prompt_len=1, task_kind="rating")
+        prompts = torch.randn(8, 1, info.hidden_size, generator=torch.Generator().manual_seed(1)) * backbone.token_norm
+        with torch.no_grad():
+            got.append(encoder.features(prompts, encoder.collate(encoder.tokenize(texts))))
+    f32, f16 = got
+    assert not torch.equal(f16, f16.bfloat16().float())  # not bf16 values cast up
+    assert float((f32 - f16).abs().max() / f32.abs().max()) < 0.02
+
+
+def test_checkpoint_keys_read_the_resolved_precision_and_keep_fp32_keys_as_they_were():
+    from prompt_registry.training.trainer import keyed_config
+
+    plain = {k: v for k, v in TrainConfig().to_dict().items() if k != "precision"}
+    assert keyed_config(TrainConfig().to_dict(), "fp32") == plain  # a checkpoint from before precision resumes
+    assert keyed_config(TrainConfig(precision="auto").to_dict(), "fp32") == plain
+    assert keyed_config(TrainConfig(precision="auto").to_dict(), "bf16") == keyed_config(TrainConfig(precision="bf16").to_dict(), "bf16")
+    assert keyed_config(TrainConfig(precision="bf16").to_dict(), "bf16") != plain
+
+
+def test_a_plans_steps_run_at_the_precision_given(reg, assets):
+    from prompt_registry.migration.puma.selection import SelectionConfig as Selection
+
+    reg.train_prompts("bert", "rate", assets["rating"], config=TrainConfig(epochs=2, lr=5e-3), progress=False, alias="production")
+    fit = reg.planner.plan("llama", "rate", sources=["bert"], strategy="direct")
+    config = MigrationConfig(epochs=1, min_steps=10, selection=Selection(budget=20), cost_budget=None)
+    done = reg.planner.run(fit.id, assets["rating"], config=config, precision="bf16")
+    assert reg.get_run(done.steps[0].run_id).cost["precision"] == "bf16"
+    retrain = reg.planner.plan("llama", "rate", strategy="retrain")
+    done = reg.planner.run(retrain.id, assets["rating"], train_config=TrainConfig(epochs=1), precision="bf16")
+    assert reg.get_run(done.steps[0].run_id).cost["precision"] == "bf16"
+    again = reg.planner.plan("llama", "rate", strategy="retrain")
+    done = reg.planner.run(again.id, assets["rating"], train_config=TrainConfig(epochs=1))  # no precision given: the config's
+    assert reg.get_run(done.steps[0].run_id).cost["precision"] == "fp32"
+
+
+def test_an_evaluation_at_a_precision_keeps_the_split_the_set_was_trained_on(reg, assets):
+    trained = reg.train_prompts("bert", "rate", assets["rating"], config=TrainConfig(epochs=2, lr=5e-3, test_fraction=0.3),
+                                progress=False, evaluate_split="test")
+    again = reg.evaluate(trained.set.id, assets["rating"], precision="bf16")
+    assert reg.get_run(again.run_id).config["precision"] == "bf16" and reg.get_run(again.run_id).config["test_fraction"] == 0.3
+    assert again.metrics["n"] == trained.evaluation.metrics["n"]
 
 
 def test_the_cli_takes_precision(tmp_path, assets):

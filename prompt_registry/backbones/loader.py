@@ -39,9 +39,10 @@ def native_bf16(device: str) -> bool:
     with AVX512-BF16 or AMX, as oneDNN reports it): where autocast to bf16 is a speed-up."""
     import torch
 
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.startswith("cuda"):  # Ampere and later; older cards emulate it
+        return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+    # oneDNN runs bf16 on any AVX512 CPU (emulated, slower than fp32); only these do it natively
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -162,9 +162,10 @@ class PromptEncoder:
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             with self.backbone.autocast():
                 states = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-                head = model.get_output_embeddings()
-                logits = states[:, -1] @ head.weight[self.answer_ids].T
-            states, logits = states.float(), logits.float()
+            states = states.float()
+            head = model.get_output_embeddings()
+            # the answer projection in fp32: a (B x d)(d x 5) product, the head's whole input
+            logits = states[:, -1] @ head.weight[self.answer_ids].T
             if getattr(head, "bias", None) is not None:
                 logits = logits + head.bias[self.answer_ids]
             return self._with_prior(self._with_scoring(logits, states, mask, batch), batch)

@@ -105,11 +105,12 @@ def prompt_train(obj: Context, model: str, task: str, data_dir: str, users_file:
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
 @device_option
+@precision_option
 @json_option
 @pass_ctx
-def eval_cmd(obj: Context, set_ref: str, data_dir: str, split: str, device: str, as_json: bool) -> None:
+def eval_cmd(obj: Context, set_ref: str, data_dir: str, split: str, device: str, precision: str, as_json: bool) -> None:
     """Evaluate SET on a data split (RMSE/MAE or AUC/uAUC, overall and per user), stored as a run."""
-    evaluation = obj.registry.evaluate(set_ref, data_dir, split=split, device=device)
+    evaluation = obj.registry.evaluate(set_ref, data_dir, split=split, device=device, precision=precision)
     if as_json:
         print_json(evaluation.to_dict())
         return
@@ -268,7 +269,7 @@ def migrate_run(obj: Context, sources: str | None, target: str | None, task: str
         if sources or target or task:
             raise click.UsageError("--plan runs a stored plan: leave out --from, --to and --task")
         plan = obj.registry.planner.get(plan_id) if dry_run else obj.registry.planner.run(
-            plan_id, data_dir, device=device, alias=alias, gate=gate, resume=resume, progress=not as_json)
+            plan_id, data_dir, device=device, alias=alias, gate=gate, resume=resume, progress=not as_json, precision=precision)
         if as_json:
             print_json(plan.to_dict())
             return

@@ -9,7 +9,7 @@ import click
 
 from prompt_registry.entities import Plan
 
-from ._common import Context, device_option, json_option, pass_ctx, print_json, print_table
+from ._common import Context, device_option, json_option, pass_ctx, precision_option, print_json, print_table
 
 _STRATEGIES = ("auto", "direct", "chain", "aggregate", "retrain")  # planning.STRATEGIES (importing it loads torch); a test keeps them equal
 
@@ -143,17 +143,19 @@ def graph_show(obj: Context, task: str, dot_file: str | None, png_file: str | No
 @click.option("--idle-exit", "idle_exit_seconds", type=float, help="Exit after this many seconds without a claim.")
 @click.option("--max-attempts", type=int, help="Fail a step instead of taking it over once this many workers vanished on it (default 3).")
 @device_option
+@precision_option
 @json_option
 @pass_ctx
 def worker(obj: Context, data_dir: str, plan_id: int | None, lease_seconds: float | None, poll_seconds: float | None,
-           max_steps: int | None, idle_exit_seconds: float | None, max_attempts: int | None, device: str, as_json: bool) -> None:
+           max_steps: int | None, idle_exit_seconds: float | None, max_attempts: int | None, device: str, precision: str,
+           as_json: bool) -> None:
     """Execute steps of stored plans beside other workers (Postgres): claim, heartbeat, take over dead workers' steps."""
     from ..planning.worker import WorkerConfig
 
     given: dict[str, Any] = {"lease_seconds": lease_seconds, "poll_seconds": poll_seconds, "max_steps": max_steps, "idle_exit_seconds": idle_exit_seconds,
                              "max_attempts": max_attempts}
     settings = WorkerConfig(**{k: v for k, v in given.items() if v is not None})
-    report = obj.registry.planner.work(data_dir, plan_id=plan_id, worker=settings, device=device, progress=not as_json)
+    report = obj.registry.planner.work(data_dir, plan_id=plan_id, worker=settings, device=device, progress=not as_json, precision=precision)
     if as_json:
         print_json(report.to_dict())
         return

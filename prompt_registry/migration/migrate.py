@@ -35,7 +35,7 @@ from ..entities import Artifact, CostLedger, MigrationResult, PromptSet, Run, Sh
 from ..errors import ConflictError, InvalidArgumentError, UnknownAliasError, UnknownSetError
 from ..training.distributed import group_rank, receive_ids, send_ids
 from ..training.loop import LoopState, TrainingLoop
-from ..training.trainer import checkpoint_key, prepare_examples, save_head
+from ..training.trainer import checkpoint_key, keyed_config, prepare_examples, save_head
 from .alignment import TokenTable
 from .base import FitContext, MappingSpec, MigrationMethod, artifact_config, get_method, load_method
 from .config import MigrationConfig
@@ -168,7 +168,8 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
     head = TaskHead(task_kind, backbone.decoder, encoder.feature_size, float(train.labels.mean()), prior=encoder.item_prior,
                     scoring_width=backbone.hidden_size if encoder.scoring else 0).to(backbone.device)
     head_from = warm_start_head(services, head, source_sets) if config.warm_start_head else None
-    key = checkpoint_key("migrate", [s.sha256 for s in source_sets], target_info.fingerprint, task, dataset.fingerprint, config.to_dict())
+    key = checkpoint_key("migrate", [s.sha256 for s in source_sets], target_info.fingerprint, task, dataset.fingerprint,
+                         keyed_config(config.to_dict(), backbone.precision))
     checkpoint = services.ctx.scratch_dir() / "checkpoints" / f"migrate-{key}.safetensors"
     if not resume and checkpoint.exists():
         checkpoint.unlink()
@@ -236,7 +237,7 @@ def migrate(services: Services, sources: Sequence[str | int], target: str, task:
             "refined_set": refined.id if refined else None, "refined_users": refinement.users if refinement and refined else 0})
     except BaseException as exc:
         partial = loop or (context.loops[-1] if context.loops else None)
-        services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device) if partial else None,
+        services.runs.finish_run(run.id, status="failed", ledger=partial.ledger(backbone.device, precision=backbone.precision) if partial else None,
                                  error=f"{type(exc).__name__}: {exc}")
         if config.distributed:
             send_ids([-1, -1, -1, -1])  # the followers wait on rank 0's result: say there is none

@@ -36,8 +36,8 @@ def _evaluate(services: Services, prompt_set: PromptSet, dataset: Dataset, confi
                 and recorded.get("valid_fraction") == config.valid_fraction \
                 and recorded.get("precision", "fp32") == resolve_precision(config.precision, resolve_device(device)):
             return services.runs.get_evaluation(earlier.id)
-    split_config = TrainConfig(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, precision=config.precision)
-    evaluation = evaluate_set(services, prompt_set.id, dataset, split="test", config=split_config, device=device)
+    split_config = TrainConfig(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction)
+    evaluation = evaluate_set(services, prompt_set.id, dataset, split="test", config=split_config, device=device, precision=config.precision)
     return services.runs.get_evaluation(evaluation.id)
 
 

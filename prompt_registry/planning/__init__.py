@@ -53,19 +53,19 @@ class Planner:
 
     def run(self, plan_id: int, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
             train_config: TrainConfig | None = None, device: str = "auto", alias: str | None = None, gate: float | None = None,
-            resume: bool = False, progress: bool = False) -> Plan:
+            resume: bool = False, progress: bool = False, precision: str | None = None) -> Plan:
         """Execute a stored plan's steps in order under the plan's lease (``planning.execute``).
         ``ConflictError`` while another live process runs it, or when it was started before and
         ``resume`` is not given; ``resume`` continues at the first unfinished step, never redoing
-        a finished one."""
+        a finished one. ``precision``, when given, is every step's (``TrainConfig.precision``)."""
         from .execute import run_plan
 
         return run_plan(self._s, plan_id, data, config=config, train_config=train_config, device=device, alias=alias, gate=gate,
-                        resume=resume, progress=progress)
+                        resume=resume, progress=progress, precision=precision)
 
     def work(self, data: str | os.PathLike[str] | Dataset, *, plan_id: int | None = None, config: MigrationConfig | None = None,
              train_config: TrainConfig | None = None, worker: WorkerConfig | None = None, device: str = "auto",
-             progress: bool = False) -> WorkerReport:
+             progress: bool = False, precision: str | None = None) -> WorkerReport:
         """Run as one of any number of workers sharing the stored plans (``plan_id``: only that
         one) through a Postgres catalogue: claim runnable steps under leases with a heartbeat,
         execute them, take over the steps of dead workers (``planning.worker``). Returns when
@@ -73,7 +73,7 @@ class Planner:
         from .worker import work
 
         return work(self._s, data, plan_id=plan_id, config=config, train_config=train_config, worker=worker, device=device,
-                    progress=progress)
+                    progress=progress, precision=precision)
 
     def graph(self, task: str) -> dict[str, Any]:
         """The migration graph of ``task`` as JSON (models with users and aliases, stored adapters)."""

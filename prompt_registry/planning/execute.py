@@ -31,13 +31,14 @@ from ..training.trainer import train_prompts
 
 def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Dataset, *, config: MigrationConfig | None = None,
              train_config: TrainConfig | None = None, device: str = "auto", alias: str | None = None, gate: float | None = None,
-             resume: bool = False, progress: bool = False) -> Plan:
+             resume: bool = False, progress: bool = False, precision: str | None = None) -> Plan:
     """Execute plan ``plan_id``'s unfinished steps (see the module docstring); returns the plan with
     every step's status and result. ``alias`` moves to the final set (through ``gate`` when the last
     step fits an adapter). ``ConflictError`` when another live process runs the plan, and when the
     plan was started before (killed, or a step failed) and ``resume`` is not given: ``resume``
     continues at the first unfinished step (a killed fit also continues from its adapter
-    checkpoint); finished steps are never redone. Resuming a plan that is done returns it."""
+    checkpoint); finished steps are never redone. Resuming a plan that is done returns it.
+    ``precision`` (``TrainConfig.precision``), when given, is every step's: retrains and fits alike."""
     plan = services.plans.get_plan(plan_id)
     if resume and plan.status == "done":
         return plan  # resuming a finished plan (e.g. killed as it finished) has nothing left to do
@@ -64,7 +65,7 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
             services.plans.mark_step(plan_id, step.position, "running", holder=run.id)
             last = step.position == plan.steps[-1].position
             result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress,
-                              alias if last else None, gate if last else None, resume and step.status == "running")
+                                  alias if last else None, gate if last else None, resume and step.status == "running", precision)
             current[step.target] = int(result["set_id"])
             services.plans.mark_step(plan_id, step.position, "done", holder=run.id, run_id=result["run_id"], result=result)
             done_now.append(step.position)
@@ -86,7 +87,10 @@ def run_plan(services: Services, plan_id: int, data: str | os.PathLike[str] | Da
 
 def execute_step(services: Services, plan: Plan, step: PlanStep, current: dict[str, int | None], dataset: Dataset,
              config: MigrationConfig | None, train_config: TrainConfig | None, device: str, progress: bool,
-             alias: str | None, gate: float | None, resume: bool) -> dict[str, Any]:
+             alias: str | None, gate: float | None, resume: bool, precision: str | None = None) -> dict[str, Any]:
+    if precision is not None:  # the run's precision over the configs' own (the CLI's --precision, a worker's)
+        train_config = dataclasses.replace(train_config or TrainConfig(), precision=precision)
+        config = dataclasses.replace(config or MigrationConfig(method=step.method or "puma"), precision=precision)
     if step.kind == "retrain":
         trained = train_prompts(services, step.target, plan.task, dataset, config=train_config, device=device, progress=progress, alias=alias)
         return {"set_id": trained.set.id, "run_id": trained.run.id}

@@ -116,7 +116,7 @@ def _finish(services: Services, plan_id: int, position: int, worker: str, status
 
 
 def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id: int | None = None, config: MigrationConfig | None = None,
-         train_config: TrainConfig | None = None, worker: WorkerConfig | None = None, device: str = "auto",
+         train_config: TrainConfig | None = None, worker: WorkerConfig | None = None, device: str = "auto", precision: str | None = None,
          progress: bool = False) -> WorkerReport:
     """Run as one worker until the plans served (``plan_id``, or every stored plan) have nothing
     left to run (see the module docstring). Returns what this worker did."""
@@ -152,7 +152,8 @@ def work(services: Services, data: str | os.PathLike[str] | Dataset, *, plan_id:
         record: dict[str, Any] = {"plan_id": plan.id, "position": position, "kind": step.kind, "target": step.target, "taken_over": taken_over}
         try:
             try:
-                result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress, None, None, taken_over)
+                result = execute_step(services, plan, step, current, dataset, config, train_config, device, progress, None, None, taken_over,
+                                      precision)
             finally:  # whatever ends the step (a KeyboardInterrupt too, in a process that goes on): no more renewals
                 beat.stop()
         except Exception as exc:

@@ -60,10 +60,11 @@ def set_head(services: Services, prompt_set: PromptSet, backbone: Backbone, *, p
 
 def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.PathLike[str] | Dataset, *, split: str = "test",
                  config: TrainConfig | None = None, device: str = "auto", backbone: Backbone | None = None,
-                 batch_size: int = 128) -> Evaluation:
+                 batch_size: int = 128, precision: str = "fp32") -> Evaluation:
     """RMSE/MAE (rating) or AUC/uAUC (click) of a set on ``split``, overall and per user, next to
     the baselines (global and per-user mean, or popularity), recorded as an ``eval`` run. The
-    backbone runs at ``config.precision`` unless one is given (it keeps its own)."""
+    backbone runs at ``precision`` (``TrainConfig.precision``) unless one is given (it keeps its
+    own); ``config`` gives only the split."""
     started = time.perf_counter()
     prompt_set = services.reads.get_set(ref)
     require_head(prompt_set, "evaluated")
@@ -71,8 +72,7 @@ def evaluate_set(services: Services, ref: int | str | PromptSet, data: str | os.
     test_fraction, valid_fraction = split_fractions(services, prompt_set.run_id, config)
     parts = dataset.split(test_fraction=test_fraction, valid_fraction=valid_fraction)
     rows = parts.part(split)
-    backbone = backbone or load_backbone(services.models.get_model(prompt_set.model), device=device,
-                                        precision=config.precision if config else "fp32")
+    backbone = backbone or load_backbone(services.models.get_model(prompt_set.model), device=device, precision=precision)
     head, template, encoder = set_head(services, prompt_set, backbone, purpose="evaluated")
     backbone = encoder.backbone
 

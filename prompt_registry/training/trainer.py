@@ -58,6 +58,13 @@ def checkpoint_key(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def keyed_config(config: dict[str, Any], precision: str) -> dict[str, Any]:
+    """A config as its checkpoint key reads it: the precision the run resolved to (``auto`` is bf16
+    on one machine, fp32 on another), left out at fp32 so keys from before precision still match."""
+    keyed = {k: v for k, v in config.items() if k != "precision"}
+    return keyed if precision == "fp32" else {**keyed, "precision": precision}
+
+
 def prepare_examples(dataset: Dataset, split: Split, users: Sequence[str], encoder: PromptEncoder, template: Any) -> tuple[Examples, Examples]:
     index = {u: i for i, u in enumerate(users)}
     histories = user_histories(dataset, split.train, template.history_len)
@@ -110,7 +117,7 @@ def train_prompts(services: Services, model: str, task: str, data: str | os.Path
     split = dataset.split(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction, users=users)
     train_users = list(dict.fromkeys(dataset.users[split.train].tolist()))
     backbone = load_backbone(info, device=device, precision=config.precision)
-    key = checkpoint_key(info.fingerprint, task, dataset.fingerprint, train_users, config.to_dict())
+    key = checkpoint_key(info.fingerprint, task, dataset.fingerprint, train_users, keyed_config(config.to_dict(), backbone.precision))
     checkpoint = Path(checkpoint_dir or services.ctx.scratch_dir() / "checkpoints") / f"train-{key}.safetensors"
     if not resume:
         checkpoint.unlink(missing_ok=True)  # a fresh run must not silently continue an old one (every rank may try)
