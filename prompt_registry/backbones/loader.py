@@ -35,8 +35,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def native_bf16(device: str) -> bool:
-    """Whether ``device`` computes bfloat16 matrix products natively (CUDA with bf16 support; a CPU
-    with AVX512-BF16 or AMX, as oneDNN reports it): where autocast to bf16 is a speed-up."""
+    """Whether ``device`` computes bfloat16 matrix products natively (a CUDA card of compute
+    capability 8 or more; a CPU with AVX512-BF16 or AMX): where autocast to bf16 is a speed-up."""
     import torch
 
     if device.startswith("cuda"):  # Ampere and later; older cards emulate it
