@@ -4,6 +4,8 @@ seeds, with a paired user bootstrap, seen/unseen users and token-pass cost.
     python benchmarks/bench_quality.py                         # synthetic: tiny pair, 2,000 users x 40, 3 seeds
     python benchmarks/bench_quality.py --users 500 --seeds 0   # a quicker look
     python benchmarks/bench_quality.py --setting movielens     # MiniLM -> MPNet on MovieLens-100k (CPU: long)
+    python benchmarks/bench_quality.py --setting movielens-decoder  # MiniLM -> SmolLM2-135M (a decoder target)
+    python benchmarks/bench_quality.py --scale gpu             # on an accelerator: both real pairs, all 943 users, every rating
     python benchmarks/bench_quality.py --merge results/a.partial.json results/b.partial.json --name x
                                                                # one result from one process per seed
 
@@ -52,28 +54,33 @@ PHIS = ("mlp", "linear", "lowrank", "linear+mlp")
 
 
 # ------------------------------------------------------------------------------------ one seed
+SETTINGS = ("synthetic", "movielens", "movielens-decoder", "click")
+
+
 def world(setting: str, root: Path, args: argparse.Namespace, seed: int) -> tuple[dict[str, Path], Path, str, str]:
     if setting == "synthetic":
         models = {"tiny-bert": build_tiny_bert(root / "tiny-bert", hidden_size=48, seed=1),
                   "tiny-llama": build_tiny_llama(root / "tiny-llama", hidden_size=32, seed=2)}
-        data = make_synthetic(root / "data", n_users=args.users, n_items=200, per_user=args.per_user, seed=seed)
+        data = make_synthetic(root / "data", n_users=args.users, n_items=200, per_user=args.per_user or 40, seed=seed)
         return models, data, "tiny-bert", "tiny-llama"
     if setting == "click":
         models = {"tiny-bert": build_tiny_bert(root / "tiny-bert", hidden_size=48, seed=1),
                   "tiny-llama": build_tiny_llama(root / "tiny-llama", hidden_size=32, seed=2)}
-        data = make_clicks(root / "data", n_users=args.users, impressions=args.per_user, seed=seed)
+        data = make_clicks(root / "data", n_users=args.users, impressions=args.per_user or 40, seed=seed)
         return models, data, "tiny-bert", "tiny-llama"
-    from prompt_registry.assets import minilm_path, movielens_100k, mpnet_path
+    from prompt_registry.assets import minilm_path, movielens_100k, mpnet_path, smollm2_path
 
-    models = {"minilm": minilm_path(), "mpnet": mpnet_path()}
-    data = subsample(movielens_100k(), root / "ml", n_users=args.users, per_user=args.per_user, min_interactions=args.per_user, seed=seed)
-    return models, data, "minilm", "mpnet"
+    # the decoder setting's target is SmolLM2-135M, the one decoder PyPI packages (../shared/DATA.md)
+    target = "smollm2" if setting == "movielens-decoder" else "mpnet"
+    models = {"minilm": minilm_path(), target: smollm2_path() if target == "smollm2" else mpnet_path()}
+    data = subsample(movielens_100k(), root / "ml", n_users=args.users, per_user=args.per_user, min_interactions=args.per_user or 1, seed=seed)
+    return models, data, "minilm", target
 
 
 def migration_rows(args: argparse.Namespace, setting: str) -> list[tuple[str, dict[str, Any]]]:
     """(row name, MigrationConfig keywords) of every migration row."""
     rows: list[tuple[str, dict[str, Any]]] = []
-    real = setting == "movielens"
+    real = setting.startswith("movielens")
     lr = args.adapter_lr or (1e-4 if real else 3e-3)
     # the default cost budget refines with what the map left, at the library's refine lr unless told
     # (seeds 0-11 of the tiny settings ran the train lr or said otherwise; see the README)
@@ -135,7 +142,7 @@ def run_seed(setting: str, args: argparse.Namespace, seed: int, say: Any) -> dic
             if args.rows and not re.search(args.rows, name):
                 continue
             selection = SelectionConfig(seed=seed, **spec.pop("selection"))
-            head_lr = args.head_lr or (1e-3 if setting == "movielens" else 1e-2)
+            head_lr = args.head_lr or (1e-3 if setting.startswith("movielens") else 1e-2)
             # the cost budget's reference is this setting's retrain (its epochs), as the cost column's
             config = MigrationConfig(seed=seed, selection=selection, min_steps=args.min_steps, head_lr=head_lr,
                                      reference_epochs=args.train_epochs, precision=args.precision, **spec)
@@ -246,7 +253,7 @@ def markdown(report: dict[str, Any]) -> str:
         res = report[name]
         key = res["metric"]
         h = res["headroom"]
-        lines += [f"## {name} (seeds {res['seeds']}, {report['args']['users']} users x {report['args']['per_user']})", "",
+        lines += [f"## {name} (seeds {res['seeds']}, {report['args']['users']} users x {report['args']['per_user'] or 'all their'})", "",
                   "Baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in res["baselines"].items()) + ".",
                   f"Headroom random-init -> retrain: {h['diff']:+.4f} = {h['in_se']:.1f} paired standard errors"
                   + (" (under ~10: this setting cannot rank methods)" if h["in_se"] < 10 else "") + ".", "",
@@ -311,7 +318,7 @@ def report_of(command: str, machine: dict[str, Any], args: dict[str, Any], resul
 # the arguments that may differ between the runs one merged result summarises
 MERGE_FREE = ("seeds", "name", "out", "workdir", "merge")
 # arguments added after partial files were first written: a file without one ran at this value
-LATER_ARGS = {"precision": "fp32"}
+LATER_ARGS = {"precision": "fp32", "scale": "cpu"}
 
 
 def merged(paths: list[Path], default: dict[str, str]) -> dict[str, Any]:
@@ -340,9 +347,12 @@ def merged(paths: list[Path], default: dict[str, str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", action="append", choices=("synthetic", "movielens", "click"), help="repeatable; default synthetic")
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--per-user", type=int, default=40)
+    parser.add_argument("--setting", action="append", choices=SETTINGS, help="repeatable; default synthetic")
+    parser.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu (an accelerator; refused without CUDA): default settings movielens and movielens-decoder with every "
+                             "user (943) and every rating, the backbones at --precision auto")
+    parser.add_argument("--users", type=int, help="default 2000; 943 (everyone) at --scale gpu")
+    parser.add_argument("--per-user", type=int, help="each user's most recent N interactions; default 40; every one at --scale gpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--phis", nargs="+", default=list(PHIS), choices=PHIS)
@@ -360,14 +370,23 @@ def main() -> None:
     parser.add_argument("--rows", help="run only the migration rows whose name matches this regular expression (baselines always run)")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="the backbones' passes in every row (bf16: autocast; 2x faster on an AVX512-BF16 CPU)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                        help="the backbones' passes in every row (bf16: autocast; 2x faster on an AVX512-BF16 CPU); default fp32, "
+                             "auto at --scale gpu")
     parser.add_argument("--workdir", type=Path, default=HERE / ".work" / "quality")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="bench_quality")
     args = parser.parse_args()
+    gpu = args.scale == "gpu"
+    if gpu and not (args.merge or args.retarget) and not torch.cuda.is_available():
+        raise SystemExit("--scale gpu needs an accelerator (torch.cuda.is_available() is False here): run it on a lent device, "
+                         "or name the settings and sizes at CPU scale (e.g. --setting movielens --users 300 --per-user 40)")
+    args.users = args.users or (943 if gpu else 2000)
+    args.per_user = args.per_user if args.per_user is not None else (None if gpu else 40)
+    args.precision = args.precision or ("auto" if gpu else "fp32")
+    args.setting = args.setting or (["movielens", "movielens-decoder"] if gpu else None)
     default_phi = PumaConfig().phi
-    default = {s: f"puma {default_phi} group b={{b:g}}" for s in ("synthetic", "movielens", "click")}
+    default = {s: f"puma {default_phi} group b={{b:g}}" for s in SETTINGS}
     if args.retarget:
         report = json.loads(args.retarget.read_text())
         results = {name: report[name] for name in report["settings_run"]}
