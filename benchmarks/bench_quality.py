@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_store import args_record, machine_info, mean_sd, write_results  # noqa: E402  (same machine record as every benchmark)
 
 from prompt_registry import Registry  # noqa: E402
+from prompt_registry.backbones.loader import PRECISIONS  # noqa: E402
 from prompt_registry.data import make_clicks, make_synthetic, subsample  # noqa: E402
 from prompt_registry.migration.config import MigrationConfig  # noqa: E402
 from prompt_registry.migration.puma import PumaConfig  # noqa: E402
@@ -370,7 +371,7 @@ def main() -> None:
     parser.add_argument("--rows", help="run only the migration rows whose name matches this regular expression (baselines always run)")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="the backbones' passes in every row (bf16: autocast; 2x faster on an AVX512-BF16 CPU); default fp32, "
                              "auto at --scale gpu")
     parser.add_argument("--workdir", type=Path, default=HERE / ".work" / "quality")

@@ -57,6 +57,18 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(banner, red=True, bold=True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    deterministic and fair on a shared 2-core machine; the previous count is restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_engine():
     reason = pg_unreachable_reason()

@@ -22,15 +22,7 @@ from prompt_registry.migration.puma.selection import SelectionConfig
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
 from prompt_registry.training.config import TrainConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,7 @@ from prompt_registry.data.synthetic import make_synthetic
 from prompt_registry.testing.models import build_tiny_bert, build_tiny_llama
 from prompt_registry.training.config import TrainConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic and fair on a shared 2-core machine
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,12 @@ def _evaluate(services: Services, prompt_set: PromptSet, dataset: Dataset, confi
         return None
     # a set's evaluation on the same data and split is deterministic: reuse a stored one
     dataset_label = f"{dataset.root}#{dataset.fingerprint[:12]}"
+    precision = resolve_precision(config.precision, resolve_device(device))
     for earlier in services.runs.list_evaluations(prompt_set.id, split="test"):
         recorded = services.runs.get_run(earlier.run_id).config if earlier.run_id is not None else {}
         if earlier.dataset == dataset_label and recorded.get("test_fraction") == config.test_fraction \
                 and recorded.get("valid_fraction") == config.valid_fraction \
-                and recorded.get("precision", "fp32") == resolve_precision(config.precision, resolve_device(device)):
+                and recorded.get("precision", "fp32") == precision:
             return services.runs.get_evaluation(earlier.id)
     split_config = TrainConfig(test_fraction=config.test_fraction, valid_fraction=config.valid_fraction)
     evaluation = evaluate_set(services, prompt_set.id, dataset, split="test", config=split_config, device=device, precision=config.precision)
